@@ -1,0 +1,329 @@
+"""The pipeline definition model: what a user declares, validated.
+
+A definition is plain data (frozen dataclasses) parsed from the JSON the
+API receives. It imports neither Flask nor Beam: the control API validates
+with it, the compiler turns it into PTransforms, and both agree on one
+meaning. Every error names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from beam_pipelines.errors import DefinitionError
+
+__all__ = [
+    "COMPRESSIONS",
+    "FIELD_TYPES",
+    "FORMATS",
+    "RUNNER_TYPES",
+    "SECRET_OPTIONS",
+    "Field",
+    "PipelineDefinition",
+    "Roll",
+    "RunnerSpec",
+    "Sink",
+    "parse_definition",
+]
+
+FIELD_TYPES = ("string", "int64", "float64", "bool", "timestamp", "date", "json")
+FORMATS = ("parquet", "jsonl", "csv")
+COMPRESSIONS = {
+    "parquet": ("zstd", "snappy", "gzip", "lz4", "none"),
+    "jsonl": ("gzip", "none"),
+    "csv": ("gzip", "none"),
+}
+DEFAULT_COMPRESSION = {"parquet": "zstd", "jsonl": "gzip", "csv": "gzip"}
+RUNNER_TYPES = ("direct", "dataflow", "flink")
+SINK_SCHEMES = ("file", "gs", "s3")
+SINK_OPTIONS = ("endpoint_url", "region", "access_key_id", "secret_access_key",
+                "credentials_file", "project")
+SECRET_OPTIONS = ("access_key_id", "secret_access_key", "credentials_file")
+DEFAULT_SQL = "SELECT * FROM events"
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+_PARTITION_COLUMN = re.compile(r"\{([^{}]*)\}")
+_MAX_SQL_CHARS = 100_000
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Roll:
+    """When an epoch closes: the oldest event's age, or the backlog's size."""
+
+    interval_seconds: float = 60.0
+    max_bytes: int = 64 * 1024 * 1024
+    max_events: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Sink:
+    uri: str
+    format: str = "parquet"
+    compression: str = "zstd"
+    partition_by: str | None = None
+    roll: Roll = field(default_factory=Roll)
+    options: dict[str, Any] = field(default_factory=dict)
+    table: dict[str, Any] | None = None
+
+    @property
+    def partition_columns(self) -> tuple[str, ...]:
+        if not self.partition_by:
+            return ()
+        return tuple(_PARTITION_COLUMN.findall(self.partition_by))
+
+    def public(self) -> dict[str, Any]:
+        """The sink as replies show it: secrets are write-only."""
+        out = asdict(self)
+        out["options"] = {k: v for k, v in self.options.items() if k not in SECRET_OPTIONS}
+        return out
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    type: str = "direct"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineDefinition:
+    name: str
+    sql: str = DEFAULT_SQL
+    schema: tuple[Field, ...] | None = None
+    event_time_field: str | None = None
+    sink: Sink = field(default_factory=lambda: Sink(uri=""))
+    runner: RunnerSpec = field(default_factory=RunnerSpec)
+
+    def with_sql(self, sql: str) -> PipelineDefinition:
+        return replace(self, sql=_parse_sql(sql))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, secrets included: for the store, never for replies."""
+        return {
+            "name": self.name,
+            "sql": self.sql,
+            "schema": None if self.schema is None else [asdict(f) for f in self.schema],
+            "event_time_field": self.event_time_field,
+            "sink": asdict(self.sink),
+            "runner": asdict(self.runner),
+        }
+
+    def public(self) -> dict[str, Any]:
+        out = self.to_dict()
+        out["sink"] = self.sink.public()
+        return out
+
+
+def parse_definition(params: dict[str, Any], *, default_sink_uri: str) -> PipelineDefinition:
+    """Validate a ``create`` request's parameters into a definition.
+
+    ``default_sink_uri`` is where files go when the sink names no ``uri``
+    (``<data dir>/lake/<name>``); it may contain ``{name}``.
+    """
+    if not isinstance(params, dict):
+        raise DefinitionError("parameters", "parameters must be an object")
+    name = params.get("name")
+    if not isinstance(name, str) or not _NAME.match(name) or name.startswith("pl_"):
+        raise DefinitionError(
+            "name", "name must be 1-63 letters, digits, '_' or '-', start with a letter "
+            "and not start with 'pl_'")
+    schema = _parse_schema(params.get("schema"))
+    event_time_field = _parse_event_time_field(params.get("event_time_field"), schema)
+    sink = _parse_sink(params.get("sink"), default_sink_uri.replace("{name}", name))
+    runner = _parse_runner(params.get("runner"))
+    sql = _parse_sql(params.get("sql", DEFAULT_SQL))
+    return PipelineDefinition(name=name, sql=sql, schema=schema,
+                              event_time_field=event_time_field, sink=sink, runner=runner)
+
+
+def definition_from_dict(data: dict[str, Any]) -> PipelineDefinition:
+    """Rebuild a stored definition (the output of ``to_dict``) without re-validating."""
+    sink = dict(data["sink"])
+    sink["roll"] = Roll(**sink["roll"])
+    schema = data.get("schema")
+    return PipelineDefinition(
+        name=data["name"],
+        sql=data["sql"],
+        schema=None if schema is None else tuple(Field(**f) for f in schema),
+        event_time_field=data.get("event_time_field"),
+        sink=Sink(**sink),
+        runner=RunnerSpec(**data["runner"]),
+    )
+
+
+def _parse_sql(sql: Any) -> str:
+    if not isinstance(sql, str) or not sql.strip():
+        raise DefinitionError("sql", "sql must be a non-empty string holding one SELECT")
+    if len(sql) > _MAX_SQL_CHARS:
+        raise DefinitionError("sql", f"sql is longer than {_MAX_SQL_CHARS} characters")
+    return sql.strip()
+
+
+def _parse_schema(raw: Any) -> tuple[Field, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise DefinitionError("schema", "schema must be a non-empty array of "
+                              "{name, type, required} objects, or absent")
+    fields: list[Field] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"schema[{i}]"
+        if not isinstance(item, dict):
+            raise DefinitionError(where, "each schema entry must be an object {name, type, required}")
+        unknown = set(item) - {"name", "type", "required"}
+        if unknown:
+            raise DefinitionError(where, f"unknown keys {sorted(unknown)}: allowed name, type, required")
+        fname, ftype, required = item.get("name"), item.get("type"), item.get("required", False)
+        if not isinstance(fname, str) or not _FIELD_NAME.match(fname):
+            raise DefinitionError(f"{where}.name", "a field name is a letter followed by up to "
+                                  "127 letters, digits or '_' (names starting with '_' are reserved)")
+        if fname.lower() in seen:
+            raise DefinitionError(f"{where}.name", f"duplicate field name '{fname}'")
+        if ftype not in FIELD_TYPES:
+            raise DefinitionError(f"{where}.type", f"unknown type {ftype!r}: allowed "
+                                  + ", ".join(FIELD_TYPES))
+        if not isinstance(required, bool):
+            raise DefinitionError(f"{where}.required", "required must be true or false")
+        seen.add(fname.lower())
+        fields.append(Field(fname, ftype, required))
+    return tuple(fields)
+
+
+def _parse_event_time_field(raw: Any, schema: tuple[Field, ...] | None) -> str | None:
+    if raw is None:
+        return None
+    if schema is None:
+        raise DefinitionError("event_time_field", "event_time_field needs a schema that "
+                              "declares it as a timestamp field")
+    types = {f.name: f.type for f in schema}
+    if raw not in types:
+        raise DefinitionError("event_time_field", f"event_time_field {raw!r} is not a schema "
+                              "field: allowed " + ", ".join(types))
+    if types[raw] != "timestamp":
+        raise DefinitionError("event_time_field", f"event_time_field {raw!r} has type "
+                              f"{types[raw]}: it must be a timestamp field")
+    return str(raw)
+
+
+def _parse_sink(raw: Any, default_uri: str) -> Sink:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise DefinitionError("sink", "sink must be an object")
+    allowed = {"uri", "format", "compression", "partition_by", "roll", "options", "table"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise DefinitionError("sink", f"unknown sink keys {sorted(unknown)}: allowed "
+                              + ", ".join(sorted(allowed)))
+    uri = raw.get("uri") or default_uri
+    if not isinstance(uri, str):
+        raise DefinitionError("sink.uri", "sink.uri must be a string")
+    uri = _normalize_uri(uri)
+    fmt = raw.get("format", "parquet")
+    if fmt not in FORMATS:
+        raise DefinitionError("sink.format", f"unknown format {fmt!r}: allowed " + ", ".join(FORMATS))
+    compression = raw.get("compression", DEFAULT_COMPRESSION[fmt])
+    if compression not in COMPRESSIONS[fmt]:
+        raise DefinitionError("sink.compression", f"unknown compression {compression!r} for "
+                              f"{fmt}: allowed " + ", ".join(COMPRESSIONS[fmt]))
+    partition_by = raw.get("partition_by")
+    if partition_by is not None:
+        _check_partition_by(partition_by)
+    options = raw.get("options") or {}
+    if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+        raise DefinitionError("sink.options", "sink.options must be an object of strings")
+    unknown = set(options) - set(SINK_OPTIONS)
+    if unknown:
+        raise DefinitionError("sink.options", f"unknown options {sorted(unknown)}: allowed "
+                              + ", ".join(SINK_OPTIONS))
+    table = raw.get("table")
+    if table is not None and (not isinstance(table, dict) or not table.get("name")):
+        raise DefinitionError("sink.table", "sink.table must be an object with at least 'name' "
+                              "(and optional catalog_uri, namespace)")
+    return Sink(uri=uri, format=fmt, compression=compression, partition_by=partition_by,
+                roll=_parse_roll(raw.get("roll")), options=dict(options), table=table)
+
+
+def _normalize_uri(uri: str) -> str:
+    uri = uri.rstrip("/")
+    if "://" not in uri:
+        if not uri.startswith("/"):
+            raise DefinitionError("sink.uri", "sink.uri must be file:///absolute/path, "
+                                  "gs://bucket/prefix or s3://bucket/prefix")
+        return uri
+    scheme, rest = uri.split("://", 1)
+    if scheme not in SINK_SCHEMES:
+        raise DefinitionError("sink.uri", f"unknown scheme {scheme!r}: allowed "
+                              + ", ".join(SINK_SCHEMES))
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise DefinitionError("sink.uri", "a file:// uri needs an absolute path (file:///...)")
+        return rest  # local paths are kept plain: Beam's LocalFileSystem wants them so
+    if not rest or rest.startswith("/"):
+        raise DefinitionError("sink.uri", f"{scheme}:// needs a bucket name")
+    if ".." in rest.split("/"):
+        raise DefinitionError("sink.uri", "sink.uri must not contain '..'")
+    return uri
+
+
+def _check_partition_by(pattern: Any) -> None:
+    if not isinstance(pattern, str) or not pattern.strip("/"):
+        raise DefinitionError("sink.partition_by", "partition_by must be a non-empty string like "
+                              "'dt=%Y-%m-%d/hour=%H' or 'country={country}/dt=%Y-%m-%d'")
+    for part in pattern.split("/"):
+        if part in ("", ".", ".."):
+            raise DefinitionError("sink.partition_by", f"partition_by segment {part!r} is not "
+                                  "allowed: segments must be non-empty and not '.' or '..'")
+    for column in _PARTITION_COLUMN.findall(pattern):
+        if not _FIELD_NAME.match(column) and column not in ("_event_time", "_ingested_at"):
+            raise DefinitionError("sink.partition_by", f"partition column {{{column}}} is not a "
+                                  "valid column name")
+    if "{" in _PARTITION_COLUMN.sub("", pattern) or "}" in _PARTITION_COLUMN.sub("", pattern):
+        raise DefinitionError("sink.partition_by", "unbalanced '{' or '}' in partition_by")
+
+
+def _parse_roll(raw: Any) -> Roll:
+    if raw is None:
+        return Roll()
+    if not isinstance(raw, dict):
+        raise DefinitionError("sink.roll", "sink.roll must be an object")
+    unknown = set(raw) - {"interval_seconds", "max_bytes", "max_events"}
+    if unknown:
+        raise DefinitionError("sink.roll", f"unknown roll keys {sorted(unknown)}: allowed "
+                              "interval_seconds, max_bytes, max_events")
+    limits = {"interval_seconds": (0.1, 86_400.0), "max_bytes": (1024, 2**34),
+              "max_events": (1, 50_000_000)}
+    values: dict[str, Any] = {}
+    for key, (low, high) in limits.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise DefinitionError(f"sink.roll.{key}", f"{key} must be a number from {low} to {high}")
+        values[key] = float(value) if key == "interval_seconds" else int(value)
+    return Roll(**values)
+
+
+def _parse_runner(raw: Any) -> RunnerSpec:
+    if raw is None:
+        return RunnerSpec()
+    if not isinstance(raw, dict):
+        raise DefinitionError("runner", "runner must be an object {type, options}")
+    rtype = raw.get("type", "direct")
+    if rtype not in RUNNER_TYPES:
+        raise DefinitionError("runner.type", f"unknown runner {rtype!r}: allowed "
+                              + ", ".join(RUNNER_TYPES))
+    options = raw.get("options") or {}
+    if not isinstance(options, dict):
+        raise DefinitionError("runner.options", "runner.options must be an object")
+    return RunnerSpec(type=rtype, options=dict(options))

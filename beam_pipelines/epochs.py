@@ -1,0 +1,174 @@
+"""The epoch protocol: plan, run, commit. Exactly-once output, simply.
+
+1. plan: an epoch row ``{epoch, range (a, b], sql_version, status=planned}``.
+2. run: a bounded Beam pipeline writes deterministically named files.
+3. commit: one transaction marks the epoch committed, stores its file
+   manifest and advances the pipeline's offset to ``b``.
+4. recovery: a planned epoch that is not committed is re-run with the same
+   range and SQL version before any new epoch is planned.
+5. buffer rows are deleted only after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
+from beam_pipelines.definition import PipelineDefinition, definition_from_dict
+from beam_pipelines.errors import StorageError
+from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
+from transforms.decode import arrow_schema
+
+__all__ = ["EpochResult", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
+           "run_epoch"]
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    pipeline_id: str
+    epoch: int
+    events: int
+    rows_out: int
+    files: list[dict[str, Any]]
+    already_committed: bool = False
+
+
+def epoch_is_due(definition: PipelineDefinition, backlog: Backlog, *, flush: bool,
+                 now: float) -> bool:
+    if backlog.events == 0:
+        return False
+    if flush:
+        return True
+    roll = definition.sink.roll
+    return (backlog.events >= roll.max_events or backlog.bytes >= roll.max_bytes
+            or (backlog.oldest_ingested_at is not None
+                and now - backlog.oldest_ingested_at >= roll.interval_seconds))
+
+
+def pending_epoch(store: Store, pipeline_id: str) -> int | None:
+    """The planned but uncommitted epoch of a pipeline, if any (recovery)."""
+    with store.session() as s:
+        return s.scalars(select(Epoch.epoch).where(
+            Epoch.pipeline_id == pipeline_id, Epoch.status == "planned")
+            .order_by(Epoch.epoch)).first()
+
+
+def plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bool,
+               now: float | None = None) -> int | None:
+    """Write the next epoch's row if one is due; return its number."""
+    now = time.time() if now is None else now
+    with store.session() as s:
+        row = s.get(PipelineRow, pipeline_id)
+        if row is None:
+            return None
+        definition = definition_from_dict(row.definition_dict())
+        roll = definition.sink.roll
+        head = buffer.backlog(row.committed_seq)
+        if not epoch_is_due(definition, head, flush=flush, now=now):
+            return None
+        take = buffer.backlog(row.committed_seq, max_events=roll.max_events,
+                              max_bytes=roll.max_bytes)
+        number = row.next_epoch
+        s.add(Epoch(pipeline_id=pipeline_id, epoch=number, range_start=row.committed_seq,
+                    range_end=take.last_seq, sql_version=row.version, status="planned",
+                    events=take.events, planned_at=now))
+        row.next_epoch = number + 1
+        return number
+
+
+def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> EpochResult:
+    """Run a planned epoch end to end and commit it. Safe to call again after a crash."""
+    from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
+    from beam_pipelines.storage_paths import file_sizes, pipeline_options
+
+    with store.session() as s:
+        epoch = s.scalars(select(Epoch).where(Epoch.pipeline_id == pipeline_id,
+                                              Epoch.epoch == epoch_no)).one()
+        row = s.get(PipelineRow, pipeline_id)
+        assert row is not None
+        sql = s.scalars(select(SqlVersion.sql).where(
+            SqlVersion.pipeline_id == pipeline_id,
+            SqlVersion.version == epoch.sql_version)).one()
+        definition = definition_from_dict(row.definition_dict())
+        if epoch.status == "committed":
+            return EpochResult(pipeline_id, epoch_no, epoch.events, epoch.rows_out, [],
+                               already_committed=True)
+        epoch.attempts += 1
+        range_start, range_end, planned_at = epoch.range_start, epoch.range_end, epoch.planned_at
+    sink = definition.sink
+    scratch = os.path.join(data_dir, "tmp")
+    os.makedirs(scratch, exist_ok=True)
+    spec = EpochSpec(
+        pipeline_id=pipeline_id, epoch=epoch_no, range_start=range_start, range_end=range_end,
+        sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),
+        input_schema=arrow_schema(definition.schema), sink=sink, planned_at=planned_at,
+        manifest_path=os.path.join(scratch, f"{pipeline_id}-{epoch_no}.manifest.json"),
+        pipeline_options=pipeline_options(sink))
+    try:
+        entries = run_epoch_pipeline(spec)
+        sizes = file_sizes(sink, [e["path"] for e in entries], epoch_no)
+    except Exception as err:  # noqa: BLE001 - classified and retried by the job manager
+        raise StorageError(f"epoch {epoch_no} failed to write to the sink: "
+                           f"{type(err).__name__}: {str(err)[:300]}") from err
+    files = [{**e, **sizes[e["path"]]} for e in entries]
+    result = commit_epoch(store, pipeline_id, epoch_no, files)
+    _remove_scratch(sink.uri, epoch_no)
+    return result
+
+
+def commit_epoch(store: Store, pipeline_id: str, epoch_no: int,
+                 files: list[dict[str, Any]]) -> EpochResult:
+    """Mark committed, store the manifest, advance the offset: one transaction."""
+    now = time.time()
+    with store.session() as s:
+        epoch = s.scalars(select(Epoch).where(Epoch.pipeline_id == pipeline_id,
+                                              Epoch.epoch == epoch_no)).one()
+        row = s.get(PipelineRow, pipeline_id)
+        assert row is not None
+        if epoch.status == "committed":
+            return EpochResult(pipeline_id, epoch_no, epoch.events, epoch.rows_out, [],
+                               already_committed=True)
+        if row.committed_seq != epoch.range_start:
+            raise RuntimeError(f"epoch {epoch_no} starts at {epoch.range_start} but the "
+                               f"pipeline is committed through {row.committed_seq}")
+        rows_out = sum(f["rows"] for f in files)
+        epoch.status = "committed"
+        epoch.committed_at = now
+        epoch.rows_out = rows_out
+        for f in files:
+            s.add(EpochFile(pipeline_id=pipeline_id, epoch=epoch_no, path=f["uri"],
+                            rows=f["rows"], bytes=f["bytes"],
+                            min_event_time=f.get("min_event_time"),
+                            max_event_time=f.get("max_event_time")))
+        row.committed_seq = epoch.range_end
+        row.events_out += rows_out
+        row.bytes_out += sum(f["bytes"] for f in files)
+        row.files_written += len(files)
+        row.epochs_committed += 1
+        row.last_commit_at = now
+        row.updated_at = now
+        events = epoch.events
+    public = [{"path": f["uri"], "rows": f["rows"], "bytes": f["bytes"],
+               "min_event_time": f.get("min_event_time"),
+               "max_event_time": f.get("max_event_time")} for f in files]
+    return EpochResult(pipeline_id, epoch_no, events, rows_out, public)
+
+
+def _remove_scratch(root: str, epoch_no: int) -> None:
+    if "://" not in root:
+        shutil.rmtree(os.path.join(root, "_tmp", f"epoch-{epoch_no:010d}"), ignore_errors=True)
+        try:
+            os.rmdir(os.path.join(root, "_tmp"))
+        except OSError:
+            pass
+
+
+def manifest_json(files: list[dict[str, Any]]) -> str:
+    return json.dumps(files)

@@ -1,0 +1,207 @@
+"""The local job manager: a small pool of worker processes runs every epoch.
+
+One scheduler thread looks at the store a few times a second. For each
+running (or stopping) pipeline with no epoch in flight it first re-runs a
+planned but uncommitted epoch (recovery), else plans the next one when it
+is due, and hands it to the pool. A pipeline's epochs therefore run one at
+a time and in order, while different pipelines share the workers: a
+hundred pipelines never mean a hundred Beam processes.
+
+Workers are spawned processes that import Beam once and are recycled
+after ``max_epochs_per_worker`` epochs so memory stays flat. A worker that
+dies (``kill -9``, out of memory) breaks the pool; the manager builds a new
+one and the epoch, still ``planned`` in the store, runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from beam_pipelines.buffer import EventBuffer, buffer_path
+from beam_pipelines.epochs import EpochResult, pending_epoch, plan_epoch, run_epoch
+from beam_pipelines.store import PipelineRow, Store
+
+__all__ = ["JobManager"]
+
+_log = logging.getLogger(__name__)
+_worker_store: Store | None = None
+
+
+def _run_in_worker(database_url: str, data_dir: str, pipeline_id: str,
+                   epoch_no: int) -> EpochResult:
+    global _worker_store
+    if _worker_store is None or _worker_store.url != database_url:
+        _worker_store = Store(database_url)
+    result = run_epoch(_worker_store, data_dir, pipeline_id, epoch_no)
+    with _worker_store.session() as s:
+        row = s.get(PipelineRow, pipeline_id)
+        committed_seq = row.committed_seq if row else 0
+    EventBuffer(buffer_path(data_dir, pipeline_id)).delete_through(committed_seq)
+    return result
+
+
+@dataclass
+class _Flight:
+    epoch: int
+    future: Future[EpochResult]
+
+
+class JobManager:
+    """Schedules epochs of every running pipeline onto a worker pool."""
+
+    def __init__(self, database_url: str, data_dir: str, *, workers: int | None = None,
+                 tick_seconds: float = 0.1, max_epochs_per_worker: int = 100,
+                 on_committed: Callable[[EpochResult], None] | None = None,
+                 on_failed: Callable[[str, int, str, int], None] | None = None) -> None:
+        self.store = Store(database_url)
+        self.database_url = database_url
+        self.data_dir = data_dir
+        self.workers = workers or os.cpu_count() or 1
+        self.tick_seconds = tick_seconds
+        self.max_epochs_per_worker = max_epochs_per_worker
+        self._on_committed = on_committed or (lambda _result: None)
+        self._on_failed = on_failed or (lambda *_args: None)
+        self._pool: ProcessPoolExecutor | None = None
+        self._flights: dict[str, _Flight] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # pipeline → (count, retry at)
+        self._buffers: dict[str, EventBuffer] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle of the manager itself --------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="job-manager", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        for buffer in self._buffers.values():
+            buffer.close()
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one bad tick
+                _log.exception("job manager tick failed")
+            self._stop.wait(self.tick_seconds)
+
+    # -- scheduling ---------------------------------------------------------
+
+    def tick(self) -> None:
+        self._collect()
+        with self.store.session() as s:
+            rows = s.execute(select(PipelineRow.id, PipelineRow.status, PipelineRow.definition,
+                                    PipelineRow.committed_seq)
+                             .where(PipelineRow.status.in_(("running", "stopping")))).all()
+        now = time.time()
+        for pipeline_id, status, _definition, committed_seq in rows:
+            if pipeline_id in self._flights:
+                continue
+            failures, retry_at = self._failures.get(pipeline_id, (0, 0.0))
+            if failures and now < retry_at:
+                continue
+            epoch = pending_epoch(self.store, pipeline_id)
+            buffer = self._buffer(pipeline_id)
+            if epoch is None:
+                epoch = plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping",
+                                   now=now)
+            if epoch is not None:
+                self._submit(pipeline_id, epoch)
+            elif status == "stopping" and buffer.backlog(committed_seq).events == 0:
+                self._mark_stopped(pipeline_id)
+
+    def _submit(self, pipeline_id: str, epoch: int) -> None:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                max_tasks_per_child=self.max_epochs_per_worker)
+        future = self._pool.submit(_run_in_worker, self.database_url, self.data_dir,
+                                   pipeline_id, epoch)
+        self._flights[pipeline_id] = _Flight(epoch, future)
+
+    def _collect(self) -> None:
+        broken = False
+        for pipeline_id, flight in list(self._flights.items()):
+            if not flight.future.done():
+                continue
+            del self._flights[pipeline_id]
+            try:
+                result = flight.future.result()
+            except BrokenProcessPool:
+                broken = True
+                self._record_failure(pipeline_id, flight.epoch, "a worker process died")
+                continue
+            except Exception as err:  # noqa: BLE001 - any epoch failure is retried
+                self._record_failure(pipeline_id, flight.epoch, _describe(err))
+                continue
+            self._failures.pop(pipeline_id, None)
+            if not result.already_committed:
+                self.store.log(pipeline_id, "info",
+                               f"epoch {result.epoch} committed: {result.events} events in, "
+                               f"{result.rows_out} rows out, {len(result.files)} files",
+                               epoch=result.epoch)
+                self._on_committed(result)
+        if broken and self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _record_failure(self, pipeline_id: str, epoch: int, message: str) -> None:
+        count = self._failures.get(pipeline_id, (0, 0.0))[0] + 1
+        delay = min(60.0, 0.5 * 2 ** (count - 1))
+        self._failures[pipeline_id] = (count, time.time() + delay)
+        with self.store.session() as s:
+            row = s.get(PipelineRow, pipeline_id)
+            if row is None:
+                return
+            row.errors += 1
+            row.last_error = message
+        self.store.log(pipeline_id, "error",
+                       f"epoch {epoch} failed (attempt {count}, retry in {delay:.1f}s): {message}",
+                       epoch=epoch)
+        self._on_failed(pipeline_id, epoch, message, count)
+
+    def _mark_stopped(self, pipeline_id: str) -> None:
+        with self.store.session() as s:
+            row = s.get(PipelineRow, pipeline_id)
+            if row is None or row.status != "stopping":
+                return
+            row.status = "stopped"
+            row.updated_at = time.time()
+        self.store.log(pipeline_id, "info", "pipeline stopped: every buffered event is written")
+
+    def _buffer(self, pipeline_id: str) -> EventBuffer:
+        buffer = self._buffers.get(pipeline_id)
+        if buffer is None:
+            buffer = EventBuffer(buffer_path(self.data_dir, pipeline_id))
+            self._buffers[pipeline_id] = buffer
+        return buffer
+
+    def describe(self) -> dict[str, Any]:
+        return {"workers": self.workers, "in_flight": {p: f.epoch for p, f in self._flights.items()}}
+
+
+def _describe(err: BaseException) -> str:
+    from beam_pipelines.errors import PipelineDoError
+
+    if isinstance(err, PipelineDoError):
+        return err.message
+    return f"{type(err).__name__}: {str(err)[:300]}"
+

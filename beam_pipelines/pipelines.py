@@ -1,0 +1,316 @@
+"""Pipeline operations: the state machine and the ingest path, with no HTTP in it.
+
+Statuses move ``created → running ⇄ paused → stopped``; ``stopping`` is the
+transient state in which the job manager flushes every buffered event
+before marking the pipeline ``stopped``. ``start`` restarts a stopped
+pipeline. Ingest is accepted in every status. Each transition is one store
+transaction, so the API's processes and the job manager agree on it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from beam_pipelines.buffer import EventBuffer, buffer_path
+from beam_pipelines.definition import (
+    PipelineDefinition,
+    definition_from_dict,
+    parse_definition,
+)
+from beam_pipelines.errors import ConflictError, DefinitionError, NotFoundError, TimeoutExceeded
+from beam_pipelines.store import (
+    Epoch,
+    EpochFile,
+    LogEntry,
+    PipelineRow,
+    SqlVersion,
+    Store,
+    iso,
+)
+from transforms.decode import DecodedBatch, arrow_schema, decode_json_lines, decode_objects
+from transforms.sandbox import SqlError, plan_sql, run_sql, sandboxed_connection
+
+__all__ = ["PipelineService", "TRANSITIONS"]
+
+# operation → (allowed from, to)
+TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "start": (("created", "stopped"), "running"),
+    "pause": (("running",), "paused"),
+    "resume": (("paused",), "running"),
+    "stop": (("created", "running", "paused"), "stopping"),
+}
+MAX_RECORD_BYTES = 1024 * 1024
+
+
+class PipelineService:
+    """What the API calls; every method takes a pipeline id or name."""
+
+    def __init__(self, store: Store, data_dir: str, *, default_sink_uri: str,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.default_sink_uri = default_sink_uri
+        self._on_event = on_event or (lambda _type, _data: None)
+        self._buffers: dict[str, EventBuffer] = {}
+        self._lock = threading.Lock()
+
+    # -- definition -------------------------------------------------------
+
+    def create(self, params: dict[str, Any]) -> dict[str, Any]:
+        definition = parse_definition(params, default_sink_uri=self.default_sink_uri)
+        output_schema = self._plan(definition, definition.sql)
+        now = time.time()
+        pipeline_id = "pl_" + secrets.token_hex(8)
+        with self.store.session() as s:
+            if s.scalars(select(PipelineRow.id).where(PipelineRow.name == definition.name)).first():
+                raise ConflictError(f"a pipeline named {definition.name!r} already exists",
+                                    {"field": "name"})
+            row = PipelineRow(id=pipeline_id, name=definition.name, status="created", version=1,
+                              definition=json.dumps(definition.to_dict()), created_at=now,
+                              updated_at=now)
+            s.add(row)
+            s.add(SqlVersion(pipeline_id=pipeline_id, version=1, sql=definition.sql,
+                             output_schema=json.dumps(output_schema), created_at=now))
+            public = _public(row)
+        self._buffer(pipeline_id)
+        self.store.log(pipeline_id, "info", f"pipeline {definition.name} created")
+        self._on_event("pipeline.created", public)
+        return public
+
+    def transform(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
+        sql = params.get("sql")
+        dry_run = params.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise DefinitionError("dry_run", "dry_run must be true or false")
+        with self.store.session() as s:
+            row = self._row(s, ref)
+            definition = definition_from_dict(row.definition_dict()).with_sql(sql)
+            pipeline_id = row.id
+        output_schema = self._plan(definition, definition.sql)
+        if dry_run:
+            limit = params.get("limit", 100)
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+                raise DefinitionError("limit", "limit must be an integer from 1 to 10000")
+            sample = self._buffer(pipeline_id).recent(limit, arrow_schema(definition.schema))
+            con = sandboxed_connection(threads=1)
+            try:
+                rows = run_sql(con, definition.sql, sample).to_pylist()
+            finally:
+                con.close()
+            return {"dry_run": True, "output_schema": output_schema,
+                    "rows": json.loads(json.dumps(rows, default=_json_default))}
+        now = time.time()
+        with self.store.session() as s:
+            row = self._row(s, ref)
+            row.version += 1
+            row.definition = json.dumps(definition.to_dict())
+            row.updated_at = now
+            s.add(SqlVersion(pipeline_id=row.id, version=row.version, sql=definition.sql,
+                             output_schema=json.dumps(output_schema), created_at=now))
+            version = row.version
+        self.store.log(pipeline_id, "info", f"sql version {version} takes effect at the next epoch")
+        result = {"version": version, "output_schema": output_schema}
+        self._on_event("pipeline.transformed", {"id": pipeline_id, **result})
+        return result
+
+    def _plan(self, definition: PipelineDefinition, sql: str) -> list[dict[str, str]]:
+        try:
+            schema = plan_sql(sql, arrow_schema(definition.schema))
+        except SqlError as err:
+            raise DefinitionError("sql", f"invalid SQL: {err}") from None
+        return [{"name": f.name, "type": str(f.type)} for f in schema]
+
+    # -- reading ------------------------------------------------------------
+
+    def get(self, ref: str) -> dict[str, Any]:
+        with self.store.session() as s:
+            row = self._row(s, ref)
+            public = _public(row)
+        return {**public, **self.counters(public["id"])}
+
+    def list(self) -> dict[str, Any]:
+        with self.store.session() as s:
+            rows = s.scalars(select(PipelineRow).order_by(PipelineRow.created_at)).all()
+            return {"pipelines": [_public(r) for r in rows]}
+
+    def counters(self, pipeline_id: str) -> dict[str, Any]:
+        with self.store.session() as s:
+            row = s.get(PipelineRow, pipeline_id)
+            if row is None:
+                raise NotFoundError(f"no pipeline {pipeline_id!r}")
+            committed_seq = row.committed_seq
+            counters = {
+                "status": row.status, "events_out": row.events_out, "bytes_out": row.bytes_out,
+                "files_written": row.files_written, "epochs": row.epochs_committed,
+                "errors": row.errors, "last_error": row.last_error,
+                "last_commit_at": iso(row.last_commit_at),
+            }
+        buffer = self._buffer(pipeline_id)
+        counters.update(buffer.totals())
+        counters["backlog_events"] = buffer.backlog(committed_seq).events
+        return counters
+
+    def files(self, ref: str, since_epoch: int = 0) -> list[dict[str, Any]]:
+        with self.store.session() as s:
+            row = self._row(s, ref)
+            files = s.scalars(select(EpochFile).where(EpochFile.pipeline_id == row.id,
+                                                      EpochFile.epoch >= since_epoch)
+                              .order_by(EpochFile.id)).all()
+            return [f.public() for f in files]
+
+    def logs(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
+        limit = params.get("limit", 100)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise DefinitionError("limit", "limit must be an integer from 1 to 1000")
+        level = params.get("level")
+        if level is not None and level not in ("debug", "info", "warning", "error"):
+            raise DefinitionError("level", "level must be one of debug, info, warning, error")
+        since = params.get("since")
+        since_ts = None
+        if since is not None:
+            try:
+                since_ts = datetime.fromisoformat(str(since).replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise DefinitionError("since", "since must be an ISO-8601 time") from None
+        with self.store.session() as s:
+            row = self._row(s, ref)
+            query = select(LogEntry).where(LogEntry.pipeline_id == row.id)
+            if since_ts is not None:
+                query = query.where(LogEntry.timestamp >= since_ts)
+            if level is not None:
+                order = ["debug", "info", "warning", "error"]
+                query = query.where(LogEntry.level.in_(order[order.index(level):]))
+            entries = s.scalars(query.order_by(LogEntry.id.desc()).limit(limit)).all()
+            return {"logs": [e.public() for e in reversed(entries)]}
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def transition(self, ref: str, operation: str) -> dict[str, Any]:
+        allowed, target = TRANSITIONS[operation]
+        now = time.time()
+        with self.store.session() as s:
+            row = self._row(s, ref)
+            if row.status not in allowed:
+                raise ConflictError(f"cannot {operation} a pipeline that is {row.status}: "
+                                    f"{operation} needs status " + " or ".join(allowed),
+                                    {"status": row.status})
+            row.status = target
+            row.updated_at = now
+            if operation == "stop":
+                row.stop_from_epoch = row.next_epoch  # the flush's first epoch
+            public = _public(row)
+        self.store.log(public["id"], "info", f"pipeline {operation}: status {target}")
+        if target != "stopping":
+            self._on_event(f"pipeline.{_PAST[operation]}", public)
+        return public
+
+    def stop(self, ref: str, timeout_s: float) -> dict[str, Any]:
+        """Ask for a flush, then wait until the job manager reports ``stopped``."""
+        public = self.transition(ref, "stop")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.store.session() as s:
+                row = s.get(PipelineRow, public["id"])
+                if row is None:
+                    raise NotFoundError(f"pipeline {ref!r} was deleted while stopping")
+                status, first_epoch = row.status, row.stop_from_epoch
+            if status == "stopped":
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutExceeded("the pipeline is still flushing; it will stop by itself",
+                                      {"status": status})
+            time.sleep(0.05)
+        with self.store.session() as s:
+            row = self._row(s, public["id"])
+            flushed = s.scalar(select(func.coalesce(func.sum(Epoch.events), 0)).where(
+                Epoch.pipeline_id == row.id, Epoch.epoch >= first_epoch,
+                Epoch.status == "committed"))
+            result = _public(row)
+        result["flushed_events"] = int(flushed or 0)
+        result["files"] = self.files(public["id"], since_epoch=first_epoch)
+        self._on_event("pipeline.stopped", result)
+        return result
+
+    def delete(self, ref: str) -> dict[str, Any]:
+        with self.store.session() as s:
+            row = self._row(s, ref)
+            pipeline_id, name = row.id, row.name
+            for model in (EpochFile, Epoch, SqlVersion, LogEntry):
+                s.execute(delete(model).where(model.pipeline_id == pipeline_id))
+            s.delete(row)
+        with self._lock:
+            buffer = self._buffers.pop(pipeline_id, None)
+        (buffer or EventBuffer(buffer_path(self.data_dir, pipeline_id))).destroy()
+        self._on_event("pipeline.deleted", {"id": pipeline_id, "name": name})
+        return {"deleted": True}
+
+    # -- ingest -------------------------------------------------------------
+
+    def ingest_objects(self, ref: str, events: list[Any]) -> dict[str, Any]:
+        definition, pipeline_id = self._definition(ref)
+        decoded = decode_objects(events, definition.schema, definition.event_time_field,
+                                 now=datetime.now(timezone.utc), max_record_bytes=MAX_RECORD_BYTES)
+        return self._append(pipeline_id, decoded, raw_bytes=0)
+
+    def ingest_json_lines(self, ref: str, body: bytes) -> dict[str, Any]:
+        definition, pipeline_id = self._definition(ref)
+        decoded = decode_json_lines(body, definition.schema, definition.event_time_field,
+                                    now=datetime.now(timezone.utc),
+                                    max_record_bytes=MAX_RECORD_BYTES)
+        return self._append(pipeline_id, decoded, raw_bytes=len(body))
+
+    def _append(self, pipeline_id: str, decoded: DecodedBatch, *, raw_bytes: int) -> dict[str, Any]:
+        rejected = [(r.index, r.code, r.message, r.record) for r in decoded.rejected]
+        self._buffer(pipeline_id).append(decoded.table, rejected,
+                                         raw_bytes=raw_bytes or decoded.table.nbytes)
+        return {"accepted": decoded.table.num_rows,
+                "rejected": [r.public() for r in decoded.rejected]}
+
+    # -- helpers ------------------------------------------------------------
+
+    def _definition(self, ref: str) -> tuple[PipelineDefinition, str]:
+        with self.store.session() as s:
+            row = self._row(s, ref)
+            return definition_from_dict(row.definition_dict()), row.id
+
+    def _row(self, session: Any, ref: str) -> PipelineRow:
+        if not isinstance(ref, str) or not ref:
+            raise DefinitionError("pipeline_id", "name the pipeline with pipeline_id or name")
+        row = self.store.pipeline_by_ref(session, ref)
+        if row is None:
+            raise NotFoundError(f"no pipeline {ref!r}", {"pipeline": ref})
+        return row
+
+    def _buffer(self, pipeline_id: str) -> EventBuffer:
+        with self._lock:
+            buffer = self._buffers.get(pipeline_id)
+            if buffer is None:
+                buffer = EventBuffer(buffer_path(self.data_dir, pipeline_id))
+                self._buffers[pipeline_id] = buffer
+            return buffer
+
+
+_PAST = {"start": "started", "pause": "paused", "resume": "resumed", "stop": "stopped"}
+
+
+def _public(row: PipelineRow) -> dict[str, Any]:
+    definition = definition_from_dict(row.definition_dict()).public()
+    return {"id": row.id, "name": row.name, "status": row.status, "version": row.version,
+            "sql": definition["sql"], "schema": definition["schema"],
+            "event_time_field": definition["event_time_field"], "sink": definition["sink"],
+            "runner": definition["runner"], "created_at": iso(row.created_at),
+            "updated_at": iso(row.updated_at)}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)

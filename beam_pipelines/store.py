@@ -1,0 +1,217 @@
+"""The control-plane store: pipelines, SQL versions, epochs, manifests, logs, keys.
+
+SQLAlchemy over SQLite in the data dir by default (WAL, so the API's
+processes and the job manager's workers read while one writes), or any
+SQLAlchemy URL. The job manager and the API share it: the store, not
+process memory, is the source of truth for every pipeline's state, so any
+process may crash and the next one picks up where the store says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Epoch",
+    "EpochFile",
+    "LogEntry",
+    "PipelineRow",
+    "SqlVersion",
+    "Store",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PipelineRow(Base):
+    __tablename__ = "pipelines"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
+    status: Mapped[str] = mapped_column(String(16))  # created running paused stopping stopped
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    definition: Mapped[str] = mapped_column(Text)  # JSON, secrets included: never replied as is
+    committed_seq: Mapped[int] = mapped_column(Integer, default=0)
+    next_epoch: Mapped[int] = mapped_column(Integer, default=1)
+    events_out: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_out: Mapped[int] = mapped_column(Integer, default=0)
+    files_written: Mapped[int] = mapped_column(Integer, default=0)
+    epochs_committed: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_commit_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stop_from_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    def definition_dict(self) -> dict[str, Any]:
+        return json.loads(self.definition)  # type: ignore[no-any-return]
+
+
+class SqlVersion(Base):
+    __tablename__ = "sql_versions"
+    __table_args__ = (UniqueConstraint("pipeline_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"),
+                                             index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    sql: Mapped[str] = mapped_column(Text)
+    output_schema: Mapped[str] = mapped_column(Text)  # JSON [{name, type}]
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Epoch(Base):
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("pipeline_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"),
+                                             index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    range_start: Mapped[int] = mapped_column(Integer)  # exclusive
+    range_end: Mapped[int] = mapped_column(Integer)  # inclusive
+    sql_version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # planned | committed
+    events: Mapped[int] = mapped_column(Integer)
+    rows_out: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    planned_at: Mapped[float] = mapped_column(Float)
+    committed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class EpochFile(Base):
+    __tablename__ = "epoch_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"),
+                                             index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    rows: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(Integer)
+    min_event_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_event_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    def public(self) -> dict[str, Any]:
+        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "epoch": self.epoch,
+                "min_event_time": iso(self.min_event_time),
+                "max_event_time": iso(self.max_event_time)}
+
+
+class LogEntry(Base):
+    __tablename__ = "logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    timestamp: Mapped[float] = mapped_column(Float, index=True)
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+    epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    def public(self) -> dict[str, Any]:
+        return {"timestamp": iso(self.timestamp), "level": self.level, "message": self.message,
+                "epoch": self.epoch}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+def default_database_url(data_dir: str) -> str:
+    return "sqlite:///" + os.path.join(os.path.abspath(data_dir), "pipeline-do.sqlite")
+
+
+class Store:
+    """Owns the engine and hands out transactions."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        self.engine: Engine = create_engine(url, future=True, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # Take the write lock at BEGIN: a deferred transaction that later
+            # writes can fail at once with SQLITE_BUSY when another process
+            # committed in between, whatever the busy timeout.
+            event.listen(self.engine, "begin",
+                         lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_all(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def log(self, pipeline_id: str | None, level: str, message: str,
+            epoch: int | None = None) -> None:
+        with self.session() as s:
+            s.add(LogEntry(pipeline_id=pipeline_id, timestamp=time.time(), level=level,
+                           message=message, epoch=epoch))
+
+    def pipeline_by_ref(self, session: Session, ref: str) -> PipelineRow | None:
+        column = PipelineRow.id if ref.startswith("pl_") else PipelineRow.name
+        return session.scalars(select(PipelineRow).where(column == ref)).first()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # BEGIN is ours (see Store.__init__)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,36 @@
+"""Packaging for pipeline.do: ``pip install -e '.[dev]'``."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="pipeline-do",
+    version="0.1.0",
+    description="Stream events over HTTP, transform them with SQL, land them as Parquet.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["beam_pipelines*", "control_api*", "transforms*"]),
+    include_package_data=True,
+    package_data={"control_api": ["openapi.json"]},
+    install_requires=[
+        "apache-beam>=2.77,<2.78",
+        "duckdb>=1.2",
+        "pyarrow>=17,<26",
+        "flask>=3.0",
+        "sqlalchemy>=2.0",
+        "gunicorn>=22",
+        "requests>=2.31",
+        "prometheus-client>=0.20",
+    ],
+    extras_require={
+        "gcp": ["google-cloud-storage>=2.14", "apache-beam[gcp]>=2.77,<2.78"],
+        "aws": ["boto3>=1.34", "apache-beam[aws]>=2.77,<2.78"],
+        "flink": [],
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "gcp-storage-emulator>=2024.8",
+            "moto[server]>=5",
+        ],
+    },
+    entry_points={"console_scripts": ["pipeline-do=control_api.cli:main"]},
+)

@@ -1,0 +1,77 @@
+"""A sandboxed DuckDB for user SQL, with no Beam import (the API plans SQL too).
+
+The sandbox: external access off (no files, no network, no extensions),
+extension auto-install and auto-load off, configuration locked once set up,
+and exactly one SELECT statement per query (CTEs allowed). The input
+relation is always named ``events``.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+__all__ = ["SqlError", "plan_sql", "run_sql", "sandboxed_connection"]
+
+_EXTRA_TABLE = "events"
+
+
+class SqlError(ValueError):
+    """The SQL is not one valid SELECT over ``events``; the message says why."""
+
+
+def sandboxed_connection(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    config: dict[str, str | int | bool] = {
+        "enable_external_access": False,
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "allow_community_extensions": False,
+        "allow_unsigned_extensions": False,
+    }
+    if threads:
+        config["threads"] = threads
+    con = duckdb.connect(":memory:", config=config)
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def check_select(sql: str) -> None:
+    """Refuse anything but one SELECT statement."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as err:
+        raise SqlError(_clean(err)) from None
+    if len(statements) != 1:
+        raise SqlError(f"sql must be exactly one SELECT statement, found {len(statements)}")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise SqlError(f"sql must be a SELECT statement, found {kind.name}")
+
+
+def plan_sql(sql: str, input_schema: pa.Schema) -> pa.Schema:
+    """Plan ``sql`` against an empty ``events`` table; return the output schema."""
+    check_select(sql)
+    con = sandboxed_connection(threads=1)
+    try:
+        con.register(_EXTRA_TABLE, input_schema.empty_table())
+        return con.sql(sql).limit(0).to_arrow_table().schema
+    except duckdb.Error as err:
+        raise SqlError(_clean(err)) from None
+    finally:
+        con.close()
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str, events: pa.Table) -> pa.Table:
+    """Run a planned query over one Arrow table on an open sandboxed connection."""
+    con.register(_EXTRA_TABLE, events)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.unregister(_EXTRA_TABLE)
+
+
+def _clean(err: Exception) -> str:
+    """DuckDB's message without the internals a reply must not carry."""
+    text = str(err).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return " ".join(lines[:3])[:500]
