@@ -49,6 +49,16 @@ CREATE TABLE IF NOT EXISTS totals (
     events_rejected INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO totals VALUES (1, 0, 0, 0);
+CREATE TABLE IF NOT EXISTS ingest_seconds (
+    second INTEGER PRIMARY KEY,
+    events INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commit_latency (
+    committed_at REAL NOT NULL,
+    latency_ms REAL NOT NULL,
+    events INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commit_latency_at ON commit_latency (committed_at);
 """
 
 
@@ -113,6 +123,10 @@ class EventBuffer:
                 con.executemany(
                     "INSERT INTO dead_letters (received_at, idx, code, message, record) "
                     "VALUES (?, ?, ?, ?, ?)", [(now, *r) for r in rejected])
+            if table.num_rows:
+                con.execute("INSERT INTO ingest_seconds VALUES (?, ?) ON CONFLICT (second) "
+                            "DO UPDATE SET events = events + excluded.events",
+                            (int(now), table.num_rows))
             con.execute("UPDATE totals SET events_in = events_in + ?, bytes_in = bytes_in + ?, "
                         "events_rejected = events_rejected + ?",
                         (table.num_rows, raw_bytes or (len(blob) if blob else 0), len(rejected)))
@@ -163,9 +177,46 @@ class EventBuffer:
         return con.execute("SELECT ingested_at, events FROM batches WHERE seq > ? AND seq <= ?",
                            (after_seq, through_seq)).fetchall()
 
-    def delete_through(self, seq: int) -> None:
+    def release(self, after_seq: int, through_seq: int, committed_at: float) -> None:
+        """After a commit: record each row's ack-to-commit latency, then drop the rows."""
         con = self._connect()
-        con.execute("DELETE FROM batches WHERE seq <= ?", (seq,))
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("INSERT INTO commit_latency SELECT ?, (? - ingested_at) * 1000.0, events "
+                        "FROM batches WHERE seq > ? AND seq <= ?",
+                        (committed_at, committed_at, after_seq, through_seq))
+            con.execute("DELETE FROM batches WHERE seq <= ?", (through_seq,))
+            horizon = committed_at - 86_400
+            con.execute("DELETE FROM commit_latency WHERE committed_at < ?", (horizon,))
+            con.execute("DELETE FROM ingest_seconds WHERE second < ?", (int(horizon),))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def events_since(self, since: float) -> int:
+        (count,) = self._connect().execute(
+            "SELECT coalesce(sum(events), 0) FROM ingest_seconds WHERE second >= ?",
+            (int(since),)).fetchone()
+        return int(count)
+
+    def latency_percentiles(self, since: float) -> dict[str, float | None]:
+        """Event-weighted p50/p95/p99 of ack-to-commit latency in the window."""
+        rows = self._connect().execute(
+            "SELECT latency_ms, events FROM commit_latency WHERE committed_at >= ? "
+            "ORDER BY latency_ms", (since,)).fetchall()
+        total = sum(n for _, n in rows)
+        out: dict[str, float | None] = {"p50": None, "p95": None, "p99": None}
+        if not total:
+            return out
+        marks = {"p50": 0.50 * total, "p95": 0.95 * total, "p99": 0.99 * total}
+        seen = 0
+        for latency, n in rows:  # one row per acknowledged request, not per event
+            seen += n
+            for name, mark in marks.items():
+                if out[name] is None and seen >= mark:
+                    out[name] = round(latency, 1)
+        return out
 
     def totals(self) -> dict[str, int]:
         row = self._connect().execute(

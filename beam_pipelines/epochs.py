@@ -119,6 +119,11 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> E
                            f"{type(err).__name__}: {str(err)[:300]}") from err
     files = [{**e, **sizes[e["path"]]} for e in entries]
     result = commit_epoch(store, pipeline_id, epoch_no, files)
+    buffer = EventBuffer(spec.buffer_path)
+    try:
+        buffer.release(range_start, range_end, time.time())
+    finally:
+        buffer.close()
     _remove_scratch(sink.uri, epoch_no)
     return result
 

@@ -43,12 +43,12 @@ def _run_in_worker(database_url: str, data_dir: str, pipeline_id: str,
     global _worker_store
     if _worker_store is None or _worker_store.url != database_url:
         _worker_store = Store(database_url)
-    result = run_epoch(_worker_store, data_dir, pipeline_id, epoch_no)
-    with _worker_store.session() as s:
-        row = s.get(PipelineRow, pipeline_id)
-        committed_seq = row.committed_seq if row else 0
-    EventBuffer(buffer_path(data_dir, pipeline_id)).delete_through(committed_seq)
-    return result
+    return run_epoch(_worker_store, data_dir, pipeline_id, epoch_no)
+
+
+def _warm_up() -> None:
+    """Import Beam and the compiler before the first epoch needs them (~2 s)."""
+    import beam_pipelines.compiler  # noqa: F401
 
 
 @dataclass
@@ -82,6 +82,7 @@ class JobManager:
     # -- lifecycle of the manager itself --------------------------------------
 
     def start(self) -> None:
+        self._ensure_pool()
         self._thread = threading.Thread(target=self.run_forever, name="job-manager", daemon=True)
         self._thread.start()
 
@@ -128,12 +129,17 @@ class JobManager:
             elif status == "stopping" and buffer.backlog(committed_seq).events == 0:
                 self._mark_stopped(pipeline_id)
 
-    def _submit(self, pipeline_id: str, epoch: int) -> None:
+    def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                 max_tasks_per_child=self.max_epochs_per_worker)
-        future = self._pool.submit(_run_in_worker, self.database_url, self.data_dir,
+            for _ in range(self.workers):
+                self._pool.submit(_warm_up)
+        return self._pool
+
+    def _submit(self, pipeline_id: str, epoch: int) -> None:
+        future = self._ensure_pool().submit(_run_in_worker, self.database_url, self.data_dir,
                                    pipeline_id, epoch)
         self._flights[pipeline_id] = _Flight(epoch, future)
 

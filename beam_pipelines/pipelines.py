@@ -158,6 +158,14 @@ class PipelineService:
         counters["backlog_events"] = buffer.backlog(committed_seq).events
         return counters
 
+    def monitor(self, ref: str, window_seconds: float) -> dict[str, Any]:
+        from beam_pipelines.monitoring import monitor_snapshot
+
+        with self.store.session() as s:
+            pipeline_id = self._row(s, ref).id
+        return monitor_snapshot(self.store, self._buffer(pipeline_id), pipeline_id,
+                                self.counters(pipeline_id), window_seconds)
+
     def files(self, ref: str, since_epoch: int = 0) -> list[dict[str, Any]]:
         with self.store.session() as s:
             row = self._row(s, ref)

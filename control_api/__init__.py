@@ -1,0 +1,41 @@
+"""The control API: a Flask app factory wiring store, auth, routes and errors."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+__all__ = ["create_app"]
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    from beam_pipelines.pipelines import PipelineService
+    from beam_pipelines.store import Store
+    from control_api import auth, errors, gate, health, ingest, operations
+    from control_api.config import load_config
+    from control_api.ratelimit import RateLimiter
+
+    app = Flask(__name__)
+    app.config.update(load_config(config))
+    data_dir = app.config["DATA_DIR"]
+    os.makedirs(data_dir, exist_ok=True)
+
+    store = Store(app.config["DATABASE_URL"])
+    store.create_all()
+    app.extensions["pdo_store"] = store
+    app.extensions["pdo_service"] = PipelineService(
+        store, data_dir, default_sink_uri=os.path.join(data_dir, "lake", "{name}"))
+    app.extensions["pdo_rate_limiter"] = RateLimiter(os.path.join(data_dir, "ratelimit.sqlite"),
+                                                     app.config["RATE_LIMIT"])
+    if app.config["API_KEY"]:
+        auth.ensure_key(store, app.config["API_KEY"], "admin")
+
+    errors.init_app(app)
+    auth.init_app(app)
+    gate.init_app(app)
+    health.init_app(app)
+    operations.init_app(app)
+    ingest.init_app(app)
+    return app

@@ -1,0 +1,133 @@
+"""``pipeline-do``: run the server, manage keys.
+
+``serve`` runs the API under gunicorn and the local job manager in this
+process: the store is created, an admin key is made on first start (or
+``PIPELINE_DO_API_KEY`` registered), then gunicorn is started as a child
+and both run until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _store_for(args: argparse.Namespace) -> Any:
+    from beam_pipelines.store import Store
+    from control_api.config import load_config
+
+    config = load_config({"DATA_DIR": args.data_dir} if args.data_dir else None)
+    os.makedirs(config["DATA_DIR"], exist_ok=True)
+    store = Store(config["DATABASE_URL"])
+    store.create_all()
+    return store, config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from beam_pipelines.jobs import JobManager
+    from control_api.auth import create_key, ensure_key, has_keys
+
+    store, config = _store_for(args)
+    if config["API_KEY"]:
+        ensure_key(store, config["API_KEY"], "admin")
+    elif not has_keys(store):
+        key = create_key(store, "admin")
+        print("Created an admin API key. It is shown only this once; keep it safe:", flush=True)
+        print(key, flush=True)
+    store.dispose()
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    manager = JobManager(config["DATABASE_URL"], config["DATA_DIR"], workers=args.job_workers)
+    manager.start()
+
+    env = dict(os.environ, PIPELINE_DO_DATA_DIR=config["DATA_DIR"],
+               PIPELINE_DO_DATABASE_URL=config["DATABASE_URL"])
+    env.pop("PIPELINE_DO_API_KEY", None)  # registered above; workers need not see it
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
+               "--workers", str(args.workers), "--threads", str(args.threads),
+               "--worker-class", "gthread", "--timeout", "120", "--graceful-timeout", "30",
+               "--access-logfile", "-" if args.access_log else "/dev/null",
+               "control_api:create_app()"]
+    server = subprocess.Popen(command, env=env)
+    done = threading.Event()
+
+    def _shutdown(_signum: int, _frame: Any) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    print(f"pipeline.do listening on http://{args.host}:{args.port} "
+          f"(data dir {config['DATA_DIR']})", flush=True)
+    while not done.is_set() and server.poll() is None:
+        done.wait(0.5)
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    manager.close()
+    return 0 if done.is_set() else (server.returncode or 1)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from control_api.auth import create_key, revoke_key
+
+    store, _config = _store_for(args)
+    try:
+        if args.keys_command == "create":
+            key = create_key(store, args.scope)
+            print(f"Created a key with scope {args.scope}. It is shown only this once:")
+            print(key)
+            return 0
+        count = revoke_key(store, args.prefix)
+        print(f"revoked {count} key(s)")
+        return 0 if count else 1
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline-do", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API and the local job manager")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--data-dir", default=None, help="default $PIPELINE_DO_DATA_DIR or ./data")
+    serve.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    serve.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    serve.add_argument("--job-workers", type=int, default=None,
+                       help="epoch worker processes (default: one per core)")
+    serve.add_argument("--access-log", action="store_true")
+    serve.set_defaults(func=_serve)
+
+    keys = sub.add_parser("keys", help="create or revoke API keys")
+    keys.add_argument("--data-dir", default=None)
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create")
+    create.add_argument("--scope", choices=("admin", "ingest", "read"), default="ingest")
+    create.add_argument("--data-dir", dest="data_dir", default=argparse.SUPPRESS)
+    revoke = keys_sub.add_parser("revoke")
+    revoke.add_argument("prefix")
+    revoke.add_argument("--data-dir", dest="data_dir", default=argparse.SUPPRESS)
+    keys.set_defaults(func=_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The reply envelope and the one place where errors become HTTP codes.
+
+Every endpoint answers ``{"success", "data" | "error", "meta"}``. An
+``ApiError`` carries status, code, message and details; data-plane errors
+(``beam_pipelines.errors``) are mapped onto it here, and anything else is
+a 500 whose reply says nothing of the internals (the log has them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from beam_pipelines.errors import (
+    ConflictError,
+    DefinitionError,
+    NotFoundError,
+    PipelineDoError,
+    StorageError,
+    TimeoutExceeded,
+    Unavailable,
+)
+
+__all__ = ["ApiError", "envelope", "error_envelope", "init_app"]
+
+_log = logging.getLogger("pipeline_do.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str,
+                 details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+def validation_error(field: str, message: str) -> ApiError:
+    return ApiError(400, "VALIDATION_ERROR", message, {"field": field})
+
+
+_MAPPING: list[tuple[type[PipelineDoError], int, str]] = [
+    (DefinitionError, 400, "VALIDATION_ERROR"),
+    (NotFoundError, 404, "NOT_FOUND"),
+    (ConflictError, 409, "CONFLICT"),
+    (TimeoutExceeded, 504, "TIMEOUT"),
+    (Unavailable, 503, "SERVICE_UNAVAILABLE"),
+    (StorageError, 503, "SERVICE_UNAVAILABLE"),
+]
+
+
+def _meta() -> dict[str, Any]:
+    return {"requestId": getattr(g, "request_id", None) or _new_request_id(),
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")
+            .replace("+00:00", "Z")}
+
+
+def _new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex[:20]
+
+
+def envelope(data: Any) -> Response:
+    meta = _meta()
+    started = getattr(g, "started", None)
+    if started is not None:
+        meta["duration"] = int((time.perf_counter() - started) * 1000)
+    return jsonify({"success": True, "data": data, "meta": meta})
+
+
+def error_envelope(err: ApiError) -> Response:
+    error: dict[str, Any] = {"code": err.code, "message": err.message}
+    if err.details:
+        error["details"] = err.details
+    response = jsonify({"success": False, "error": error, "meta": _meta()})
+    response.status_code = err.status
+    for name, value in err.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def to_api_error(err: PipelineDoError) -> ApiError:
+    for kind, status, code in _MAPPING:
+        if isinstance(err, kind):
+            headers = {"Retry-After": "5"} if status == 503 else {}
+            return ApiError(status, code, err.message, err.details, headers)
+    return ApiError(500, "INTERNAL_ERROR", "internal error; see the server log "
+                    f"for request {getattr(g, 'request_id', '')}")
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _start_request() -> None:
+        g.started = time.perf_counter()
+        supplied = request.headers.get("X-Request-ID", "")
+        g.request_id = supplied[:128] if supplied.isprintable() and supplied else _new_request_id()
+
+    @app.after_request
+    def _tag_response(response: Response) -> Response:
+        response.headers["X-Request-ID"] = getattr(g, "request_id", "") or ""
+        return response
+
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError) -> Response:
+        return error_envelope(err)
+
+    @app.errorhandler(PipelineDoError)
+    def _domain_error(err: PipelineDoError) -> Response:
+        return error_envelope(to_api_error(err))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_err: RequestEntityTooLarge) -> Response:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return error_envelope(ApiError(413, "PAYLOAD_TOO_LARGE",
+                                       f"request body is over the limit of {limit} bytes",
+                                       {"limit_bytes": limit}))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> Response:
+        status = err.code or 500
+        code = {401: "AUTHENTICATION_ERROR", 403: "AUTHORIZATION_ERROR", 404: "NOT_FOUND",
+                405: "VALIDATION_ERROR", 409: "CONFLICT", 429: "RATE_LIMIT_EXCEEDED"} \
+            .get(status, "VALIDATION_ERROR" if status < 500 else "INTERNAL_ERROR")
+        message = {404: f"no route {request.path}",
+                   405: f"method {request.method} is not allowed on {request.path}"} \
+            .get(status, err.description or err.name)
+        return error_envelope(ApiError(status, code, message))
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception) -> Response:
+        _log.exception("request %s failed", getattr(g, "request_id", "?"))
+        return error_envelope(ApiError(500, "INTERNAL_ERROR", "internal error; see the server "
+                                       f"log for request {getattr(g, 'request_id', '')}"))

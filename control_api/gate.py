@@ -1,0 +1,74 @@
+"""Admission for every authenticated endpoint: key, rate limit, body.
+
+``admit`` authenticates the bearer key and counts the request against the
+key's per-minute limit; the rate-limit headers go on every response, the
+ones turned away included.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+
+from control_api.auth import Principal, authenticate
+from control_api.errors import ApiError, validation_error
+
+__all__ = ["admit", "init_app", "json_body", "timeout_seconds"]
+
+
+def admit() -> Principal:
+    principal = authenticate()
+    verdict = current_app.extensions["pdo_rate_limiter"].hit(f"key:{principal.key_id}")
+    g.rate_verdict = verdict
+    if not verdict.allowed:
+        raise ApiError(429, "RATE_LIMIT_EXCEEDED",
+                       f"rate limit of {verdict.limit} requests per minute exceeded",
+                       {"limit": verdict.limit, "reset": verdict.reset}, verdict.headers())
+    return principal
+
+
+def json_body() -> Any:
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise validation_error("body", "the request body must be JSON")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise validation_error("body", f"malformed JSON: {str(err)[:120]}") from None
+
+
+def timeout_seconds(options: Any) -> float:
+    default = current_app.config["DEFAULT_TIMEOUT_MS"]
+    if options is None:
+        return default / 1000.0
+    if not isinstance(options, dict):
+        raise validation_error("options", "options must be an object {timeout, retries}")
+    timeout = options.get("timeout", default)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not 1 <= timeout <= 3_600_000:
+        raise validation_error("options.timeout", "options.timeout must be milliseconds "
+                               "from 1 to 3600000")
+    retries = options.get("retries", 3)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+        raise validation_error("options.retries", "options.retries must be an integer "
+                               "from 0 to 10")
+    return float(timeout) / 1000.0
+
+
+def init_app(app: Flask) -> None:
+    @app.after_request
+    def _rate_headers(response: Response) -> Response:
+        verdict = getattr(g, "rate_verdict", None)
+        if verdict is not None:
+            for name, value in verdict.headers().items():
+                response.headers[name] = value
+        else:
+            limit = current_app.config["RATE_LIMIT"]
+            now = int(time.time())
+            response.headers["X-RateLimit-Limit"] = str(max(limit, 0))
+            response.headers["X-RateLimit-Remaining"] = str(max(limit, 0))
+            response.headers["X-RateLimit-Reset"] = str(now - now % 60 + 60)
+        return response

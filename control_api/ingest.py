@@ -1,0 +1,44 @@
+"""The fast ingest path: ``POST /pipelines/<pipeline_id or name>/events``.
+
+Takes a JSON array (``application/json``) or NDJSON
+(``application/x-ndjson``). NDJSON goes straight from the request bytes to
+Arrow (pyarrow's JSON reader), with no Python object per event.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, current_app, request
+
+from control_api.auth import require_scope
+from control_api.errors import envelope, validation_error
+from control_api.gate import admit, json_body
+
+__all__ = ["bp", "init_app"]
+
+bp = Blueprint("ingest", __name__)
+
+_NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl",
+           "application/json-seq")
+
+
+@bp.post("/pipelines/<ref>/events")
+def ingest_events(ref: str):  # type: ignore[no-untyped-def]
+    principal = admit()
+    require_scope(principal, "ingest", "ingest")
+    service = current_app.extensions["pdo_service"]
+    content_type = (request.mimetype or "").lower()
+    if content_type in _NDJSON:
+        return envelope(service.ingest_json_lines(ref, request.get_data(cache=False)))
+    if content_type == "application/json":
+        events = json_body()
+        if isinstance(events, dict):
+            events = [events]
+        if not isinstance(events, list):
+            raise validation_error("body", "the body must be a JSON array of event objects")
+        return envelope(service.ingest_objects(ref, events))
+    raise validation_error("Content-Type", f"unsupported Content-Type {content_type!r}: allowed "
+                           "application/json, application/x-ndjson")
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

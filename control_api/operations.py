@@ -1,0 +1,94 @@
+"""``POST /pipeline``: one endpoint, an operation and its parameters.
+
+The dispatch table names each operation's scope and handler; an unknown
+operation is a 400 naming the allowed ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Flask, current_app
+
+from beam_pipelines.pipelines import PipelineService
+from control_api.auth import require_scope
+from control_api.errors import envelope, validation_error
+from control_api.gate import admit, json_body, timeout_seconds
+
+__all__ = ["OPERATIONS", "bp", "init_app"]
+
+bp = Blueprint("operations", __name__)
+
+Handler = Callable[[PipelineService, dict[str, Any], dict[str, Any]], Any]
+
+
+def _ref(params: dict[str, Any]) -> str:
+    ref = params.get("pipeline_id") or params.get("name")
+    if not isinstance(ref, str) or not ref:
+        raise validation_error("parameters.pipeline_id",
+                               "name the pipeline with parameters.pipeline_id or parameters.name")
+    return ref
+
+
+def _ingest(service: PipelineService, params: dict[str, Any], _options: dict[str, Any]) -> Any:
+    if "events" in params:
+        events = params["events"]
+        if not isinstance(events, list):
+            raise validation_error("parameters.events", "events must be an array of objects")
+    elif "event" in params:
+        if not isinstance(params["event"], dict):
+            raise validation_error("parameters.event", "event must be an object")
+        events = [params["event"]]
+    else:
+        raise validation_error("parameters.events", "give events (an array) or event (an object)")
+    return service.ingest_objects(_ref(params), events)
+
+
+def _monitor(service: PipelineService, params: dict[str, Any], _options: dict[str, Any]) -> Any:
+    window = params.get("window_seconds", 60)
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or not 1 <= window <= 86400:
+        raise validation_error("parameters.window_seconds",
+                               "window_seconds must be a number from 1 to 86400")
+    return service.monitor(_ref(params), float(window))
+
+
+OPERATIONS: dict[str, tuple[str, Handler]] = {
+    "create": ("admin", lambda s, p, o: s.create(p)),
+    "get": ("read", lambda s, p, o: s.get(_ref(p))),
+    "list": ("read", lambda s, p, o: s.list()),
+    "pipeline": ("read", lambda s, p, o: s.list()),
+    "delete": ("admin", lambda s, p, o: s.delete(_ref(p))),
+    "start": ("admin", lambda s, p, o: s.transition(_ref(p), "start")),
+    "pause": ("admin", lambda s, p, o: s.transition(_ref(p), "pause")),
+    "resume": ("admin", lambda s, p, o: s.transition(_ref(p), "resume")),
+    "stop": ("admin", lambda s, p, o: s.stop(_ref(p), timeout_seconds(o))),
+    "ingest": ("ingest", _ingest),
+    "transform": ("admin", lambda s, p, o: s.transform(_ref(p), p)),
+    "monitor": ("read", _monitor),
+    "logs": ("read", lambda s, p, o: s.logs(_ref(p), p)),
+}
+
+
+@bp.post("/pipeline")
+def pipeline_operation():  # type: ignore[no-untyped-def]
+    principal = admit()
+    body = json_body()
+    if not isinstance(body, dict):
+        raise validation_error("body", "the body must be an object {operation, parameters, options}")
+    operation = body.get("operation")
+    if operation not in OPERATIONS:
+        raise validation_error("operation", f"unknown operation {operation!r}: allowed "
+                               + ", ".join(OPERATIONS))
+    params = body.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise validation_error("parameters", "parameters must be an object")
+    options = body.get("options") or {}
+    timeout_seconds(options)  # validate options up front, whatever the operation
+    scope, handler = OPERATIONS[operation]
+    require_scope(principal, scope, operation)
+    return envelope(handler(current_app.extensions["pdo_service"], params, options))
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
