@@ -1,0 +1,82 @@
+"""Small measuring helpers shared by the benchmark contenders.
+
+:class:`PeakRss` samples the resident set size of a process and all of its
+descendants in a background thread and keeps the peak, e.g.::
+
+    with PeakRss(server_pid) as rss:
+        ...                      # drive the load
+    print(rss.peak_mb)
+
+:func:`percentile` gives nearest-rank percentiles of a list of latencies.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Sequence
+
+import psutil
+
+__all__ = ["PeakRss", "percentile"]
+
+
+class PeakRss:
+    """Peak RSS (MiB) of process ``pid`` plus its children, sampled every ``interval`` s."""
+
+    def __init__(self, pid: int | None = None, interval: float = 0.05):
+        self._process = psutil.Process(pid or os.getpid())
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.peak_bytes = 0
+        self.start_bytes = 0
+
+    def sample(self) -> int:
+        """Current RSS in bytes of the process tree (and update the peak)."""
+        total = 0
+        try:
+            processes = [self._process, *self._process.children(recursive=True)]
+        except psutil.Error:
+            processes = []
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:  # exited between listing and sampling
+                pass
+        self.peak_bytes = max(self.peak_bytes, total)
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.sample()
+
+    def __enter__(self) -> PeakRss:
+        self.start_bytes = self.sample()
+        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 2**20
+
+    @property
+    def start_mb(self) -> float:
+        return self.start_bytes / 2**20
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """Nearest-rank percentile (``pct`` in 0..100) of ``values``; None if empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
