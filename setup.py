@@ -30,6 +30,8 @@ setup(
             "mypy>=1.10",
             "gcp-storage-emulator>=2024.8",
             "moto[server]>=5",
+            "psutil>=5.9",
+            "matplotlib>=3.8",
         ],
     },
     entry_points={"console_scripts": ["pipeline-do=control_api.cli:main"]},

@@ -262,10 +262,11 @@ class PipelineService:
 
     # -- ingest -------------------------------------------------------------
 
-    def ingest_objects(self, ref: str, events: list[Any]) -> dict[str, Any]:
+    def ingest_objects(self, ref: str, events: list[Any], *, body_bytes: int) -> dict[str, Any]:
         definition, pipeline_id = self._definition(ref)
         decoded = decode_objects(events, definition.schema, definition.event_time_field,
-                                 now=datetime.now(timezone.utc), max_record_bytes=MAX_RECORD_BYTES)
+                                 now=datetime.now(timezone.utc), max_record_bytes=MAX_RECORD_BYTES,
+                                 body_bytes=body_bytes)
         return self._append(pipeline_id, decoded, raw_bytes=0)
 
     def ingest_json_lines(self, ref: str, body: bytes) -> dict[str, Any]:

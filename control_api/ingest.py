@@ -35,7 +35,7 @@ def ingest_events(ref: str):  # type: ignore[no-untyped-def]
             events = [events]
         if not isinstance(events, list):
             raise validation_error("body", "the body must be a JSON array of event objects")
-        return envelope(service.ingest_objects(ref, events))
+        return envelope(service.ingest_objects(ref, events, body_bytes=request.content_length or 0))
     raise validation_error("Content-Type", f"unsupported Content-Type {content_type!r}: allowed "
                            "application/json, application/x-ndjson")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, current_app
+from flask import Blueprint, Flask, current_app, request
 
 from beam_pipelines.pipelines import PipelineService
 from control_api.auth import require_scope
@@ -42,7 +42,8 @@ def _ingest(service: PipelineService, params: dict[str, Any], _options: dict[str
         events = [params["event"]]
     else:
         raise validation_error("parameters.events", "give events (an array) or event (an object)")
-    return service.ingest_objects(_ref(params), events)
+    return service.ingest_objects(_ref(params), events,
+                                  body_bytes=request.content_length or 0)
 
 
 def _monitor(service: PipelineService, params: dict[str, Any], _options: dict[str, Any]) -> Any:

@@ -1,0 +1,36 @@
+# The commands README and CI use. The virtualenv is reused while
+# constraints.txt and setup.py are unchanged (installing Beam takes minutes).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat constraints.txt setup.py 2>/dev/null | sha1sum | cut -c1-12)
+HOST ?= 127.0.0.1
+PORT ?= 8080
+DATA_DIR ?= ./data
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): constraints.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -c constraints.txt -e '.[gcp,aws,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: install
+	$(VENV)/bin/pipeline-do serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check beam_pipelines control_api transforms tests benchmarks
+	$(VENV)/bin/mypy beam_pipelines control_api transforms
+
+bench: install
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

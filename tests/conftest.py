@@ -1,0 +1,45 @@
+"""Shared fixtures: an app on a temp data dir, a real server, a job manager."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/servers.py and tests/live.py
+
+from live import LiveServer  # noqa: E402
+
+ADMIN_KEY = "pdo_test_admin_key_0123456789"
+
+
+@pytest.fixture
+def app(tmp_path: Any) -> Any:
+    from control_api import create_app
+
+    return create_app({"DATA_DIR": str(tmp_path / "data"), "API_KEY": ADMIN_KEY,
+                       "RATE_LIMIT": 0, "TESTING": True})
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture
+def live_server(tmp_path: Any) -> Iterator[LiveServer]:
+    data_dir = tmp_path / "server"
+    data_dir.mkdir()
+    server = LiveServer(str(data_dir), api_key=ADMIN_KEY).start()
+    try:
+        yield server
+    finally:
+        server.kill()
