@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
 from beam_pipelines.definition import PipelineDefinition, definition_from_dict
@@ -70,13 +70,15 @@ def plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bo
             return None
         definition = definition_from_dict(row.definition_dict())
         roll = definition.sink.roll
-        head = buffer.backlog(row.committed_seq)
+        # An epoch starts where the last planned one ends, committed or not.
+        start = s.scalar(select(func.max(Epoch.range_end)).where(
+            Epoch.pipeline_id == pipeline_id)) or row.committed_seq
+        head = buffer.backlog(start)
         if not epoch_is_due(definition, head, flush=flush, now=now):
             return None
-        take = buffer.backlog(row.committed_seq, max_events=roll.max_events,
-                              max_bytes=roll.max_bytes)
+        take = buffer.backlog(start, max_events=roll.max_events, max_bytes=roll.max_bytes)
         number = row.next_epoch
-        s.add(Epoch(pipeline_id=pipeline_id, epoch=number, range_start=row.committed_seq,
+        s.add(Epoch(pipeline_id=pipeline_id, epoch=number, range_start=start,
                     range_end=take.last_seq, sql_version=row.version, status="planned",
                     events=take.events, planned_at=now))
         row.next_epoch = number + 1

@@ -31,6 +31,7 @@ def sandboxed_connection(threads: int | None = None) -> duckdb.DuckDBPyConnectio
     if threads:
         config["threads"] = threads
     con = duckdb.connect(":memory:", config=config)
+    con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC, not the host zone
     con.execute("SET lock_configuration = true")
     return con
 

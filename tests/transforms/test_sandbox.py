@@ -1,0 +1,50 @@
+"""User SQL runs sandboxed: one SELECT, no files, no network, no settings."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from beam_pipelines.definition import Field
+from transforms.decode import arrow_schema
+from transforms.sandbox import SqlError, plan_sql, run_sql, sandboxed_connection
+
+SCHEMA = arrow_schema([Field("user_id", "int64", True), Field("country", "string")])
+
+
+def test_plan_yields_the_output_schema() -> None:
+    out = plan_sql("SELECT user_id * 2 AS doubled, upper(country) AS c, _event_time FROM events "
+                   "WHERE user_id > 1", SCHEMA)
+    assert [(f.name, str(f.type)) for f in out] == [
+        ("doubled", "int64"), ("c", "string"), ("_event_time", "timestamp[us, tz=UTC]")]
+
+
+def test_ctes_are_allowed() -> None:
+    out = plan_sql("WITH x AS (SELECT user_id FROM events) SELECT count(*) AS n FROM x", SCHEMA)
+    assert out.names == ["n"]
+
+
+@pytest.mark.parametrize(("sql", "text"), [
+    ("DELETE FROM events", "must be a SELECT"),
+    ("SELECT 1; SELECT 2", "exactly one"),
+    ("SELECT * FROM read_csv('/etc/passwd')", "disabled"),
+    ("SELECT * FROM read_parquet('http://example.com/x.parquet')", "disabled"),
+    ("SELECT nope FROM events", "nope"),
+    ("SELECT * FROM other_table", "other_table"),
+    ("ATTACH 'x.db'", "must be a SELECT"),
+    ("SET enable_external_access = true", "must be a SELECT"),
+    ("COPY events TO '/tmp/x.csv'", "must be a SELECT"),
+    ("SELEC 1", "syntax"),
+])
+def test_everything_but_one_select_over_events_is_refused(sql: str, text: str) -> None:
+    with pytest.raises(SqlError) as caught:
+        plan_sql(sql, SCHEMA)
+    assert text.lower() in str(caught.value).lower()
+
+
+def test_configuration_is_locked() -> None:
+    con = sandboxed_connection()
+    with pytest.raises(Exception, match="configuration"):
+        con.execute("SET enable_external_access = true")
+    table = pa.table({"user_id": [1, 2, 3]})
+    assert run_sql(con, "SELECT sum(user_id) AS s FROM events", table).to_pylist() == [{"s": 6}]
