@@ -103,7 +103,7 @@ class PipelineDefinition:
     sink: Sink = field(default_factory=lambda: Sink(uri=""))
     runner: RunnerSpec = field(default_factory=RunnerSpec)
 
-    def with_sql(self, sql: str) -> PipelineDefinition:
+    def with_sql(self, sql: Any) -> PipelineDefinition:
         return replace(self, sql=_parse_sql(sql))
 
     def to_dict(self) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> E
     try:
         entries = run_epoch_pipeline(spec)
         sizes = file_sizes(sink, [e["path"] for e in entries], epoch_no)
-    except Exception as err:  # noqa: BLE001 - classified and retried by the job manager
+    except Exception as err:
         raise StorageError(f"epoch {epoch_no} failed to write to the sink: "
                            f"{type(err).__name__}: {str(err)[:300]}") from err
     files = [{**e, **sizes[e["path"]]} for e in entries]

@@ -136,7 +136,7 @@ class PipelineService:
             public = _public(row)
         return {**public, **self.counters(public["id"])}
 
-    def list(self) -> dict[str, Any]:
+    def list_all(self) -> dict[str, Any]:
         with self.store.session() as s:
             rows = s.scalars(select(PipelineRow).order_by(PipelineRow.created_at)).all()
             return {"pipelines": [_public(r) for r in rows]}

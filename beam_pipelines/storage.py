@@ -16,8 +16,9 @@ How Beam 2.77 reaches each store (read from the installed sources)
 every FileSystem call) from the ``S3Options`` pipeline options
 ``s3_endpoint_url, s3_region_name, s3_access_key_id, s3_secret_access_key,
 s3_session_token, s3_verify, s3_disable_ssl``. Options left ``None`` fall
-back to boto3's own environment chain. Everything is per pipeline: nothing
-process-global is needed. :func:`pipeline_options_for_sink` maps the sink
+back to boto3's own environment chain. Endpoint and keys are per pipeline
+(only retries and a loader cache are process-wide, see below).
+:func:`pipeline_options_for_sink` maps the sink
 options (else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, ``AWS_REGION`` /
 ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
 ``AWS_SESSION_TOKEN``) onto them.
@@ -42,23 +43,54 @@ So for gs:// :func:`activate_sink` sets **process-wide** state:
    which honours ``STORAGE_EMULATOR_HOST``); else the ``credentials_file`` /
    ``GOOGLE_APPLICATION_CREDENTIALS`` file; else one ``google.auth.default()``
    call (anonymous if it finds nothing);
-3. bounds gcsio's retry deadline (google-cloud-storage default: 120 s) to
-   :data:`DEFAULT_RETRY_DEADLINE` so an unreachable server fails an epoch in
-   seconds (``gcsio_retry.DEFAULT_RETRY*`` are looked up per ``GcsIO``).
+3. :func:`configure_retries` (below).
 
 Because that state is per process, a worker must call :func:`activate_sink`
-(or use :func:`beam_options_for_sink`, which does) before *each* epoch, and
-must run one epoch at a time (Beam's ``FileSystems.set_options`` is process
-global too). The FnApiRunner's default in-process worker sees it; a
-multi-process SDK worker would not.
+(or :func:`beam_options_for_sink`, which does) before *each* epoch and run one
+epoch at a time: Beam's ``FileSystems.set_options`` (done by ``Pipeline()``)
+is process-global too. The FnApiRunner's default in-process worker sees this
+state; a multi-process SDK worker would not. :func:`check_sink_reachable`
+uses none of it (own client, short timeouts), so it is safe in the web process.
 
 For code outside a pipeline (listing, stat, delete), :func:`filesystem_for`
-returns a Beam ``FileSystem`` bound to the sink's options, and
-:func:`list_files` / :func:`delete_files` use it.
+returns a Beam ``FileSystem`` bound to the sink's options; :func:`list_files`
+and :func:`delete_files` use it; :func:`sink_filesystems` scopes the static
+``FileSystems.*`` calls.
+
+Failing fast
+------------
+Left alone, an unreachable store stalls an epoch for minutes: gcsio retries
+every call for 120 s (google-cloud-storage ``DEFAULT_RETRY``); Beam's
+``S3IO`` list/copy/delete/stat calls retry 7 times from 5 s (~10 min), on top
+of botocore's own retries. :func:`configure_retries` (applied once by
+:func:`activate_sink`, :data:`DEFAULT_RETRY_DEADLINE` = 10 s) bounds all
+three, process-wide: gcsio's ``Retry`` deadline, a cap on each sleep of Beam's
+shared retry ``Clock``, and ``AWS_RETRY_MODE=standard`` /
+``AWS_MAX_ATTEMPTS=2`` in the environment when unset. Against a closed port
+an epoch's write then fails in ~2 s (gs, deadline 2 s) / ~0.3 s (s3), and
+:func:`is_transient_storage_error` says ``True``.
+
+Pitfalls (Beam 2.77)
+--------------------
+* ``file://`` URIs are rejected by Beam's ``FileSystems``: pass
+  :func:`beam_path` (``/abs/path``) to ``WriteToFiles`` and friends.
+* ``WriteToFiles`` swallows a ``BeamIOError`` from the final rename (temp ->
+  final name) and still succeeds: check the expected final objects exist
+  (:func:`list_files`) before committing an epoch.
+* gcsio's batch copy/delete swallow their ``RetryError`` and then fail with
+  ``AttributeError: 'NoneType' object has no attribute 'status_code'``;
+  :func:`is_transient_storage_error` classifies that as transient.
+* Errors raised inside a pipeline may reach the caller re-wrapped
+  (``RuntimeError`` carrying the text, original as ``__context__``); the
+  classifier walks the chain and falls back to well-known phrases.
+* Beam makes a new boto3 session per S3 call (~0.15 s each, re-reading the
+  botocore models); :func:`activate_sink` makes them share one loader
+  (~0.02 s each), which halves a small s3:// epoch.
 """
 
 from __future__ import annotations
 
+import builtins
 import collections
 import contextlib
 import errno
@@ -71,12 +103,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from beam_pipelines.errors import StorageError
+
 __all__ = [
     "DEFAULT_RETRY_DEADLINE",
     "SCHEMES",
     "StorageSettings",
     "activate_sink",
     "beam_options_for_sink",
+    "beam_path",
     "check_sink_reachable",
     "configure_retries",
     "delete_files",
@@ -84,6 +119,7 @@ __all__ = [
     "is_transient_storage_error",
     "list_files",
     "pipeline_options_for_sink",
+    "reset_process_state",
     "resolve_settings",
     "sink_filesystems",
     "sink_scheme",
@@ -198,6 +234,9 @@ def resolve_settings(uri: str, options: Mapping[str, Any] | None = None,
                                access_key_id=key_id, secret_access_key=secret,
                                session_token=token)
     if scheme == "gs":
+        if env is os.environ and _original_emulator_host is not _UNSET:
+            # activate_sink rewrites it for Beam; fall back to the process's own
+            env = {**os.environ, "STORAGE_EMULATOR_HOST": _original_emulator_host or ""}
         endpoint = opt["endpoint_url"] or _clean(env.get("STORAGE_EMULATOR_HOST"))
         project = opt["project"] or _clean(env.get("GOOGLE_CLOUD_PROJECT")) \
             or _clean(env.get("GCLOUD_PROJECT"))
@@ -229,9 +268,8 @@ def pipeline_options_for_sink(uri: str, options: Mapping[str, Any] | None = None
             out["s3_secret_access_key"] = s.secret_access_key
         if s.session_token:
             out["s3_session_token"] = s.session_token
-    elif s.scheme == "gs":
-        if s.project:
-            out["project"] = s.project
+    elif s.scheme == "gs" and s.project:
+        out["project"] = s.project
     return out
 
 
@@ -284,7 +322,7 @@ def configure_retries(deadline_seconds: float | None = DEFAULT_RETRY_DEADLINE) -
         if originals is None:
             originals = (gcsio_retry.DEFAULT_RETRY,
                          gcsio_retry.DEFAULT_RETRY_WITH_THROTTLING_COUNTER)
-            gcsio_retry._pipeline_do_originals = originals
+            setattr(gcsio_retry, "_pipeline_do_originals", originals)  # noqa: B010
         clock = _beam_retry_clock()
         if deadline_seconds is None:
             gcsio_retry.DEFAULT_RETRY, gcsio_retry.DEFAULT_RETRY_WITH_THROTTLING_COUNTER = originals
@@ -323,11 +361,13 @@ def _share_boto_loader() -> None:
             import types
 
             import boto3
+            import boto3.session
             import botocore.loaders
             import botocore.session
             from apache_beam.io.aws.clients.s3 import boto3_client
         except ImportError:  # pragma: no cover - no AWS extra
             return
+        make_session: Any = boto3.session.Session
         if getattr(boto3_client, "boto3", None) is not boto3:  # Beam changed: leave it
             return
         loader = botocore.loaders.create_loader()
@@ -337,11 +377,16 @@ def _share_boto_loader() -> None:
                 core = botocore.session.Session()
                 core.register_component("data_loader", loader)
                 kwargs["botocore_session"] = core
-            return boto3.session.Session(*args, **kwargs)
+            return make_session(*args, **kwargs)
 
-        boto3_client.boto3 = types.SimpleNamespace(
-            session=types.SimpleNamespace(Session=session_factory), __wrapped__=boto3)
+        shim = types.SimpleNamespace(session=types.SimpleNamespace(Session=session_factory),
+                                     __wrapped__=boto3)
+        setattr(boto3_client, "boto3", shim)  # noqa: B010
         _boto_loader = loader
+
+
+class _CredentialsFileUnreadable(ValueError):
+    """credentials_file cannot be opened (args[0]: strerror, no path)."""
 
 
 def _load_gcs_credentials(settings: StorageSettings) -> Any:
@@ -353,9 +398,8 @@ def _load_gcs_credentials(settings: StorageSettings) -> Any:
         try:
             mtime = os.stat(path).st_mtime
         except OSError as exc:
-            raise ValueError(f"credentials_file {path!r} cannot be read: "
-                             f"{exc.strerror or exc}") from None
-        key = ("file", path, mtime)
+            raise _CredentialsFileUnreadable(exc.strerror or type(exc).__name__) from None
+        key: tuple[Any, ...] = ("file", path, mtime)
         if key not in _credential_cache:
             import google.auth
 
@@ -396,7 +440,7 @@ def _beam_version() -> str:
         from apache_beam import version
 
         return version.__version__
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001 - only for a log line
         return "?"
 
 
@@ -431,6 +475,35 @@ def activate_sink(uri: str, options: Mapping[str, Any] | None = None, *,
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         _seed_beam_gcs_credentials(_load_gcs_credentials(settings))
     return settings
+
+
+def reset_process_state() -> None:
+    """Undo what :func:`activate_sink` / :func:`configure_retries` changed (tests)."""
+    global _original_emulator_host, _configured_deadline, _boto_loader
+    with _state_lock:
+        if _configured_deadline is not _UNSET:
+            configure_retries(None)
+            _configured_deadline = _UNSET
+        if _original_emulator_host is not _UNSET:
+            if _original_emulator_host:
+                os.environ["STORAGE_EMULATOR_HOST"] = _original_emulator_host
+            else:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            _original_emulator_host = _UNSET
+            from apache_beam.internal.gcp import auth
+
+            cache = getattr(auth, "_Credentials", None)
+            if cache is not None and hasattr(cache, "_credentials_init"):
+                with cache._credentials_lock:
+                    cache._credentials, cache._credentials_init = None, False
+        if _boto_loader is not None:
+            from apache_beam.io.aws.clients.s3 import boto3_client
+
+            wrapped = getattr(getattr(boto3_client, "boto3", None), "__wrapped__", None)
+            if wrapped is not None:
+                setattr(boto3_client, "boto3", wrapped)  # noqa: B010
+            _boto_loader = None
+        _credential_cache.clear()
 
 
 def beam_options_for_sink(uri: str, options: Mapping[str, Any] | None = None,
@@ -476,9 +549,17 @@ def sink_filesystems(uri: str, options: Mapping[str, Any] | None = None) -> Iter
         FileSystems.set_options(previous)
 
 
-def _fs_path(uri: str) -> str:
-    """Beam's LocalFileSystem wants plain paths, not file:// URIs."""
+def beam_path(uri: str) -> str:
+    """The path Beam accepts for ``uri``: ``file:///a/b`` -> ``/a/b``, others unchanged.
+
+    Beam 2.77's LocalFileSystem has no scheme: ``FileSystems`` (and so
+    ``WriteToFiles``) reject ``file://`` URIs with "Unable to get filesystem".
+    """
+    sink_scheme(uri)
     return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+_fs_path = beam_path
 
 
 def list_files(prefix_uri: str, options: Mapping[str, Any] | None = None
@@ -535,9 +616,7 @@ def _is_not_found(exc: BaseException) -> bool:
 
 # -- reachability probe ----------------------------------------------------
 
-def _storage_error(message: str, transient: bool, **details: Any) -> Exception:
-    from beam_pipelines.errors import StorageError
-
+def _storage_error(message: str, transient: bool, **details: Any) -> StorageError:
     err = StorageError(message, {k: v for k, v in details.items() if v is not None})
     err.transient = transient
     return err
@@ -551,11 +630,9 @@ def check_sink_reachable(uri: str, options: Mapping[str, Any] | None = None, *,
     unreachable, bad credentials file) and carries ``transient``; it never
     includes keys or credential contents. Uses its own client with short
     timeouts and no process-wide state, so it is safe in the web process.
+    An unknown scheme or option is a ``ValueError`` (a definition problem).
     """
-    try:
-        s = resolve_settings(uri, options)
-    except ValueError as exc:
-        raise _storage_error(f"sink {uri}: {exc}", False, uri=uri, reason="invalid") from None
+    s = resolve_settings(uri, options)  # ValueError: unknown scheme or options
     if s.scheme == "file":
         _check_local(s)
     elif s.scheme == "gs":
@@ -581,20 +658,21 @@ def _check_local(s: StorageSettings) -> None:
 
 
 def _check_gcs(s: StorageSettings, timeout: float) -> None:
+    import google.cloud.storage as gcs_storage
     from google.api_core import exceptions as gexc
     from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
 
     where = f"GCS endpoint {s.public_endpoint}" if s.endpoint_url else "GCS"
     try:
         creds = _load_gcs_credentials(s)
-    except Exception as exc:
-        raise _storage_error(f"sink {s.uri}: cannot load Google credentials "
-                             f"({type(exc).__name__})", False, uri=s.uri,
+    except Exception as exc:  # noqa: BLE001 - any parse error; its text may hold the key
+        why = exc.args[0] if isinstance(exc, _CredentialsFileUnreadable) else type(exc).__name__
+        raise _storage_error(f"sink {s.uri}: cannot load Google credentials from "
+                             f"credentials_file ({why})", False, uri=s.uri,
                              reason="bad_credentials") from None
     client_options = {"api_endpoint": s.endpoint_url} if s.endpoint_url else None
     try:
-        client = storage.Client(project=s.project or "<none>",
+        client = gcs_storage.Client(project=s.project or "<none>",
                                 credentials=creds or AnonymousCredentials(),
                                 client_options=client_options)
         client.get_bucket(s.bucket, timeout=timeout, retry=None)
@@ -607,7 +685,7 @@ def _check_gcs(s: StorageSettings, timeout: float) -> None:
                              " (check credentials_file / the service account's roles)",
                              False, uri=s.uri, reason="access_denied",
                              endpoint=s.public_endpoint) from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - classified, reported without secrets
         transient = is_transient_storage_error(exc)
         raise _storage_error(f"sink {s.uri}: cannot reach {where}: {_short(exc)}", transient,
                              uri=s.uri, reason="unreachable" if transient else "error",
@@ -759,6 +837,9 @@ def _classify_text(text: str) -> bool | None:
     return None
 
 
+_EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())  # Python >= 3.11
+
+
 def _walk(exc: BaseException) -> Iterator[BaseException]:
     """The exception, then what it wraps, breadth first."""
     seen: set[int] = set()
@@ -776,7 +857,7 @@ def _walk(exc: BaseException) -> Iterator[BaseException]:
             inner = getattr(e, attr, None)
             if isinstance(inner, BaseException):
                 stack.append(inner)
-        if isinstance(e, BaseExceptionGroup):
+        if isinstance(e, _EXCEPTION_GROUP):
             stack.extend(e.exceptions)
 
 

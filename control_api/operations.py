@@ -57,8 +57,8 @@ def _monitor(service: PipelineService, params: dict[str, Any], _options: dict[st
 OPERATIONS: dict[str, tuple[str, Handler]] = {
     "create": ("admin", lambda s, p, o: s.create(p)),
     "get": ("read", lambda s, p, o: s.get(_ref(p))),
-    "list": ("read", lambda s, p, o: s.list()),
-    "pipeline": ("read", lambda s, p, o: s.list()),
+    "list": ("read", lambda s, p, o: s.list_all()),
+    "pipeline": ("read", lambda s, p, o: s.list_all()),
     "delete": ("admin", lambda s, p, o: s.delete(_ref(p))),
     "start": ("admin", lambda s, p, o: s.transition(_ref(p), "start")),
     "pause": ("admin", lambda s, p, o: s.transition(_ref(p), "pause")),

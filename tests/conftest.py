@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/servers.py and tests/live.py
 
-from live import LiveServer  # noqa: E402
+from live import LiveServer
 
 ADMIN_KEY = "pdo_test_admin_key_0123456789"
 

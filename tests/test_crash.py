@@ -19,7 +19,6 @@ from typing import Any
 import duckdb
 import psutil
 import requests
-
 from live import LiveServer
 
 SCHEMA = [{"name": "seq", "type": "int64", "required": True},

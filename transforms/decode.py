@@ -196,8 +196,8 @@ class _Decoder:
         return DecodedBatch(self._finish(columns), rejected)
 
     def _query(self, max_record_bytes: int) -> str:
-        valid = ("CASE WHEN strlen(l) <= {max} AND json_valid(l) "
-                 "THEN json_type(l::JSON) = 'OBJECT' ELSE false END").format(max=int(max_record_bytes))
+        valid = (f"CASE WHEN strlen(l) <= {int(max_record_bytes)} AND json_valid(l) "
+                 "THEN json_type(l::JSON) = 'OBJECT' ELSE false END")
         if self.fields is None:
             base = f"SELECT i, l, strlen(l) > {int(max_record_bytes)} AS too_large, " \
                    f"{valid} AS is_object FROM records"

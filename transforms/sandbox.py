@@ -8,6 +8,8 @@ relation is always named ``events``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import duckdb
 import pyarrow as pa
 
@@ -21,7 +23,7 @@ class SqlError(ValueError):
 
 
 def sandboxed_connection(threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    config: dict[str, str | int | bool] = {
+    config: dict[str, Any] = {
         "enable_external_access": False,
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,

@@ -110,7 +110,7 @@ def test_internal_errors_leak_nothing(app: Any, auth: dict[str, str]) -> None:
     def explode(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("secret internal detail /etc/shadow")
 
-    app.extensions["pdo_service"].list = explode
+    app.extensions["pdo_service"].list_all = explode
     response = app.test_client().post("/pipeline", json={"operation": "list"}, headers=auth)
     err = _error(response, 500, "INTERNAL_ERROR")
     assert "secret" not in response.get_data(as_text=True)
