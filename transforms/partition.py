@@ -64,6 +64,21 @@ def partition_keys(table: pa.Table, pattern: str, fallback_time: datetime) -> pa
     return pc.binary_join_element_wise(*arrays, "")
 
 
+# The finest strftime directive in a pattern decides how far event times can
+# be truncated before formatting without changing the result.
+_UNITS = [("second", ("%S", "%s", "%T", "%X", "%c")), ("minute", ("%M", "%R")),
+          ("hour", ("%H", "%I", "%p", "%k", "%l")), ("day", ("%d", "%j", "%e", "%a", "%A", "%u",
+                                                             "%w", "%D", "%F", "%x")),
+          ("month", ("%m", "%b", "%B", "%h")), ("year", ("%Y", "%y", "%C", "%G"))]
+
+
+def _finest_unit(pattern: str) -> str | None:
+    for unit, directives in _UNITS:
+        if any(d in pattern for d in directives):
+            return unit
+    return None
+
+
 def _time_piece(literal: str, times: pa.ChunkedArray | None, fallback: datetime,
                 n: int) -> list[pa.Array | str]:
     if not literal:
@@ -72,7 +87,15 @@ def _time_piece(literal: str, times: pa.ChunkedArray | None, fallback: datetime,
         return [literal]
     if times is None:
         return [fallback.strftime(literal)]
-    filled = pc.strftime(times.combine_chunks(), format=literal)
+    values = times.combine_chunks()
+    unit = _finest_unit(literal)
+    if unit is None:
+        filled = pc.strftime(values, format=literal)
+    else:
+        # Format each distinct truncated time once, then map rows onto them.
+        truncated = pc.floor_temporal(values, unit=unit).dictionary_encode()
+        labels = pc.strftime(truncated.dictionary, format=literal)
+        filled = labels.take(truncated.indices)
     return [pc.fill_null(filled, fallback.strftime(literal))]
 
 
