@@ -66,6 +66,17 @@ def buffer_path(data_dir: str, pipeline_id: str) -> str:
     return os.path.join(data_dir, "buffers", f"{pipeline_id}.sqlite")
 
 
+@dataclass
+class _PendingAppend:
+    blob: bytes | None
+    events: int
+    nbytes: int
+    rejected: list[tuple[int, str, str, str | None]]
+    seq: int | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
 @dataclass(frozen=True)
 class Backlog:
     """What is buffered after a given sequence number."""
@@ -82,6 +93,9 @@ class EventBuffer:
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
+        self._queue: list[_PendingAppend] = []
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with self._connect() as con:
             con.executescript(_SCHEMA)
@@ -103,38 +117,64 @@ class EventBuffer:
 
     def append(self, table: pa.Table, rejected: Iterable[tuple[int, str, str, str | None]] = (),
                *, raw_bytes: int = 0) -> int | None:
-        """Store accepted events and dead letters in one fsynced transaction.
+        """Store accepted events and dead letters durably; return the row's sequence number.
 
-        Returns the batch's sequence number (None when no event was accepted).
+        Group commit: requests arriving together on this process's threads
+        share one transaction and one fsync, each still getting its own row.
+        Returns only once this request's row is committed (None when no event
+        was accepted).
         """
-        rejected = list(rejected)
         blob = _to_ipc(table) if table.num_rows else None
+        item = _PendingAppend(blob, table.num_rows, raw_bytes or (len(blob) if blob else 0),
+                              list(rejected))
+        with self._queue_lock:
+            self._queue.append(item)
+        with self._commit_lock:
+            if not item.done:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit_group(group)
+        if item.error is not None:
+            raise item.error
+        return item.seq
+
+    def _commit_group(self, group: list[_PendingAppend]) -> None:
         con = self._connect()
         now = time.time()
-        con.execute("BEGIN IMMEDIATE")
         try:
-            seq = None
-            if blob is not None:
-                cur = con.execute(
-                    "INSERT INTO batches (events, bytes, ingested_at, data) VALUES (?, ?, ?, ?)",
-                    (table.num_rows, raw_bytes or len(blob), now, blob))
-                seq = cur.lastrowid
-            if rejected:
-                con.executemany(
-                    "INSERT INTO dead_letters (received_at, idx, code, message, record) "
-                    "VALUES (?, ?, ?, ?, ?)", [(now, *r) for r in rejected])
-            if table.num_rows:
-                con.execute("INSERT INTO ingest_seconds VALUES (?, ?) ON CONFLICT (second) "
-                            "DO UPDATE SET events = events + excluded.events",
-                            (int(now), table.num_rows))
-            con.execute("UPDATE totals SET events_in = events_in + ?, bytes_in = bytes_in + ?, "
-                        "events_rejected = events_rejected + ?",
-                        (table.num_rows, raw_bytes or (len(blob) if blob else 0), len(rejected)))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        return seq
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                events = nbytes = nrejected = 0
+                for item in group:
+                    if item.blob is not None:
+                        item.seq = con.execute(
+                            "INSERT INTO batches (events, bytes, ingested_at, data) "
+                            "VALUES (?, ?, ?, ?)", (item.events, item.nbytes, now, item.blob)
+                        ).lastrowid
+                    if item.rejected:
+                        con.executemany(
+                            "INSERT INTO dead_letters (received_at, idx, code, message, record) "
+                            "VALUES (?, ?, ?, ?, ?)", [(now, *r) for r in item.rejected])
+                    events += item.events
+                    nbytes += item.nbytes
+                    nrejected += len(item.rejected)
+                if events:
+                    con.execute("INSERT INTO ingest_seconds VALUES (?, ?) ON CONFLICT (second) "
+                                "DO UPDATE SET events = events + excluded.events",
+                                (int(now), events))
+                con.execute("UPDATE totals SET events_in = events_in + ?, bytes_in = bytes_in + ?, "
+                            "events_rejected = events_rejected + ?", (events, nbytes, nrejected))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        except BaseException as err:  # noqa: BLE001 - every waiter of the group gets the failure
+            for item in group:
+                item.seq = None
+                item.error = err
+        finally:
+            for item in group:
+                item.done = True
 
     def backlog(self, after_seq: int, *, max_events: int | None = None,
                 max_bytes: int | None = None) -> Backlog:
