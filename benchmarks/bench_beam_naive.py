@@ -89,7 +89,7 @@ class ParquetSink(fileio.FileSink):
         self._writer = None
 
     def _write_rows(self) -> None:
-        if self._rows:
+        if self._rows and self._writer is not None:
             # from_pylist ignores keys that are not in the schema (``dt``).
             self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
             self._rows = []
@@ -115,9 +115,7 @@ def hive_file_naming(base_dir: str, suffix: str = ".parquet"):
     return _name
 
 
-def build_pipeline(
-    pipeline: beam.Pipeline, dataset_path: str | Path, output_dir: str | Path
-) -> None:
+def build_pipeline(pipeline: beam.Pipeline, dataset_path: str | Path, output_dir: str | Path) -> None:
     """Add the naive read-parse-filter-map-write graph to ``pipeline``."""
     output_dir = str(output_dir)
     _ = (

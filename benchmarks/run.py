@@ -59,8 +59,8 @@ LABELS = {
 _LOG = logging.getLogger("benchmarks")
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for package in ("apache-beam", "duckdb", "pyarrow", "numpy"):
         try:
             versions[package] = metadata.version(package)
@@ -226,8 +226,7 @@ def run_benchmarks(
         "dataset": dataset_info,
         "contenders": contenders,
         "notes": {
-            "eps": "input events / wall seconds; Beam time includes pipeline build "
-            "and SDK worker start-up",
+            "eps": "input events / wall seconds; Beam time includes pipeline build and SDK worker start-up",
             "contenders.*.peak_rss_mb": "peak RSS of the benchmark process tree "
             "(harness included) while the contender ran",
             "load_average_at_end": "1/5/15 min load; other work on the machine "
@@ -285,9 +284,7 @@ def write_results(results: dict[str, Any], results_dir: Path = RESULTS_DIR) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--events",
         type=int,

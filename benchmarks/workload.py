@@ -214,18 +214,15 @@ def check_output(name: str, expected: Summary, actual: Summary) -> None:
     problems = []
     if actual.rows_by_partition != expected.rows_by_partition:
         problems.append(
-            f"rows per partition {actual.rows_by_partition} != expected "
-            f"{expected.rows_by_partition}"
+            f"rows per partition {actual.rows_by_partition} != expected {expected.rows_by_partition}"
         )
     if not math.isclose(actual.amount_gross_sum, expected.amount_gross_sum, rel_tol=1e-9):
         problems.append(
-            f"sum(amount_gross) {actual.amount_gross_sum!r} != expected "
-            f"{expected.amount_gross_sum!r}"
+            f"sum(amount_gross) {actual.amount_gross_sum!r} != expected {expected.amount_gross_sum!r}"
         )
     if (actual.ts_min, actual.ts_max) != (expected.ts_min, expected.ts_max):
         problems.append(
-            f"ts range {actual.ts_min}..{actual.ts_max} != expected "
-            f"{expected.ts_min}..{expected.ts_max}"
+            f"ts range {actual.ts_min}..{actual.ts_max} != expected {expected.ts_min}..{expected.ts_max}"
         )
     if actual.bad_rows:
         problems.append(f"{actual.bad_rows} rows in the wrong partition or with a wrong country_uc")
