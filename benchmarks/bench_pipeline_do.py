@@ -1,48 +1,141 @@
-"""Contender: pipeline.do itself, end to end over HTTP.  *** PLACEHOLDER ***
+"""Contender: pipeline.do itself, end to end over HTTP.
 
-NOT IMPLEMENTED YET: :func:`run_pipeline_do` returns ``None`` and
-``benchmarks.run`` then records ``pipeline_eps`` and the latency figures as
-``null``. It is to be filled in once the server exists.
+The server is started as ``pipeline-do serve`` starts it (gunicorn workers,
+the job manager and its epoch workers, all in one process group), with the
+same SQL as the other contenders and a local Parquet (zstd) sink partitioned
+by event day. Two phases:
 
-Contract expected by ``benchmarks/run.py``:
+1. **Throughput**: ``CLIENTS`` concurrent HTTP clients post every 1,000-event
+   NDJSON batch to the fast ingest path; the clock runs from the first
+   request until ``stop`` returns, i.e. until the last event is committed in
+   Parquet. ``eps`` = events / that time.
+2. **Latency at half load**: a second pipeline receives batches paced at
+   half the measured rate; the client records each ack's latency (p50, p99)
+   and the server's monitor reports ack → commit latency (visibility p95).
 
-``run_pipeline_do(dataset_path, batches, workdir) -> dict | None``
-
-* ``dataset_path``: the NDJSON file (all events), for reference.
-* ``batches``: the same events as a list of NDJSON request bodies of 1,000
-  lines each (``benchmarks.dataset.ndjson_batches``), to POST to the ingest
-  endpoint.
-* ``workdir``: an empty scratch directory (server state, sink, ...).
-
-It should start the server, create a pipeline whose SQL is
-``benchmarks.workload.TRANSFORM_SQL``, partitioned by ``dt`` into a local
-Parquet sink (zstd), send every batch, stop the pipeline (flush), and return::
-
-    {
-        "eps": float,                # events/s, first request to last file committed
-        "output_dir": str,           # Hive-style dt=YYYY-MM-DD/*.parquet, checked by run.py
-        "events": int,               # events sent (default: all)
-        "seconds": float,
-        "ack_p50_ms": float | None,  # HTTP ingest ack latency
-        "ack_p99_ms": float | None,
-        "visibility_p95_s": float | None,  # ack -> event readable in the sink
-        "peak_rss_mb": float | None, # server process tree (benchmarks.measure.PeakRss)
-    }
-
-``run.py`` verifies ``output_dir`` against the expected rows per partition
-and fails the whole run if they differ.
+``run_pipeline_do(dataset_path, batches, workdir) -> dict`` is what
+``benchmarks.run`` calls; the throughput phase's output directory is
+checked by the harness against the expected rows.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_pipeline_do"]
+import requests
+
+from benchmarks.measure import PeakRss, percentile
+from benchmarks.workload import AMOUNT_THRESHOLD, GROSS_FACTOR
+from control_api.devserver import LiveServer
+
+__all__ = ["CLIENTS", "ROLL_INTERVAL_SECONDS", "run_pipeline_do"]
+
+CLIENTS = 4
+ROLL_INTERVAL_SECONDS = 2.0
+LATENCY_PHASE_SECONDS = 20.0
+
+SCHEMA = [
+    {"name": "user_id", "type": "int64", "required": True},
+    {"name": "country", "type": "string"},
+    {"name": "event", "type": "string"},
+    {"name": "amount", "type": "float64"},
+    {"name": "ts", "type": "timestamp", "required": True},
+    {"name": "session", "type": "string"},
+]
+# The workload's SQL over pipeline.do's typed ``events`` (``ts`` is parsed at
+# ingest); ``dt`` comes from the partition path, filled from ``_event_time``.
+SQL = f"""
+SELECT user_id, country, upper(country) AS country_uc, event, amount,
+       amount * {GROSS_FACTOR} AS amount_gross, CAST(ts AS TIMESTAMP) AS ts, session, _event_time
+FROM events
+WHERE amount > {AMOUNT_THRESHOLD}
+""".strip()
 
 
-def run_pipeline_do(
-    dataset_path: str | Path, batches: list[bytes], workdir: str | Path
-) -> dict[str, Any] | None:
-    """Placeholder: returns None, so the contender is skipped."""
-    return None
+def _create(server: LiveServer, name: str) -> None:
+    server.ok("create", {"name": name, "schema": SCHEMA, "event_time_field": "ts", "sql": SQL,
+                         "sink": {"partition_by": "dt=%Y-%m-%d",
+                                  "roll": {"interval_seconds": ROLL_INTERVAL_SECONDS}}})
+    server.ok("start", {"name": name})
+
+
+def _post_all(server: LiveServer, name: str, batches: list[bytes], clients: int,
+              interval: float | None = None) -> list[float]:
+    """Post batches from ``clients`` threads; return each ack's latency in seconds."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    headers = {"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/x-ndjson"}
+    url = f"{server.url}/pipelines/{name}/events"
+    start = time.perf_counter()
+
+    def client(k: int) -> None:
+        session = requests.Session()
+        for i in range(k, len(batches), clients):
+            if interval is not None:  # paced: batch i leaves at start + i * interval
+                delay = start + i * interval - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            sent = time.perf_counter()
+            response = session.post(url, data=batches[i], headers=headers, timeout=120)
+            elapsed = time.perf_counter() - sent
+            if response.status_code != 200:
+                raise RuntimeError(f"ingest failed: {response.status_code} {response.text[:200]}")
+            with lock:
+                latencies.append(elapsed)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies
+
+
+def run_pipeline_do(dataset_path: str | Path, batches: list[bytes],
+                    workdir: str | Path) -> dict[str, Any] | None:
+    data_dir = Path(workdir) / "server"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = LiveServer(str(data_dir)).start()
+    assert server.process is not None
+    events = sum(b.count(b"\n") + (0 if b.endswith(b"\n") else 1) for b in batches)
+    try:
+        with PeakRss(server.process.pid) as rss:
+            _create(server, "bench")
+            started = time.perf_counter()
+            _post_all(server, "bench", batches, CLIENTS)
+            ingested = time.perf_counter()
+            server.ok("stop", {"name": "bench"}, options={"timeout": 600_000}, timeout=700)
+            seconds = time.perf_counter() - started
+            eps = events / seconds
+
+            # Half of the sustained rate, for long enough to see several epochs.
+            _create(server, "latency")
+            interval = len(batches[0].splitlines()) / (eps / 2)
+            count = min(len(batches), max(10, int(LATENCY_PHASE_SECONDS / interval)))
+            acks = _post_all(server, "latency", batches[:count], CLIENTS, interval=interval)
+            server.ok("stop", {"name": "latency"}, options={"timeout": 600_000}, timeout=700)
+            monitor = server.ok("monitor", {"name": "latency", "window_seconds": 3600})
+        visibility = monitor["latency_ms"]["p95"]
+        return {
+            "eps": eps,
+            "events": events,
+            "seconds": seconds,
+            "ingest_seconds": ingested - started,
+            "output_dir": str(data_dir / "lake" / "bench"),
+            "ack_p50_ms": _ms(percentile(acks, 50)),
+            "ack_p99_ms": _ms(percentile(acks, 99)),
+            "latency_phase_eps": (count * len(batches[0].splitlines())) / (count * interval),
+            "visibility_p95_s": None if visibility is None else visibility / 1000.0,
+            "roll_interval_s": ROLL_INTERVAL_SECONDS,
+            "clients": CLIENTS,
+            "peak_rss_mb": rss.peak_mb,
+        }
+    finally:
+        server.kill()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 2)
