@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from beam_pipelines.errors import NotFoundError
+
 __all__ = ["Backlog", "EventBuffer", "buffer_path"]
 
 _SCHEMA = """
@@ -49,6 +51,11 @@ CREATE TABLE IF NOT EXISTS totals (
     events_rejected INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO totals VALUES (1, 0, 0, 0);
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    deleted INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO state VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS ingest_seconds (
     second INTEGER PRIMARY KEY,
     events INTEGER NOT NULL
@@ -144,6 +151,10 @@ class EventBuffer:
         try:
             con.execute("BEGIN IMMEDIATE")
             try:
+                # Checked under the write lock: once delete() has marked the
+                # buffer, no append can be acknowledged into it any more.
+                if con.execute("SELECT deleted FROM state").fetchone()[0]:
+                    raise NotFoundError("the pipeline was deleted")
                 events = nbytes = nrejected = 0
                 for item in group:
                     if item.blob is not None:
@@ -283,6 +294,13 @@ class EventBuffer:
             "SELECT received_at, idx, code, message, record FROM dead_letters ORDER BY id DESC "
             "LIMIT ?", (limit,)).fetchall()
         return [dict(zip(("received_at", "index", "code", "message", "record"), r)) for r in rows]
+
+    def mark_deleted(self) -> None:
+        """Refuse every later append (in any process) before the file goes away."""
+        con = self._connect()
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("UPDATE state SET deleted = 1")
+        con.execute("COMMIT")
 
     def destroy(self) -> None:
         self.close()

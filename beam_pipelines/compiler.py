@@ -87,7 +87,7 @@ class ReadBufferRange(beam.PTransform):
         self._fn = _ReadBufferRangeFn(path, after_seq, through_seq, schema)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return pbegin | beam.Impulse() | beam.ParDo(self._fn)
+        return pbegin | beam.Impulse() | beam.ParDo(self._fn).with_output_types(pa.Table)
 
 
 class _SplitPartitionsFn(beam.DoFn):
@@ -162,7 +162,8 @@ def build_epoch_pipeline(spec: EpochSpec) -> beam.Pipeline:
         | "ReadBufferRange" >> ReadBufferRange(spec.buffer_path, spec.range_start, spec.range_end,
                                                spec.input_schema)
         | "Sql" >> DuckDbSql(spec.sql)
-        | "SplitPartitions" >> beam.ParDo(_SplitPartitionsFn(spec))
+        | "SplitPartitions" >> beam.ParDo(_SplitPartitionsFn(spec)).with_output_types(
+            tuple[str, pa.Table])
         | "WriteFiles" >> fileio.WriteToFiles(
             path=sink.uri,
             file_naming=_EpochFileNaming(spec.epoch, file_extension(sink.format, sink.compression)),

@@ -251,6 +251,7 @@ class PipelineService:
         with self.store.session() as s:
             row = self._row(s, ref)
             pipeline_id, name = row.id, row.name
+            self._buffer(pipeline_id).mark_deleted()
             for model in (EpochFile, Epoch, SqlVersion, LogEntry):
                 s.execute(delete(model).where(model.pipeline_id == pipeline_id))
             s.delete(row)
@@ -286,7 +287,7 @@ class PipelineService:
     # -- helpers ------------------------------------------------------------
 
     def _definition(self, ref: str) -> tuple[PipelineDefinition, str]:
-        with self.store.session() as s:
+        with self.store.reading() as s:
             row = self._row(s, ref)
             return definition_from_dict(row.definition_dict()), row.id
 

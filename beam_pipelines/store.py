@@ -183,6 +183,13 @@ class Store:
             event.listen(self.engine, "begin",
                          lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads need no write lock: a separate engine without BEGIN IMMEDIATE,
+        # so the hot ingest path never queues behind epoch commits.
+        self.read_engine: Engine = self.engine
+        if url.startswith("sqlite"):
+            self.read_engine = create_engine(url, future=True, **kwargs)
+            event.listen(self.read_engine, "connect", _sqlite_pragmas)
+        self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
     def create_all(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -192,6 +199,13 @@ class Store:
         """One transaction: committed on success, rolled back on error."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only snapshot; never takes the write lock."""
+        with self._read_sessions() as session:
+            yield session
+            session.rollback()
 
     def log(self, pipeline_id: str | None, level: str, message: str,
             epoch: int | None = None) -> None:
@@ -205,6 +219,7 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.read_engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/servers.py and tests/live.py
-
-from live import LiveServer
+from tests.live import LiveServer
 
 ADMIN_KEY = "pdo_test_admin_key_0123456789"
 

@@ -19,7 +19,8 @@ from typing import Any
 import duckdb
 import psutil
 import requests
-from live import LiveServer
+
+from tests.live import LiveServer
 
 SCHEMA = [{"name": "seq", "type": "int64", "required": True},
           {"name": "payload", "type": "string"}]

@@ -13,6 +13,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 
+from transforms.coders import ArrowTableCoder  # noqa: F401  (registers the coder)
 from transforms.sandbox import check_select, run_sql, sandboxed_connection
 
 __all__ = ["DuckDbSql"]
@@ -45,4 +46,4 @@ class DuckDbSql(beam.PTransform):
         self._sql = sql
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
-        return tables | "RunSql" >> beam.ParDo(_DuckDbSqlFn(self._sql))
+        return tables | "RunSql" >> beam.ParDo(_DuckDbSqlFn(self._sql)).with_output_types(pa.Table)

@@ -61,3 +61,19 @@ def test_rejections_only_are_kept_as_dead_letters(tmp_path: Any) -> None:
     letters = buffer.dead_letters()
     assert letters[0]["index"] == 3 and letters[0]["record"] == "{x"
     assert buffer.backlog(0).events == 0
+
+
+def test_a_deleted_buffer_refuses_appends_from_every_handle(tmp_path: Any) -> None:
+    from beam_pipelines.errors import NotFoundError
+
+    first = EventBuffer(str(tmp_path / "b.sqlite"))
+    second = EventBuffer(first.path)  # another process's handle
+    assert second.append(_table(0, 3)) is not None
+    first.mark_deleted()
+    try:
+        second.append(_table(3, 3))
+    except NotFoundError:
+        pass
+    else:
+        raise AssertionError("an append after delete was acknowledged")
+    assert second.totals()["events_in"] == 3
