@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -97,20 +98,34 @@ class Backlog:
 class EventBuffer:
     """Append Arrow batches durably; read sequence ranges back zero-copy."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, create: bool = False) -> None:
+        """Open a pipeline's buffer; only ``create`` makes a new file.
+
+        Every connection opens the file read-write without creating it, so a
+        handle to a deleted pipeline's buffer can never bring a new, orphan
+        file into being and acknowledge events into it.
+        """
         self.path = path
         self._local = threading.local()
         self._queue: list[_PendingAppend] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with self._connect() as con:
-            con.executescript(_SCHEMA)
+        if create:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with closing(sqlite3.connect(path, timeout=30.0, isolation_level=None)) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(_SCHEMA)
+        else:
+            self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         con: sqlite3.Connection | None = getattr(self._local, "con", None)
         if con is None:
-            con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            try:
+                con = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=30.0,
+                                      isolation_level=None)
+            except sqlite3.OperationalError:
+                raise NotFoundError("the pipeline's buffer does not exist") from None
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=FULL")
             self._local.con = con

@@ -30,6 +30,7 @@ from sqlalchemy import select
 
 from beam_pipelines.buffer import EventBuffer, buffer_path
 from beam_pipelines.epochs import EpochResult, pending_epoch, plan_epoch, run_epoch
+from beam_pipelines.errors import NotFoundError
 from beam_pipelines.store import PipelineRow, Store
 
 __all__ = ["JobManager"]
@@ -113,21 +114,28 @@ class JobManager:
                                     PipelineRow.committed_seq)
                              .where(PipelineRow.status.in_(("running", "stopping")))).all()
         now = time.time()
+        for stale in set(self._buffers) - {row[0] for row in rows}:
+            self._buffers.pop(stale).close()  # paused, stopped or deleted
         for pipeline_id, status, _definition, committed_seq in rows:
             if pipeline_id in self._flights:
                 continue
             failures, retry_at = self._failures.get(pipeline_id, (0, 0.0))
             if failures and now < retry_at:
                 continue
-            epoch = pending_epoch(self.store, pipeline_id)
-            buffer = self._buffer(pipeline_id)
-            if epoch is None:
-                epoch = plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping",
-                                   now=now)
-            if epoch is not None:
-                self._submit(pipeline_id, epoch)
-            elif status == "stopping" and buffer.backlog(committed_seq).events == 0:
-                self._mark_stopped(pipeline_id)
+            try:
+                self._schedule(pipeline_id, status, committed_seq, now)
+            except NotFoundError:
+                continue  # deleted while we looked
+
+    def _schedule(self, pipeline_id: str, status: str, committed_seq: int, now: float) -> None:
+        epoch = pending_epoch(self.store, pipeline_id)
+        buffer = self._buffer(pipeline_id)
+        if epoch is None:
+            epoch = plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping", now=now)
+        if epoch is not None:
+            self._submit(pipeline_id, epoch)
+        elif status == "stopping" and buffer.backlog(committed_seq).events == 0:
+            self._mark_stopped(pipeline_id)
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:

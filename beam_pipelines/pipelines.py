@@ -48,6 +48,7 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "stop": (("created", "running", "paused"), "stopping"),
 }
 MAX_RECORD_BYTES = 1024 * 1024
+_TARGET_TTL_SECONDS = 5.0
 
 
 class PipelineService:
@@ -60,6 +61,7 @@ class PipelineService:
         self.default_sink_uri = default_sink_uri
         self._on_event = on_event or (lambda _type, _data: None)
         self._buffers: dict[str, EventBuffer] = {}
+        self._targets: dict[str, tuple[float, PipelineDefinition, str]] = {}
         self._lock = threading.Lock()
 
     # -- definition -------------------------------------------------------
@@ -80,7 +82,7 @@ class PipelineService:
             s.add(SqlVersion(pipeline_id=pipeline_id, version=1, sql=definition.sql,
                              output_schema=json.dumps(output_schema), created_at=now))
             public = _public(row)
-        self._buffer(pipeline_id)
+            EventBuffer(buffer_path(self.data_dir, pipeline_id), create=True).close()
         self.store.log(pipeline_id, "info", f"pipeline {definition.name} created")
         self._on_event("pipeline.created", public)
         return public
@@ -251,38 +253,72 @@ class PipelineService:
         with self.store.session() as s:
             row = self._row(s, ref)
             pipeline_id, name = row.id, row.name
-            self._buffer(pipeline_id).mark_deleted()
+            try:
+                self._buffer(pipeline_id).mark_deleted()
+            except NotFoundError:
+                pass  # the buffer is already gone: nothing can be appended to it
             for model in (EpochFile, Epoch, SqlVersion, LogEntry):
                 s.execute(delete(model).where(model.pipeline_id == pipeline_id))
             s.delete(row)
         with self._lock:
             buffer = self._buffers.pop(pipeline_id, None)
-        (buffer or EventBuffer(buffer_path(self.data_dir, pipeline_id))).destroy()
+            self._targets = {k: v for k, v in self._targets.items() if v[2] != pipeline_id}
+        if buffer is not None:
+            buffer.destroy()
         self._on_event("pipeline.deleted", {"id": pipeline_id, "name": name})
         return {"deleted": True}
 
     # -- ingest -------------------------------------------------------------
 
     def ingest_objects(self, ref: str, events: list[Any], *, body_bytes: int) -> dict[str, Any]:
-        definition, pipeline_id = self._definition(ref)
-        decoded = decode_objects(events, definition.schema, definition.event_time_field,
-                                 now=datetime.now(timezone.utc), max_record_bytes=MAX_RECORD_BYTES,
-                                 body_bytes=body_bytes)
-        return self._append(pipeline_id, decoded, raw_bytes=0)
+        def decode(definition: PipelineDefinition) -> DecodedBatch:
+            return decode_objects(events, definition.schema, definition.event_time_field,
+                                  now=datetime.now(timezone.utc),
+                                  max_record_bytes=MAX_RECORD_BYTES, body_bytes=body_bytes)
+
+        return self._ingest(ref, decode, raw_bytes=0)
 
     def ingest_json_lines(self, ref: str, body: bytes) -> dict[str, Any]:
-        definition, pipeline_id = self._definition(ref)
-        decoded = decode_json_lines(body, definition.schema, definition.event_time_field,
-                                    now=datetime.now(timezone.utc),
-                                    max_record_bytes=MAX_RECORD_BYTES)
-        return self._append(pipeline_id, decoded, raw_bytes=len(body))
+        def decode(definition: PipelineDefinition) -> DecodedBatch:
+            return decode_json_lines(body, definition.schema, definition.event_time_field,
+                                     now=datetime.now(timezone.utc),
+                                     max_record_bytes=MAX_RECORD_BYTES)
 
-    def _append(self, pipeline_id: str, decoded: DecodedBatch, *, raw_bytes: int) -> dict[str, Any]:
-        rejected = [(r.index, r.code, r.message, r.record) for r in decoded.rejected]
-        self._buffer(pipeline_id).append(decoded.table, rejected,
-                                         raw_bytes=raw_bytes or decoded.table.nbytes)
-        return {"accepted": decoded.table.num_rows,
-                "rejected": [r.public() for r in decoded.rejected]}
+        return self._ingest(ref, decode, raw_bytes=len(body))
+
+    def _ingest(self, ref: str, decode: Callable[[PipelineDefinition], DecodedBatch], *,
+                raw_bytes: int) -> dict[str, Any]:
+        """Decode against the pipeline's schema and append durably.
+
+        The schema and event-time field never change after ``create``, so the
+        lookup is cached briefly; a deleted pipeline's buffer refuses the
+        append itself, and a stale entry is then dropped and looked up again.
+        """
+        for attempt in (1, 2):
+            definition, pipeline_id = self._ingest_target(ref, fresh=attempt == 2)
+            decoded = decode(definition)
+            rejected = [(r.index, r.code, r.message, r.record) for r in decoded.rejected]
+            try:
+                self._buffer(pipeline_id).append(decoded.table, rejected,
+                                                 raw_bytes=raw_bytes or decoded.table.nbytes)
+            except NotFoundError:
+                if attempt == 2:
+                    raise NotFoundError(f"no pipeline {ref!r}", {"pipeline": ref}) from None
+                continue
+            return {"accepted": decoded.table.num_rows,
+                    "rejected": [r.public() for r in decoded.rejected]}
+        raise AssertionError("unreachable")
+
+    def _ingest_target(self, ref: str, *, fresh: bool) -> tuple[PipelineDefinition, str]:
+        now = time.monotonic()
+        cached = None if fresh else self._targets.get(ref)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        definition, pipeline_id = self._definition(ref)
+        if len(self._targets) > 10_000:
+            self._targets.clear()
+        self._targets[ref] = (now + _TARGET_TTL_SECONDS, definition, pipeline_id)
+        return definition, pipeline_id
 
     # -- helpers ------------------------------------------------------------
 

@@ -17,7 +17,7 @@ def _table(first: int, count: int) -> pa.Table:
 
 
 def test_rows_get_increasing_sequence_numbers_and_read_back_in_order(tmp_path: Any) -> None:
-    buffer = EventBuffer(str(tmp_path / "b.sqlite"))
+    buffer = EventBuffer(str(tmp_path / "b.sqlite"), create=True)
     seqs = [buffer.append(_table(i * 10, 10)) for i in range(5)]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
     assert buffer.read_range(seqs[0], seqs[3], SCHEMA).column("n").to_pylist() == \
@@ -34,7 +34,7 @@ def test_rows_get_increasing_sequence_numbers_and_read_back_in_order(tmp_path: A
 
 
 def test_concurrent_appends_share_commits_and_lose_nothing(tmp_path: Any) -> None:
-    buffer = EventBuffer(str(tmp_path / "b.sqlite"))
+    buffer = EventBuffer(str(tmp_path / "b.sqlite"), create=True)
     results: list[int | None] = []
 
     def writer(k: int) -> None:
@@ -55,7 +55,7 @@ def test_concurrent_appends_share_commits_and_lose_nothing(tmp_path: Any) -> Non
 
 
 def test_rejections_only_are_kept_as_dead_letters(tmp_path: Any) -> None:
-    buffer = EventBuffer(str(tmp_path / "b.sqlite"))
+    buffer = EventBuffer(str(tmp_path / "b.sqlite"), create=True)
     assert buffer.append(SCHEMA.empty_table(), [(3, "parse_failure", "not JSON", "{x")]) is None
     assert buffer.totals()["events_rejected"] == 1
     letters = buffer.dead_letters()
@@ -66,7 +66,7 @@ def test_rejections_only_are_kept_as_dead_letters(tmp_path: Any) -> None:
 def test_a_deleted_buffer_refuses_appends_from_every_handle(tmp_path: Any) -> None:
     from beam_pipelines.errors import NotFoundError
 
-    first = EventBuffer(str(tmp_path / "b.sqlite"))
+    first = EventBuffer(str(tmp_path / "b.sqlite"), create=True)
     second = EventBuffer(first.path)  # another process's handle
     assert second.append(_table(0, 3)) is not None
     first.mark_deleted()
@@ -77,3 +77,21 @@ def test_a_deleted_buffer_refuses_appends_from_every_handle(tmp_path: Any) -> No
     else:
         raise AssertionError("an append after delete was acknowledged")
     assert second.totals()["events_in"] == 3
+
+
+def test_opening_a_missing_buffer_never_creates_one(tmp_path: Any) -> None:
+    import os
+
+    import pytest
+
+    from beam_pipelines.errors import NotFoundError
+
+    path = str(tmp_path / "gone.sqlite")
+    with pytest.raises(NotFoundError):
+        EventBuffer(path)
+    assert not os.path.exists(path)
+    created = EventBuffer(path, create=True)
+    created.destroy()
+    with pytest.raises(NotFoundError):
+        created.append(_table(0, 1))
+    assert not os.path.exists(path)

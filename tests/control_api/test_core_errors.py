@@ -116,3 +116,22 @@ def test_internal_errors_leak_nothing(app: Any, auth: dict[str, str]) -> None:
     assert "secret" not in response.get_data(as_text=True)
     assert "Traceback" not in response.get_data(as_text=True)
     assert err["message"].startswith("internal error")
+
+
+def test_ingest_after_delete_is_404_and_a_new_pipeline_of_that_name_gets_the_events(
+        client: Any, auth: dict[str, str]) -> None:
+    ndjson = {**auth, "Content-Type": "application/x-ndjson"}
+    assert client.post("/pipeline", json=CREATE, headers=auth).status_code == 200
+    assert client.post("/pipelines/clicks/events", data=b'{"user_id": 1}',
+                       headers=ndjson).status_code == 200
+    deleted = client.post("/pipeline", json={"operation": "delete",
+                                             "parameters": {"name": "clicks"}}, headers=auth)
+    assert deleted.get_json()["data"] == {"deleted": True}
+    _error(client.post("/pipelines/clicks/events", data=b'{"user_id": 2}', headers=ndjson),
+           404, "NOT_FOUND")
+    assert client.post("/pipeline", json=CREATE, headers=auth).status_code == 200
+    assert client.post("/pipelines/clicks/events", data=b'{"user_id": 3}',
+                       headers=ndjson).get_json()["data"]["accepted"] == 1
+    got = client.post("/pipeline", json={"operation": "get", "parameters": {"name": "clicks"}},
+                      headers=auth).get_json()["data"]
+    assert got["events_in"] == 1
