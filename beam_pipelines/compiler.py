@@ -12,11 +12,12 @@ epoch rewrites the same objects with the same rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,9 +25,11 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.options.value_provider import StaticValueProvider
+from apache_beam.options.value_provider import ValueProvider
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.transforms import environments
 
 from beam_pipelines.buffer import EventBuffer
 from beam_pipelines.definition import Sink
@@ -63,28 +66,40 @@ def epoch_file_name(epoch: int, shard: int, extension: str, partition: str = "")
     return f"{partition}/{name}" if partition else name
 
 
+# The epoch each compiled plan is running right now in this process. A plan
+# is compiled once per pipeline, SQL version and sink and re-run for every
+# epoch (building and serializing a Beam graph costs ~0.3 s, more than the
+# work of a small epoch); its DoFns look up the epoch here. This needs the
+# FnApiRunner's in-process (in_memory) workers, which the epoch plan uses.
+_RUNNING: dict[str, EpochSpec] = {}
+
+
+def _running(token: str) -> EpochSpec:
+    try:
+        return _RUNNING[token]
+    except KeyError:
+        raise RuntimeError("an epoch plan ran outside run_epoch_pipeline") from None
+
+
 class _ReadBufferRangeFn(beam.DoFn):
-    def __init__(self, path: str, after_seq: int, through_seq: int, schema: pa.Schema) -> None:
-        self._path = path
-        self._range = (after_seq, through_seq)
-        self._schema = schema
+    def __init__(self, token: str) -> None:
+        self._token = token
 
     def process(self, _impulse: bytes) -> Iterator[pa.Table]:
-        buffer = EventBuffer(self._path)
+        spec = _running(self._token)
+        buffer = EventBuffer(spec.buffer_path)
         try:
-            yield buffer.read_range(*self._range, self._schema)
+            yield buffer.read_range(spec.range_start, spec.range_end, spec.input_schema)
         finally:
             buffer.close()
 
 
 class ReadBufferRange(beam.PTransform):
-    """Read buffer rows ``(after_seq, through_seq]`` as one Arrow table."""
+    """Read the running epoch's buffer rows ``(range_start, range_end]`` as one Arrow table."""
 
-    def __init__(self, path: str, after_seq: int, through_seq: int, schema: pa.Schema) -> None:
+    def __init__(self, token: str) -> None:
         super().__init__()
-        if through_seq < after_seq:
-            raise ValueError(f"empty or reversed range ({after_seq}, {through_seq}]")
-        self._fn = _ReadBufferRangeFn(path, after_seq, through_seq, schema)
+        self._fn = _ReadBufferRangeFn(token)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return pbegin | beam.Impulse() | beam.ParDo(self._fn).with_output_types(pa.Table)
@@ -93,29 +108,28 @@ class ReadBufferRange(beam.PTransform):
 class _SplitPartitionsFn(beam.DoFn):
     """Split by partition path and record each partition's manifest entry."""
 
-    def __init__(self, spec: EpochSpec) -> None:
-        self._pattern = spec.sink.partition_by
-        self._fallback = datetime.fromtimestamp(spec.planned_at, timezone.utc)
-        self._root = spec.sink.uri
-        self._manifest_path = spec.manifest_path
-        self._extension = file_extension(spec.sink.format, spec.sink.compression)
-        self._epoch = spec.epoch
+    def __init__(self, token: str) -> None:
+        self._token = token
 
     def process(self, table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+        spec = _running(self._token)
+        sink = spec.sink
+        fallback = datetime.fromtimestamp(spec.planned_at, timezone.utc)
+        extension = file_extension(sink.format, sink.compression)
         entries = []
-        for partition, rows in split_partitions(table, self._pattern, self._fallback):
-            if "://" not in self._root:
+        for partition, rows in split_partitions(table, sink.partition_by, fallback):
+            if "://" not in sink.uri:
                 # Beam's local rename does not create directories and only logs
                 # a failed move; make the partition directory first.
-                os.makedirs(os.path.join(self._root, partition), exist_ok=True)
+                os.makedirs(os.path.join(sink.uri, partition), exist_ok=True)
             entries.append({
                 "partition": partition,
-                "path": epoch_file_name(self._epoch, 0, self._extension, partition),
+                "path": epoch_file_name(spec.epoch, 0, extension, partition),
                 "rows": rows.num_rows,
                 **_event_time_range(rows),
             })
             yield partition, rows
-        with open(self._manifest_path, "w") as fh:
+        with open(spec.manifest_path, "w") as fh:
             json.dump(entries, fh)
 
 
@@ -131,13 +145,28 @@ def _event_time_range(rows: pa.Table) -> dict[str, float | None]:
 class _EpochFileNaming:
     """``fileio`` file naming: deterministic per epoch, partition and shard."""
 
-    def __init__(self, epoch: int, extension: str) -> None:
-        self._epoch = epoch
+    def __init__(self, token: str, extension: str) -> None:
+        self._token = token
         self._extension = extension
 
     def __call__(self, window: Any, pane: Any, shard_index: int, total_shards: int,
                  compression: str, destination: str) -> str:
-        return epoch_file_name(self._epoch, shard_index, self._extension, destination)
+        epoch = _running(self._token).epoch
+        return epoch_file_name(epoch, shard_index, self._extension, destination)
+
+
+class _EpochTempDirectory(ValueProvider):
+    """``WriteToFiles``'s temp directory, per running epoch."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def is_accessible(self) -> bool:
+        return True
+
+    def get(self) -> str:
+        spec = _running(self._token)
+        return epoch_temp_directory(spec.sink.uri, spec.epoch)
 
 
 class _SinkFactory:
@@ -153,23 +182,27 @@ def _destination(element: tuple[str, pa.Table]) -> str:
     return element[0]
 
 
-def build_epoch_pipeline(spec: EpochSpec) -> beam.Pipeline:
+def epoch_temp_directory(sink_uri: str, epoch: int) -> str:
+    return f"{sink_uri}/_tmp/epoch-{epoch:010d}"
+
+
+def build_epoch_pipeline(spec: EpochSpec, token: str) -> beam.Pipeline:
+    """The epoch plan; its DoFns take the epoch from ``_RUNNING[token]`` when run."""
     sink = spec.sink
-    options = PipelineOptions(flags=[], **spec.pipeline_options)
+    options = PipelineOptions(flags=[], direct_running_mode="in_memory", **spec.pipeline_options)
     pipeline = beam.Pipeline(runner=FnApiRunner(), options=options)
     _ = (
         pipeline
-        | "ReadBufferRange" >> ReadBufferRange(spec.buffer_path, spec.range_start, spec.range_end,
-                                               spec.input_schema)
+        | "ReadBufferRange" >> ReadBufferRange(token)
         | "Sql" >> DuckDbSql(spec.sql)
-        | "SplitPartitions" >> beam.ParDo(_SplitPartitionsFn(spec)).with_output_types(
+        | "SplitPartitions" >> beam.ParDo(_SplitPartitionsFn(token)).with_output_types(
             tuple[str, pa.Table])
         | "WriteFiles" >> fileio.WriteToFiles(
             path=sink.uri,
-            file_naming=_EpochFileNaming(spec.epoch, file_extension(sink.format, sink.compression)),
+            file_naming=_EpochFileNaming(token, file_extension(sink.format, sink.compression)),
             destination=_destination,
             sink=_SinkFactory(sink.format, sink.compression),
-            temp_directory=StaticValueProvider(str, f"{sink.uri}/_tmp/epoch-{spec.epoch:010d}"),
+            temp_directory=_EpochTempDirectory(token),
             # One writer per partition in the epoch's single bundle: no
             # spilling, so exactly one file per partition and a stable name.
             max_writers_per_bundle=1_000_000)
@@ -177,11 +210,43 @@ def build_epoch_pipeline(spec: EpochSpec) -> beam.Pipeline:
     return pipeline
 
 
+@dataclass(frozen=True)
+class _CompiledPlan:
+    proto: Any
+    options: PipelineOptions
+
+
+_PLANS: dict[str, _CompiledPlan] = {}
+_MAX_PLANS = 32
+
+
+def _plan_for(spec: EpochSpec) -> tuple[str, _CompiledPlan]:
+    """The compiled plan for this pipeline, SQL and sink: built once per process."""
+    key = json.dumps([spec.pipeline_id, spec.sql, asdict(spec.sink), str(spec.input_schema),
+                      spec.pipeline_options], sort_keys=True, default=str)
+    token = hashlib.sha256(key.encode()).hexdigest()[:24]
+    plan = _PLANS.get(token)
+    if plan is None:
+        pipeline = build_epoch_pipeline(spec, token)
+        proto = pipeline.to_runner_api(
+            default_environment=environments.EmbeddedPythonEnvironment.default())
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.pop(next(iter(_PLANS)))
+        plan = _PLANS[token] = _CompiledPlan(proto, pipeline.options)
+    return token, plan
+
+
 def run_epoch_pipeline(spec: EpochSpec) -> list[dict[str, Any]]:
     """Run one epoch's pipeline; return its manifest (partition, path, rows, times)."""
     if os.path.exists(spec.manifest_path):
         os.remove(spec.manifest_path)
-    build_epoch_pipeline(spec).run().wait_until_finish()
+    token, plan = _plan_for(spec)
+    FileSystems.set_options(plan.options)  # process-wide: another sink may have run last
+    _RUNNING[token] = spec
+    try:
+        FnApiRunner().run_via_runner_api(plan.proto, plan.options).wait_until_finish()
+    finally:
+        _RUNNING.pop(token, None)
     if not os.path.exists(spec.manifest_path):
         return []  # the SQL kept no row
     with open(spec.manifest_path) as fh:
