@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -175,7 +174,3 @@ def _remove_scratch(root: str, epoch_no: int) -> None:
             os.rmdir(os.path.join(root, "_tmp"))
         except OSError:
             pass
-
-
-def manifest_json(files: list[dict[str, Any]]) -> str:
-    return json.dumps(files)
