@@ -212,6 +212,12 @@ class PipelineService:
                 raise ConflictError(f"cannot {operation} a pipeline that is {row.status}: "
                                     f"{operation} needs status " + " or ".join(allowed),
                                     {"status": row.status})
+            runner = row.definition_dict()["runner"]["type"]
+            if target in ("running", "stopping") and runner != "direct":
+                # Never run a dataflow/flink definition locally behind the user's back.
+                raise DefinitionError("runner.type", f"runner {runner!r} is not available on this "
+                                      "server: it runs the 'direct' runner only (no Dataflow or "
+                                      "Flink launcher is configured)")
             row.status = target
             row.updated_at = now
             if operation == "stop":

@@ -135,3 +135,13 @@ def test_ingest_after_delete_is_404_and_a_new_pipeline_of_that_name_gets_the_eve
     got = client.post("/pipeline", json={"operation": "get", "parameters": {"name": "clicks"}},
                       headers=auth).get_json()["data"]
     assert got["events_in"] == 1
+
+
+def test_a_distributed_runner_is_never_run_locally(client: Any, auth: dict[str, str]) -> None:
+    create = {"operation": "create", "parameters": {"name": "remote",
+                                                    "runner": {"type": "dataflow"}}}
+    assert client.post("/pipeline", json=create, headers=auth).status_code == 200
+    err = _error(client.post("/pipeline", json={"operation": "start",
+                                                "parameters": {"name": "remote"}},
+                             headers=auth), 400, "VALIDATION_ERROR")
+    assert err["details"]["field"] == "runner.type" and "direct" in err["message"]
