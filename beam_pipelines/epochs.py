@@ -116,8 +116,8 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> E
         entries = run_epoch_pipeline(spec)
         sizes = file_sizes(sink, [e["path"] for e in entries], epoch_no)
     except Exception as err:
-        raise StorageError(f"epoch {epoch_no} failed to write to the sink: "
-                           f"{type(err).__name__}: {str(err)[:300]}") from err
+        raise StorageError(f"epoch {epoch_no} failed: {type(err).__name__}: "
+                           f"{str(err)[:300]}") from err
     files = [{**e, **sizes[e["path"]]} for e in entries]
     result = commit_epoch(store, pipeline_id, epoch_no, files)
     buffer = EventBuffer(spec.buffer_path)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select
 
 from beam_pipelines.buffer import EventBuffer, buffer_path
@@ -128,6 +130,8 @@ class PipelineService:
             schema = plan_sql(sql, arrow_schema(definition.schema))
         except SqlError as err:
             raise DefinitionError("sql", f"invalid SQL: {err}") from None
+        if definition.sink.format == "parquet":
+            _check_parquet_types(schema)
         return [{"name": f.name, "type": str(f.type)} for f in schema]
 
     # -- reading ------------------------------------------------------------
@@ -360,6 +364,16 @@ def _public(row: PipelineRow) -> dict[str, Any]:
             "event_time_field": definition["event_time_field"], "sink": definition["sink"],
             "runner": definition["runner"], "created_at": iso(row.created_at),
             "updated_at": iso(row.updated_at)}
+
+
+def _check_parquet_types(schema: pa.Schema) -> None:
+    """Refuse at create/transform an output no epoch could ever write."""
+    for f in schema:
+        try:
+            pq.write_table(pa.schema([f]).empty_table(), pa.BufferOutputStream())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+            raise DefinitionError("sql", f"output column {f.name!r} has type {f.type}, which "
+                                  "Parquet cannot store: cast it (e.g. to VARCHAR)") from None
 
 
 def _json_default(value: Any) -> Any:

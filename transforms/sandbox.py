@@ -8,6 +8,7 @@ relation is always named ``events``.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import duckdb
@@ -22,9 +23,14 @@ class SqlError(ValueError):
     """The SQL is not one valid SELECT over ``events``; the message says why."""
 
 
-def sandboxed_connection(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+DEFAULT_MEMORY_LIMIT = "2GB"
+
+
+def sandboxed_connection(threads: int | None = None,
+                         memory_limit: str = DEFAULT_MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
     config: dict[str, Any] = {
         "enable_external_access": False,
+        "memory_limit": memory_limit,
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
         "allow_community_extensions": False,
@@ -64,12 +70,25 @@ def plan_sql(sql: str, input_schema: pa.Schema) -> pa.Schema:
         con.close()
 
 
-def run_sql(con: duckdb.DuckDBPyConnection, sql: str, events: pa.Table) -> pa.Table:
-    """Run a planned query over one Arrow table on an open sandboxed connection."""
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str, events: pa.Table,
+            timeout_seconds: float | None = None) -> pa.Table:
+    """Run a planned query over one Arrow table on an open sandboxed connection.
+
+    With ``timeout_seconds``, a query still running then is interrupted and
+    ``SqlError`` raised: a runaway query must not hold a worker forever.
+    """
     con.register(_EXTRA_TABLE, events)
+    watchdog = threading.Timer(timeout_seconds, con.interrupt) if timeout_seconds else None
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
     try:
         return con.sql(sql).to_arrow_table()
+    except duckdb.InterruptException:
+        raise SqlError(f"the query ran longer than {timeout_seconds:g} s and was stopped") from None
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         con.unregister(_EXTRA_TABLE)
 
 

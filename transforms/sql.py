@@ -20,15 +20,16 @@ __all__ = ["DuckDbSql"]
 
 
 class _DuckDbSqlFn(beam.DoFn):
-    def __init__(self, sql: str) -> None:
+    def __init__(self, sql: str, timeout_seconds: float) -> None:
         self._sql = sql
+        self._timeout = timeout_seconds
         self._con: Any = None
 
     def setup(self) -> None:
         self._con = sandboxed_connection()
 
     def process(self, events: pa.Table) -> Iterator[pa.Table]:
-        result = run_sql(self._con, self._sql, events)
+        result = run_sql(self._con, self._sql, events, self._timeout)
         if result.num_rows:
             yield result
 
@@ -40,10 +41,12 @@ class _DuckDbSqlFn(beam.DoFn):
 class DuckDbSql(beam.PTransform):
     """Apply one sandboxed DuckDB SELECT to every Arrow table in the input."""
 
-    def __init__(self, sql: str) -> None:
+    def __init__(self, sql: str, timeout_seconds: float = 600.0) -> None:
         super().__init__()
         check_select(sql)
         self._sql = sql
+        self._timeout = timeout_seconds
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
-        return tables | "RunSql" >> beam.ParDo(_DuckDbSqlFn(self._sql)).with_output_types(pa.Table)
+        fn = _DuckDbSqlFn(self._sql, self._timeout)
+        return tables | "RunSql" >> beam.ParDo(fn).with_output_types(pa.Table)

@@ -145,3 +145,11 @@ def test_a_distributed_runner_is_never_run_locally(client: Any, auth: dict[str, 
                                                 "parameters": {"name": "remote"}},
                              headers=auth), 400, "VALIDATION_ERROR")
     assert err["details"]["field"] == "runner.type" and "direct" in err["message"]
+
+
+def test_sql_whose_output_parquet_cannot_store_is_refused_at_create(
+        client: Any, auth: dict[str, str]) -> None:
+    create = {"operation": "create", "parameters": {
+        "name": "intervals", "sql": "SELECT INTERVAL 1 DAY AS pause FROM events"}}
+    err = _error(client.post("/pipeline", json=create, headers=auth), 400, "VALIDATION_ERROR")
+    assert err["details"]["field"] == "sql" and "'pause'" in err["message"]

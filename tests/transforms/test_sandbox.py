@@ -48,3 +48,17 @@ def test_configuration_is_locked() -> None:
         con.execute("SET enable_external_access = true")
     table = pa.table({"user_id": [1, 2, 3]})
     assert run_sql(con, "SELECT sum(user_id) AS s FROM events", table).to_pylist() == [{"s": 6}]
+
+
+def test_a_runaway_query_is_interrupted() -> None:
+    con = sandboxed_connection()
+    table = pa.table({"user_id": [1]})
+    with pytest.raises(SqlError, match="longer than"):
+        run_sql(con, "SELECT count(*) FROM range(100000000000) a", table, timeout_seconds=0.5)
+
+
+def test_memory_is_bounded() -> None:
+    con = sandboxed_connection(memory_limit="64MB")
+    with pytest.raises(Exception, match=r"(?i)memory"):
+        run_sql(con, "SELECT list(range) FROM range(100000000) GROUP BY range % 2",
+                pa.table({"user_id": [1]}))
