@@ -8,15 +8,22 @@ ones turned away included.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import sqlalchemy.exc
 from flask import Flask, Response, current_app, g, request
 
+from beam_pipelines.errors import PipelineDoError, StorageError, TimeoutExceeded
 from control_api.auth import Principal, authenticate
 from control_api.errors import ApiError, validation_error
+from control_api.idempotency import claim
 
-__all__ = ["admit", "init_app", "json_body", "timeout_seconds"]
+__all__ = ["admit", "init_app", "json_body", "run_with_retries", "timeout_seconds"]
+
+T = TypeVar("T")
 
 
 def admit() -> Principal:
@@ -27,6 +34,7 @@ def admit() -> Principal:
         raise ApiError(429, "RATE_LIMIT_EXCEEDED",
                        f"rate limit of {verdict.limit} requests per minute exceeded",
                        {"limit": verdict.limit, "reset": verdict.reset}, verdict.headers())
+    claim(principal)  # X-Idempotency-Key: may answer from the store by raising
     return principal
 
 
@@ -56,6 +64,30 @@ def timeout_seconds(options: Any) -> float:
         raise validation_error("options.retries", "options.retries must be an integer "
                                "from 0 to 10")
     return float(timeout) / 1000.0
+
+
+def run_with_retries(call: Callable[[], T], options: Any) -> T:
+    """Run ``call``, retrying a transient storage failure ``options.retries`` times
+    within ``options.timeout``; past the deadline the failure is a TIMEOUT."""
+    retries = (options or {}).get("retries", 3)
+    deadline = time.monotonic() + timeout_seconds(options)
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except (PipelineDoError, sqlite3.OperationalError, sqlalchemy.exc.OperationalError) as err:
+            if isinstance(err, PipelineDoError) and not err.transient:
+                raise
+            delay = min(1.0, 0.05 * 2 ** attempt)
+            if attempt >= retries:
+                if not isinstance(err, PipelineDoError):
+                    raise StorageError("the store is busy or failing; retry later") from err
+                raise
+            if time.monotonic() + delay > deadline:
+                raise TimeoutExceeded("options.timeout ran out while retrying a transient "
+                                      "storage failure", {"attempts": attempt + 1}) from err
+            attempt += 1
+            time.sleep(delay)
 
 
 def init_app(app: Flask) -> None:

@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, current_app, request
 from beam_pipelines.pipelines import PipelineService
 from control_api.auth import require_scope
 from control_api.errors import envelope, validation_error
-from control_api.gate import admit, json_body, timeout_seconds
+from control_api.gate import admit, json_body, run_with_retries, timeout_seconds
 
 __all__ = ["OPERATIONS", "bp", "init_app"]
 
@@ -78,17 +78,20 @@ def pipeline_operation():  # type: ignore[no-untyped-def]
     if not isinstance(body, dict):
         raise validation_error("body", "the body must be an object {operation, parameters, options}")
     operation = body.get("operation")
-    if operation not in OPERATIONS:
+    if not isinstance(operation, str) or operation not in OPERATIONS:
         raise validation_error("operation", f"unknown operation {operation!r}: allowed "
                                + ", ".join(OPERATIONS))
-    params = body.get("parameters") or {}
+    params = body.get("parameters")
+    params = {} if params is None else params
     if not isinstance(params, dict):
         raise validation_error("parameters", "parameters must be an object")
-    options = body.get("options") or {}
+    options = body.get("options")
+    options = {} if options is None else options
     timeout_seconds(options)  # validate options up front, whatever the operation
     scope, handler = OPERATIONS[operation]
     require_scope(principal, scope, operation)
-    return envelope(handler(current_app.extensions["pdo_service"], params, options))
+    service = current_app.extensions["pdo_service"]
+    return envelope(run_with_retries(lambda: handler(service, params, options), options))
 
 
 def init_app(app: Flask) -> None:
