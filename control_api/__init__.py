@@ -13,7 +13,18 @@ __all__ = ["create_app"]
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     from beam_pipelines.pipelines import PipelineService
     from beam_pipelines.store import Store
-    from control_api import auth, errors, gate, health, ingest, operations
+    from control_api import (
+        auth,
+        errors,
+        gate,
+        health,
+        idempotency,
+        ingest,
+        metrics,
+        openapi,
+        operations,
+        webhooks,
+    )
     from control_api.config import load_config
     from control_api.ratelimit import RateLimiter
 
@@ -26,7 +37,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     store.create_all()
     app.extensions["pdo_store"] = store
     app.extensions["pdo_service"] = PipelineService(
-        store, data_dir, default_sink_uri=os.path.join(data_dir, "lake", "{name}"))
+        store, data_dir, default_sink_uri=os.path.join(data_dir, "lake", "{name}"),
+        on_event=webhooks.Outbox(store).on_event)
     app.extensions["pdo_rate_limiter"] = RateLimiter(os.path.join(data_dir, "ratelimit.sqlite"),
                                                      app.config["RATE_LIMIT"])
     if app.config["API_KEY"]:
@@ -38,4 +50,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     health.init_app(app)
     operations.init_app(app)
     ingest.init_app(app)
+    idempotency.init_app(app)
+    webhooks.init_app(app)
+    metrics.init_app(app)
+    openapi.init_app(app)
     return app

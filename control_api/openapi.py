@@ -1,0 +1,416 @@
+"""``GET /openapi.json``: the REST contract (API.md) as an OpenAPI 3.1 document.
+
+Built from the same tables the server dispatches on (operations, scopes,
+event types, definition enums), so the document cannot name an operation
+or value the server does not know. ``python -m control_api.openapi``
+prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app
+
+from beam_pipelines.definition import COMPRESSIONS, FIELD_TYPES, FORMATS, RUNNER_TYPES, SINK_OPTIONS
+
+__all__ = ["bp", "build_spec", "init_app"]
+
+bp = Blueprint("openapi", __name__)
+
+ERROR_CODES = {
+    400: "VALIDATION_ERROR", 401: "AUTHENTICATION_ERROR", 403: "AUTHORIZATION_ERROR",
+    404: "NOT_FOUND", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 429: "RATE_LIMIT_EXCEEDED",
+    500: "INTERNAL_ERROR", 503: "SERVICE_UNAVAILABLE", 504: "TIMEOUT",
+}
+_ERROR_WHEN = {
+    400: "Malformed JSON, unknown operation, bad parameters or invalid SQL; details.field names "
+         "the field.",
+    401: "Missing or unknown API key.",
+    403: "The key lacks the scope for the operation.",
+    404: "Unknown pipeline or webhook.",
+    409: "Illegal state change, duplicate name, or an idempotency key reused with another body.",
+    413: "Body over the limit (default 5 MiB).",
+    429: "Per-key rate limit hit; Retry-After says when to retry.",
+    500: "A bug; the message never leaks internals.",
+    503: "Buffer full, store busy or shutting down; Retry-After set.",
+    504: "options.timeout exceeded.",
+}
+_REF = "#/components/schemas/"
+_PIPELINE_ID = {"type": "string", "pattern": "^pl_[0-9a-f]{1,37}$", "maxLength": 40}
+_NAME = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]{0,62}$"}
+# An event is an object; anything else is rejected as a record (200, "rejected"), not as
+# the request, so the schema cannot narrow it.
+_EVENT = {"description": "an event object"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _obj(properties: dict[str, Any], required: tuple[str, ...] = (),
+         extra: bool = True, **more: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, **more}
+    if required:
+        schema["required"] = list(required)
+    if not extra:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _time(nullable: bool = False) -> dict[str, Any]:
+    return {"type": ["string", "null"] if nullable else "string", "format": "date-time"}
+
+
+def _schemas() -> dict[str, Any]:
+    from control_api.webhooks import EVENT_TYPES
+
+    compressions = sorted({c for values in COMPRESSIONS.values() for c in values})
+    number = {"type": "number"}
+    integer = {"type": "integer", "minimum": 0}
+    latency = {"type": ["number", "null"]}
+    return {
+        "Meta": _obj({"requestId": {"type": "string"}, "timestamp": _time(),
+                      "duration": {"type": "integer", "minimum": 0}},
+                     ("requestId", "timestamp")),
+        "Error": _obj({"code": {"enum": sorted(set(ERROR_CODES.values()))},
+                       "message": {"type": "string"},
+                       "details": {"type": "object"}}, ("code", "message")),
+        "ErrorEnvelope": _obj({"success": {"const": False}, "error": _ref("Error"),
+                               "meta": _ref("Meta")}, ("success", "error", "meta")),
+        "Options": _obj({
+            "timeout": {"type": "integer", "minimum": 1, "maximum": 3_600_000,
+                        "description": "Milliseconds of server-side work before TIMEOUT."},
+            "retries": {"type": "integer", "minimum": 0, "maximum": 10,
+                        "description": "Retries of a transient storage failure in the call."}}),
+        "Field": _obj({"name": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]{0,127}$"},
+                       "type": {"enum": list(FIELD_TYPES)}, "required": {"type": "boolean"}},
+                      ("name", "type"), extra=False),
+        "Roll": _obj({"interval_seconds": {"type": "number", "minimum": 0.1, "maximum": 86400},
+                      "max_bytes": {"type": "integer", "minimum": 1024, "maximum": 2**34},
+                      "max_events": {"type": "integer", "minimum": 1, "maximum": 50_000_000}},
+                     extra=False),
+        "Sink": _obj({
+            "uri": {"type": "string", "description": "file:///path, gs://bucket/prefix or "
+                    "s3://bucket/prefix; default <data dir>/lake/<name>"},
+            "format": {"enum": list(FORMATS)},
+            "compression": {"enum": compressions},
+            "partition_by": {"type": ["string", "null"],
+                             "description": "e.g. dt=%Y-%m-%d/hour=%H or country={country}"},
+            "roll": _ref("Roll"),
+            "options": _obj({k: {"type": "string"} for k in SINK_OPTIONS}, extra=False,
+                            description="Secrets are write-only: never echoed back."),
+            "table": {"type": ["object", "null"],
+                      "properties": {"catalog_uri": {"type": "string"},
+                                     "namespace": {"type": "string"},
+                                     "name": {"type": "string"}}}}, extra=False),
+        "Runner": _obj({"type": {"enum": list(RUNNER_TYPES)}, "options": {"type": "object"}},
+                       extra=False),
+        "Pipeline": _obj({
+            "id": {"type": "string"}, "name": {"type": "string"},
+            "status": {"enum": ["created", "running", "paused", "stopping", "stopped"]},
+            "version": {"type": "integer", "minimum": 1}, "sql": {"type": "string"},
+            "schema": {"type": ["array", "null"], "items": _ref("Field")},
+            "event_time_field": {"type": ["string", "null"]},
+            "sink": {"type": "object"}, "runner": {"type": "object"},
+            "created_at": _time(), "updated_at": _time()},
+            ("id", "name", "status", "version", "sql", "schema", "event_time_field", "sink",
+             "runner", "created_at", "updated_at")),
+        "PipelineList": _obj({"pipelines": {"type": "array", "items": _ref("Pipeline")}},
+                             ("pipelines",)),
+        "Deleted": _obj({"deleted": {"const": True}}, ("deleted",)),
+        "IngestResult": _obj({
+            "accepted": integer,
+            "rejected": {"type": "array", "items": _obj({
+                "index": integer, "code": {"enum": ["missing_field", "type_mismatch",
+                                                    "parse_failure", "too_large"]},
+                "message": {"type": "string"}}, ("index", "code", "message"))}},
+            ("accepted", "rejected")),
+        "OutputSchema": {"type": "array", "items": _obj(
+            {"name": {"type": "string"}, "type": {"type": "string"}}, ("name", "type"))},
+        "TransformResult": _obj({"version": {"type": "integer"},
+                                 "output_schema": _ref("OutputSchema")},
+                                ("version", "output_schema")),
+        "DryRunResult": _obj({"dry_run": {"const": True}, "output_schema": _ref("OutputSchema"),
+                              "rows": {"type": "array", "items": {"type": "object"}}},
+                             ("dry_run", "output_schema", "rows")),
+        "Monitor": _obj({
+            "status": {"type": "string"}, "events_in": integer, "events_rejected": integer,
+            "events_out": integer, "bytes_in": integer, "bytes_out": integer,
+            "files_written": integer, "epochs": integer, "backlog_events": integer,
+            "throughput": _obj({"in_eps": number, "out_eps": number}, ("in_eps", "out_eps")),
+            "latency_ms": _obj({"p50": latency, "p95": latency, "p99": latency},
+                               ("p50", "p95", "p99")),
+            "errors": integer, "last_error": {"type": ["string", "null"]},
+            "last_commit_at": _time(nullable=True), "window_seconds": number},
+            ("status", "events_in", "events_rejected", "events_out", "bytes_in", "bytes_out",
+             "files_written", "epochs", "backlog_events", "throughput", "latency_ms", "errors",
+             "last_error", "last_commit_at")),
+        "File": _obj({"path": {"type": "string"}, "rows": integer, "bytes": integer,
+                      "epoch": integer, "min_event_time": _time(nullable=True),
+                      "max_event_time": _time(nullable=True)}, ("path", "rows", "bytes")),
+        "Logs": _obj({"logs": {"type": "array", "items": _obj({
+            "timestamp": _time(), "level": {"enum": ["debug", "info", "warning", "error"]},
+            "message": {"type": "string"}, "epoch": {"type": ["integer", "null"]}},
+            ("timestamp", "level", "message", "epoch"))}}, ("logs",)),
+        "EventType": {"enum": list(EVENT_TYPES)},
+        "WebhookRequest": _obj({
+            "url": {"type": "string", "format": "uri", "maxLength": 2048},
+            "events": {"type": "array", "minItems": 1, "items": _ref("EventType")},
+            "secret": {"type": "string", "minLength": 8, "maxLength": 256,
+                       "description": "HMAC-SHA256 key; generated and shown once if absent"}},
+            ("url", "events")),
+        "Webhook": _obj({"id": {"type": "string"}, "url": {"type": "string"},
+                         "events": {"type": "array", "items": _ref("EventType")},
+                         "created_at": _time(), "secret": {"type": "string"}},
+                        ("id", "url", "events")),
+        "WebhookList": _obj({"webhooks": {"type": "array", "items": _ref("Webhook")}},
+                            ("webhooks",)),
+        "DeliveryList": _obj({"deliveries": {"type": "array", "items": _obj({
+            "id": {"type": "integer"}, "event_id": {"type": "string"},
+            "type": _ref("EventType"),
+            "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": integer,
+            "last_status_code": {"type": ["integer", "null"]},
+            "last_error": {"type": ["string", "null"]}, "created_at": _time(),
+            "next_attempt_at": _time(nullable=True), "delivered_at": _time(nullable=True),
+            "log": {"type": "array", "items": _obj({
+                "attempt": {"type": "integer"}, "at": _time(),
+                "status_code": {"type": ["integer", "null"]},
+                "error": {"type": ["string", "null"]}, "duration_ms": integer})}},
+            ("id", "event_id", "type", "status", "attempts"))}}, ("deliveries",)),
+        "WebhookEvent": _obj({"id": {"type": "string"}, "type": _ref("EventType"),
+                              "created_at": _time(), "data": {"type": "object"}},
+                             ("id", "type", "created_at", "data")),
+    }
+
+
+def _pipeline_ref(extra: dict[str, Any] | None = None,
+                  required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Parameters naming one pipeline, by ``pipeline_id`` or ``name``."""
+    properties = {"pipeline_id": _PIPELINE_ID, "name": _NAME, **(extra or {})}
+    return {"type": "object", "properties": properties,
+            "anyOf": [{"required": ["pipeline_id", *required]},
+                      {"required": ["name", *required]}]}
+
+
+def _operation_parameters() -> dict[str, dict[str, Any]]:
+    no_parameters = {"type": "object"}
+    event = _EVENT
+    return {
+        "create": _obj({"name": _NAME, "sql": {"type": "string", "minLength": 1},
+                        "schema": {"type": "array", "minItems": 1, "items": _ref("Field")},
+                        "event_time_field": {"type": "string"}, "sink": _ref("Sink"),
+                        "runner": _ref("Runner")}, ("name",)),
+        "get": _pipeline_ref(), "list": no_parameters, "pipeline": no_parameters,
+        "delete": _pipeline_ref(), "start": _pipeline_ref(), "pause": _pipeline_ref(),
+        "resume": _pipeline_ref(), "stop": _pipeline_ref(),
+        "ingest": {**_pipeline_ref({"events": {"type": "array", "items": event},
+                                    "event": event}),
+                   "oneOf": [{"required": ["events"]}, {"required": ["event"]}]},
+        "transform": _pipeline_ref({"sql": {"type": "string", "minLength": 1},
+                                    "dry_run": {"type": "boolean"},
+                                    "limit": {"type": "integer", "minimum": 1,
+                                              "maximum": 10_000}}, ("sql",)),
+        "monitor": _pipeline_ref({"window_seconds": {"type": "number", "minimum": 1,
+                                                     "maximum": 86_400}}),
+        "logs": _pipeline_ref({"since": _time(),
+                               "level": {"enum": ["debug", "info", "warning", "error"]},
+                               "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
+    }
+
+
+_DATA_BY_OPERATION = {
+    "create": "Pipeline", "get": "Pipeline", "list": "PipelineList", "pipeline": "PipelineList",
+    "delete": "Deleted", "start": "Pipeline", "pause": "Pipeline", "resume": "Pipeline",
+    "stop": "Pipeline", "ingest": "IngestResult", "transform": "TransformResult",
+    "monitor": "Monitor", "logs": "Logs",
+}
+
+
+def _headers(*names: str) -> dict[str, Any]:
+    described = {
+        "X-Request-ID": ("string", "The request's id, as in meta.requestId."),
+        "X-RateLimit-Limit": ("integer", "Requests per minute allowed to the key (0: no limit)."),
+        "X-RateLimit-Remaining": ("integer", "Requests left in the current minute."),
+        "X-RateLimit-Reset": ("integer", "Unix seconds when the window resets."),
+        "Retry-After": ("integer", "Seconds to wait before retrying."),
+    }
+    return {n: {"description": described[n][1], "schema": {"type": described[n][0]}}
+            for n in names}
+
+
+_COMMON_HEADERS = ("X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining",
+                   "X-RateLimit-Reset")
+
+
+def _success(data: dict[str, Any], description: str = "Success.") -> dict[str, Any]:
+    return {"description": description, "headers": _headers(*_COMMON_HEADERS),
+            "content": {"application/json": {"schema": _obj(
+                {"success": {"const": True}, "data": data, "meta": _ref("Meta")},
+                ("success", "data", "meta"))}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    out = {}
+    for status in statuses:
+        names = [*_COMMON_HEADERS, "Retry-After"] if status in (429, 503) else _COMMON_HEADERS
+        out[str(status)] = {
+            "description": f"{ERROR_CODES[status]}: {_ERROR_WHEN[status]}",
+            "headers": _headers(*names),
+            "content": {"application/json": {"schema": _ref("ErrorEnvelope")}}}
+    return out
+
+
+_AUTHED = (400, 401, 403, 429, 500, 503)
+
+
+def _idempotency_header() -> dict[str, Any]:
+    return {"name": "X-Idempotency-Key", "in": "header", "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "description": "Same key and body within 24 h returns the stored response without "
+                           "doing the work again; same key with another body is a 409."}
+
+
+def _request_id_header() -> dict[str, Any]:
+    return {"name": "X-Request-ID", "in": "header", "required": False,
+            "schema": {"type": "string"},
+            "description": "Echoed as meta.requestId (its first 128 characters); generated "
+                           "(req_...) when absent or not printable."}
+
+
+def _paths() -> dict[str, Any]:
+    from control_api.operations import OPERATIONS
+
+    parameters = _operation_parameters()
+    requests = []
+    for name, (scope, _handler) in OPERATIONS.items():
+        params = parameters[name]
+        if name in ("list", "pipeline"):
+            params = {"type": ["object", "null"]}
+        requests.append(_obj({"operation": {"const": name}, "parameters": params,
+                              "options": {"oneOf": [_ref("Options"), {"type": "null"}]}},
+                             ("operation",),
+                             title=f"{name} (scope {scope})"))
+    operation_table = "\n".join(f"- `{name}`: scope `{scope}`, data `{_DATA_BY_OPERATION[name]}`"
+                                for name, (scope, _h) in OPERATIONS.items())
+    headers = [_request_id_header(), _idempotency_header()]
+    pipeline_ref = {"name": "ref", "in": "path", "required": True,
+                    "description": "pipeline_id (pl_...) or name",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]{0,62}$"}}
+    webhook_id = {"name": "webhook_id", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,40}$"}}
+    data_any = {"anyOf": [_ref(n) for n in sorted(set(_DATA_BY_OPERATION.values()))
+                          ] + [_ref("DryRunResult")]}
+    return {
+        "/pipeline": {"post": {
+            "operationId": "pipelineOperation",
+            "summary": "Run an operation on pipelines",
+            "description": "One endpoint: an operation and its parameters.\n\n" + operation_table,
+            "parameters": headers,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "oneOf": requests,
+                "discriminator": {"propertyName": "operation"}}}}},
+            "responses": {"200": _success(data_any),
+                          **_errors(*_AUTHED, 404, 409, 413, 504)}}},
+        "/pipelines/{ref}/events": {"post": {
+            "operationId": "ingestEvents",
+            "summary": "Fast ingest path (scope ingest)",
+            "parameters": [pipeline_ref, *headers],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"oneOf": [
+                    {"type": "array", "items": _EVENT}, {"type": "object"}]}},
+                "application/x-ndjson": {"schema": {
+                    "description": "One JSON object per line; a bad line is rejected as a "
+                                   "record, not the request."}}}},
+            "responses": {"200": _success(_ref("IngestResult")),
+                          **_errors(*_AUTHED, 404, 409, 413)}}},
+        "/webhooks": {
+            "post": {"operationId": "createWebhook", "summary": "Register a webhook (admin)",
+                     "parameters": headers,
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": _ref("WebhookRequest")}}},
+                     "responses": {"200": _success(_ref("Webhook")),
+                                   **_errors(*_AUTHED, 409, 413)},
+                     "callbacks": {"event": {"{$request.body#/url}": {"post": {
+                         "summary": "A webhook delivery",
+                         "parameters": [{"name": "X-Webhook-Signature", "in": "header",
+                                         "required": True, "schema": {"type": "string"},
+                                         "description": "sha256=<hex HMAC-SHA256 of the raw "
+                                                        "body with the secret>"}],
+                         "requestBody": {"content": {"application/json": {
+                             "schema": _ref("WebhookEvent")}}},
+                         "responses": {"2XX": {"description": "Delivered; anything else is "
+                                                              "retried with backoff."}}}}}}},
+            "get": {"operationId": "listWebhooks", "summary": "List webhooks (admin)",
+                    "parameters": [_request_id_header()],
+                    "responses": {"200": _success(_ref("WebhookList")), **_errors(*_AUTHED)}}},
+        "/webhooks/{webhook_id}": {
+            "get": {"operationId": "getWebhook", "summary": "One webhook (admin)",
+                    "parameters": [webhook_id],
+                    "responses": {"200": _success(_ref("Webhook")),
+                                  **_errors(*_AUTHED, 404)}},
+            "delete": {"operationId": "deleteWebhook", "summary": "Remove a webhook (admin)",
+                       "parameters": [webhook_id],
+                       "responses": {"200": _success(_ref("Deleted")),
+                                     **_errors(*_AUTHED, 404)}}},
+        "/webhooks/{webhook_id}/deliveries": {"get": {
+            "operationId": "listWebhookDeliveries",
+            "summary": "The delivery log: deliveries with every attempt, newest first (admin)",
+            "parameters": [webhook_id, {"name": "limit", "in": "query", "required": False,
+                                        "schema": {"type": "integer", "minimum": 1,
+                                                   "maximum": 500}}],
+            "responses": {"200": _success(_ref("DeliveryList")), **_errors(*_AUTHED, 404)}}},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus text format (scope read)",
+            "responses": {"200": {"description": "The monitor counters of every pipeline.",
+                                  "headers": _headers(*_COMMON_HEADERS),
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **_errors(*_AUTHED)}}},
+        "/healthz": {"get": {
+            "operationId": "health", "summary": "200 once the server is ready", "security": [],
+            "responses": {"200": _success(_obj({"status": {"const": "ok"}}, ("status",))),
+                          **_errors(503)}}},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document", "security": [],
+            "responses": {"200": {"description": "OpenAPI 3.1",
+                                  "content": {"application/json": {
+                                      "schema": {"type": "object"}}}}}}},
+    }
+
+
+def build_spec(server_url: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "pipeline.do", "version": "1.0.0",
+                 "description": "Stream events over HTTP, transform them with DuckDB SQL, land "
+                                "them as Parquet. Every reply is the envelope {success, data | "
+                                "error, meta}."},
+        "security": [{"bearerAuth": []}],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "An API key (pdo_...)."}},
+            "schemas": _schemas()},
+    }
+    if server_url:
+        spec["servers"] = [{"url": server_url}]
+    return spec
+
+
+@bp.get("/openapi.json")
+def openapi_document():  # type: ignore[no-untyped-def]
+    spec = current_app.extensions.get("pdo_openapi")
+    if spec is None:
+        spec = current_app.extensions["pdo_openapi"] = json.dumps(build_spec(), indent=1)
+    return Response(spec, mimetype="application/json")
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+if __name__ == "__main__":
+    json.dump(build_spec(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
