@@ -19,6 +19,7 @@ setup(
         "gunicorn>=22",
         "requests>=2.31",
         "prometheus-client>=0.20",
+        "tqdm>=4.66",
     ],
     extras_require={
         "gcp": ["google-cloud-storage>=2.14", "apache-beam[gcp]>=2.77,<2.78"],
@@ -32,6 +33,8 @@ setup(
             "moto[server]>=5",
             "psutil>=5.9",
             "matplotlib>=3.8",
+            "schemathesis>=4.32",
+            "openapi-spec-validator>=0.7",
         ],
     },
     entry_points={"console_scripts": ["pipeline-do=control_api.cli:main"]},

@@ -1,9 +1,11 @@
-"""``pipeline-do``: run the server, manage keys.
+"""``pipeline-do``: run the server, manage keys, and drive a server over HTTP.
 
-``serve`` runs the API under gunicorn and the local job manager in this
-process: the store is created, an admin key is made on first start (or
-``PIPELINE_DO_API_KEY`` registered), then gunicorn is started as a child
-and both run until SIGTERM or SIGINT.
+``serve`` runs the API under gunicorn and, in this process, the local job
+manager and the webhook dispatcher: the store is created, an admin key is
+made on first start (or ``PIPELINE_DO_API_KEY`` registered), then gunicorn
+is started as a child and all run until SIGTERM or SIGINT. The client
+subcommands (``create``, ``ingest``, ``monitor``, ``logs``, ...) live in
+:mod:`control_api.client_cli`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def _store_for(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from beam_pipelines.jobs import JobManager
+    from beam_pipelines.store import Store
     from control_api.auth import create_key, ensure_key, has_keys
+    from control_api.webhook_delivery import WebhookDispatcher
+    from control_api.webhooks import Outbox, allow_private_from_env
 
     store, config = _store_for(args)
     if config["API_KEY"]:
@@ -45,8 +50,15 @@ def _serve(args: argparse.Namespace) -> int:
     store.dispose()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    manager = JobManager(config["DATABASE_URL"], config["DATA_DIR"], workers=args.job_workers)
+    outbox = Outbox(Store(config["DATABASE_URL"]))
+    manager = JobManager(config["DATABASE_URL"], config["DATA_DIR"], workers=args.job_workers,
+                         on_committed=outbox.on_committed, on_failed=outbox.on_failed)
     manager.start()
+    dispatcher = WebhookDispatcher(
+        Store(config["DATABASE_URL"]), config["DATA_DIR"], allow_private=allow_private_from_env(),
+        retry_base_seconds=_float_env("PIPELINE_DO_WEBHOOK_RETRY_SECONDS", 1.0),
+        ingested_interval=_float_env("PIPELINE_DO_WEBHOOK_INGESTED_INTERVAL", 10.0))
+    dispatcher.start()
 
     env = dict(os.environ, PIPELINE_DO_DATA_DIR=config["DATA_DIR"],
                PIPELINE_DO_DATABASE_URL=config["DATABASE_URL"])
@@ -74,8 +86,17 @@ def _serve(args: argparse.Namespace) -> int:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+    dispatcher.close()
     manager.close()
     return 0 if done.is_set() else (server.returncode or 1)
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -121,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("prefix")
     revoke.add_argument("--data-dir", dest="data_dir", default=argparse.SUPPRESS)
     keys.set_defaults(func=_keys)
+
+    from control_api.client_cli import add_client_commands
+
+    add_client_commands(sub)
     return parser
 
 
