@@ -206,7 +206,7 @@ def _parse_event_time_field(raw: Any, schema: tuple[Field, ...] | None) -> str |
         raise DefinitionError("event_time_field", "event_time_field needs a schema that "
                               "declares it as a timestamp field")
     types = {f.name: f.type for f in schema}
-    if raw not in types:
+    if not isinstance(raw, str) or raw not in types:
         raise DefinitionError("event_time_field", f"event_time_field {raw!r} is not a schema "
                               "field: allowed " + ", ".join(types))
     if types[raw] != "timestamp":

@@ -41,8 +41,8 @@ class LiveServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> LiveServer:
-        env = dict(os.environ, PIPELINE_DO_API_KEY=self.api_key, PIPELINE_DO_RATE_LIMIT="0",
-                   **self.extra_env)
+        env = {**os.environ, "PIPELINE_DO_API_KEY": self.api_key, "PIPELINE_DO_RATE_LIMIT": "0",
+               **self.extra_env}
         log = open(os.path.join(self.data_dir, f"server-{self.port}.log"), "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "control_api.cli", "serve", "--host", "127.0.0.1",

@@ -132,7 +132,9 @@ def init_app(app: Flask) -> None:
         message = {404: f"no route {request.path}",
                    405: f"method {request.method} is not allowed on {request.path}"} \
             .get(status, err.description or err.name)
-        return error_envelope(ApiError(status, code, message))
+        allowed = getattr(err, "valid_methods", None)  # a 405 must say what is (RFC 9110)
+        allow = {"Allow": ", ".join(allowed)} if status == 405 and allowed else {}
+        return error_envelope(ApiError(status, code, message, headers=allow))
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:
