@@ -73,7 +73,8 @@ class JobManager:
     def __init__(self, database_url: str, data_dir: str, *, workers: int | None = None,
                  tick_seconds: float = 0.1, max_epochs_per_worker: int = 100,
                  on_committed: Callable[[EpochResult], None] | None = None,
-                 on_failed: Callable[[str, int, str, int], None] | None = None) -> None:
+                 on_failed: Callable[[str, int, str, int], None] | None = None,
+                 on_stopped: Callable[[str], None] | None = None) -> None:
         self.store = Store(database_url)
         self.database_url = database_url
         self.data_dir = data_dir
@@ -82,6 +83,7 @@ class JobManager:
         self.max_epochs_per_worker = max_epochs_per_worker
         self._on_committed = on_committed or (lambda _result: None)
         self._on_failed = on_failed or (lambda *_args: None)
+        self._on_stopped = on_stopped or (lambda _pipeline_id: None)
         self._pool: ProcessPoolExecutor | None = None
         self._flights: dict[str, _Flight] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # pipeline → (count, retry at)
@@ -209,6 +211,8 @@ class JobManager:
             row.status = "stopped"
             row.updated_at = time.time()
         self.store.log(pipeline_id, "info", "pipeline stopped: every buffered event is written")
+        # Announced here, where the flush ends: a stop whose caller timed out still stops.
+        self._on_stopped(pipeline_id)
 
     def _buffer(self, pipeline_id: str) -> EventBuffer:
         buffer = self._buffers.get(pipeline_id)

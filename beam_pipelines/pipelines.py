@@ -40,7 +40,7 @@ from beam_pipelines.store import (
 from transforms.decode import DecodedBatch, arrow_schema, decode_json_lines, decode_objects
 from transforms.sandbox import SqlError, plan_sql, run_sql, sandboxed_connection
 
-__all__ = ["PipelineService", "TRANSITIONS"]
+__all__ = ["TRANSITIONS", "PipelineService", "summarize_stop"]
 
 # operation → (allowed from, to)
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -172,14 +172,6 @@ class PipelineService:
         return monitor_snapshot(self.store, self._buffer(pipeline_id), pipeline_id,
                                 self.counters(pipeline_id), window_seconds)
 
-    def files(self, ref: str, since_epoch: int = 0) -> list[dict[str, Any]]:
-        with self.store.session() as s:
-            row = self._row(s, ref)
-            files = s.scalars(select(EpochFile).where(EpochFile.pipeline_id == row.id,
-                                                      EpochFile.epoch >= since_epoch)
-                              .order_by(EpochFile.id)).all()
-            return [f.public() for f in files]
-
     def logs(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
         limit = params.get("limit", 100)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
@@ -233,31 +225,24 @@ class PipelineService:
         return public
 
     def stop(self, ref: str, timeout_s: float) -> dict[str, Any]:
-        """Ask for a flush, then wait until the job manager reports ``stopped``."""
-        public = self.transition(ref, "stop")
+        """Ask for a flush, then wait until the job manager reports ``stopped``.
+
+        ``pipeline.stopped`` is announced by the job manager when the flush
+        ends, so a stop whose caller timed out is still announced.
+        """
+        pipeline_id = self.transition(ref, "stop")["id"]
         deadline = time.monotonic() + timeout_s
         while True:
-            with self.store.session() as s:
-                row = s.get(PipelineRow, public["id"])
-                if row is None:
-                    raise NotFoundError(f"pipeline {ref!r} was deleted while stopping")
-                status, first_epoch = row.status, row.stop_from_epoch
+            with self.store.reading() as s:
+                status = s.scalar(select(PipelineRow.status).where(PipelineRow.id == pipeline_id))
+            if status is None:
+                raise NotFoundError(f"pipeline {ref!r} was deleted while stopping")
             if status == "stopped":
-                break
+                return summarize_stop(self.store, pipeline_id)
             if time.monotonic() > deadline:
                 raise TimeoutExceeded("the pipeline is still flushing; it will stop by itself",
                                       {"status": status})
             time.sleep(0.05)
-        with self.store.session() as s:
-            row = self._row(s, public["id"])
-            flushed = s.scalar(select(func.coalesce(func.sum(Epoch.events), 0)).where(
-                Epoch.pipeline_id == row.id, Epoch.epoch >= first_epoch,
-                Epoch.status == "committed"))
-            result = _public(row)
-        result["flushed_events"] = int(flushed or 0)
-        result["files"] = self.files(public["id"], since_epoch=first_epoch)
-        self._on_event("pipeline.stopped", result)
-        return result
 
     def delete(self, ref: str) -> dict[str, Any]:
         with self.store.session() as s:
@@ -364,6 +349,25 @@ def _public(row: PipelineRow) -> dict[str, Any]:
             "event_time_field": definition["event_time_field"], "sink": definition["sink"],
             "runner": definition["runner"], "created_at": iso(row.created_at),
             "updated_at": iso(row.updated_at)}
+
+
+def summarize_stop(store: Store, pipeline_id: str) -> dict[str, Any]:
+    """The pipeline after a stop, with what its flush wrote: the stop reply and event."""
+    with store.reading() as s:
+        row = s.get(PipelineRow, pipeline_id)
+        if row is None:
+            raise NotFoundError(f"no pipeline {pipeline_id!r}")
+        first_epoch = row.stop_from_epoch
+        flushed = s.scalar(select(func.coalesce(func.sum(Epoch.events), 0)).where(
+            Epoch.pipeline_id == pipeline_id, Epoch.epoch >= first_epoch,
+            Epoch.status == "committed"))
+        files = s.scalars(select(EpochFile).where(EpochFile.pipeline_id == pipeline_id,
+                                                  EpochFile.epoch >= first_epoch)
+                          .order_by(EpochFile.id)).all()
+        result = _public(row)
+        result["flushed_events"] = int(flushed or 0)
+        result["files"] = [f.public() for f in files]
+    return result
 
 
 def _check_parquet_types(schema: pa.Schema) -> None:

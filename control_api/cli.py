@@ -52,7 +52,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     outbox = Outbox(Store(config["DATABASE_URL"]))
     manager = JobManager(config["DATABASE_URL"], config["DATA_DIR"], workers=args.job_workers,
-                         on_committed=outbox.on_committed, on_failed=outbox.on_failed)
+                         on_committed=outbox.on_committed, on_failed=outbox.on_failed,
+                         on_stopped=outbox.on_stopped)
     manager.start()
     dispatcher = WebhookDispatcher(
         Store(config["DATABASE_URL"]), config["DATA_DIR"], allow_private=allow_private_from_env(),

@@ -136,6 +136,11 @@ class Outbox:
                 "min_event_time": _iso_time(f.get("min_event_time")),
                 "max_event_time": _iso_time(f.get("max_event_time"))})
 
+    def on_stopped(self, pipeline_id: str) -> None:
+        from beam_pipelines.pipelines import summarize_stop
+
+        emit(self.store, "pipeline.stopped", summarize_stop(self.store, pipeline_id))
+
     def on_failed(self, pipeline_id: str, epoch: int, message: str, attempts: int) -> None:
         emit(self.store, "pipeline.failed", {"id": pipeline_id, "name": self._name(pipeline_id),
                                              "epoch": epoch, "error": message,
