@@ -1,26 +1,63 @@
-"""File formats for ``fileio.WriteToFiles``: one sink, any filesystem.
+"""File formats for ``fileio.WriteToFiles``: one sink per format, any filesystem.
 
-A format is a ``fileio.FileSink`` that takes Arrow tables as records. The
-path's scheme (local, gs://, s3://) picks Beam's filesystem, so local, GCS
-and S3 are one sink each, not three. The registry is a literal dict and an
-unknown name fails with the allowed list.
+A format is a ``fileio.FileSink`` that takes Arrow tables as records (or
+``(destination, table)`` pairs) and knows its compressions and file
+extension. The path's scheme (local, gs://, s3://) picks Beam's filesystem,
+so local, GCS and S3 are one sink each, not three. The registry is a literal
+dict and an unknown name fails with the allowed list.
+
+Every writer is vectorized: Parquet and CSV through pyarrow's writers, JSON
+lines through DuckDB's ``to_json`` over the whole table; no Python code runs
+per row. Compressed text files are gzip streams written with ``mtime=0`` and
+no file name, so re-running an epoch writes the same bytes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import gzip
+import threading
+from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 
-__all__ = ["FORMATS", "ParquetSink", "file_extension", "make_sink"]
+__all__ = ["FORMATS", "CsvSink", "JsonLinesSink", "ParquetSink", "check_format",
+           "file_extension", "make_sink"]
+
+_GZIP_LEVEL = 1  # ~3x faster than 6 for ~10% larger files of event data
 
 
-class ParquetSink(fileio.FileSink):
+class _TableSink(fileio.FileSink):
+    """What every format shares: Arrow records, the file opened uncompressed."""
+
+    name: ClassVar[str]
+    compressions: ClassVar[tuple[str, ...]]
+    default_compression: ClassVar[str]
+
+    @classmethod
+    def extension(cls, compression: str) -> str:
+        raise NotImplementedError
+
+    def create_metadata(self, destination: str, full_file_name: str) -> fileio.FileMetadata:
+        # The format compresses by itself; Beam must not guess from the name.
+        return fileio.FileMetadata(mime_type="application/octet-stream",
+                                   compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _table(record: Any) -> pa.Table:
+    return record[1] if isinstance(record, tuple) else record
+
+
+class ParquetSink(_TableSink):
     """Writes every Arrow table it is given into one Parquet file."""
 
-    file_extension = "parquet"
+    name = "parquet"
+    compressions = ("zstd", "snappy", "gzip", "lz4", "none")
+    default_compression = "zstd"
 
     def __init__(self, compression: str = "zstd", row_group_size: int = 1_000_000) -> None:
         self._compression = None if compression == "none" else compression
@@ -28,12 +65,16 @@ class ParquetSink(fileio.FileSink):
         self._writer: pq.ParquetWriter | None = None
         self._fh: Any = None
 
+    @classmethod
+    def extension(cls, compression: str) -> str:
+        return "parquet"  # the codec lives inside the file
+
     def open(self, fh: Any) -> None:
         self._fh = fh
         self._writer = None
 
     def write(self, record: Any) -> None:
-        table: pa.Table = record[1] if isinstance(record, tuple) else record
+        table = _table(record)
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._fh, table.schema, compression=self._compression)
         self._writer.write_table(table, row_group_size=self._row_group_size)
@@ -44,18 +85,208 @@ class ParquetSink(fileio.FileSink):
             self._writer = None
 
 
-FORMATS: dict[str, type[fileio.FileSink]] = {"parquet": ParquetSink}
+class _TextSink(_TableSink):
+    """A text format, optionally one gzip stream over the whole file."""
+
+    compressions = ("gzip", "none")
+    default_compression = "gzip"
+    base_extension: ClassVar[str]
+
+    def __init__(self, compression: str = "gzip") -> None:
+        self._gzip = compression == "gzip"
+        self._out: Any = None
+        self._gzip_file: gzip.GzipFile | None = None
+
+    @classmethod
+    def extension(cls, compression: str) -> str:
+        return f"{cls.base_extension}.gz" if compression == "gzip" else cls.base_extension
+
+    def open(self, fh: Any) -> None:
+        self._gzip_file = None
+        self._out = fh
+        if self._gzip:
+            # filename="" and mtime=0: the same rows give the same bytes.
+            self._gzip_file = gzip.GzipFile(filename="", mode="wb", fileobj=fh,
+                                            compresslevel=_GZIP_LEVEL, mtime=0)
+            self._out = self._gzip_file
+
+    def _finish_stream(self) -> None:
+        if self._gzip_file is not None:
+            self._gzip_file.close()  # writes the trailer; leaves Beam's handle open
+            self._gzip_file = None
 
 
-def make_sink(format_name: str, compression: str) -> fileio.FileSink:
+class JsonLinesSink(_TextSink):
+    """One JSON object per line (``\\n``), keys in column order.
+
+    Timestamps become RFC 3339 text (``2026-03-01T12:00:00.000000Z``), dates
+    ``YYYY-MM-DD``; NaN and infinities, which JSON cannot carry, become null.
+    """
+
+    name = "jsonl"
+    base_extension = "jsonl"
+
+    def write(self, record: Any) -> None:
+        table = _table(record)
+        if table.num_rows == 0:
+            return
+        lines = _json_lines(table)
+        for chunk in lines.chunks:
+            self._out.write(_string_payload(chunk))
+
+    def flush(self) -> None:
+        self._finish_stream()
+
+
+class CsvSink(_TextSink):
+    """Comma-separated values with one header line, RFC 4180 quoting.
+
+    Null is an empty field, the empty string ``""``; timestamps are RFC 3339
+    text; nested values (struct, list, map) and binary are JSON text.
+    """
+
+    name = "csv"
+    base_extension = "csv"
+
+    def __init__(self, compression: str = "gzip") -> None:
+        super().__init__(compression)
+        self._writer: pcsv.CSVWriter | None = None
+
+    def open(self, fh: Any) -> None:
+        super().open(fh)
+        self._writer = None
+
+    def write(self, record: Any) -> None:
+        table = _csv_ready(_table(record))
+        if self._writer is None:
+            self._writer = pcsv.CSVWriter(self._out, table.schema,
+                                          write_options=pcsv.WriteOptions(include_header=True))
+        self._writer.write_table(table)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._finish_stream()
+
+
+FORMATS: dict[str, type[_TableSink]] = {
+    "parquet": ParquetSink,
+    "jsonl": JsonLinesSink,
+    "csv": CsvSink,
+}
+
+
+def check_format(format_name: str, compression: str | None = None) -> type[_TableSink]:
+    """The format's class; ValueError naming what is allowed otherwise."""
     try:
         sink_class = FORMATS[format_name]
     except KeyError:
         raise ValueError(f"unknown format {format_name!r}: allowed "
                          + ", ".join(FORMATS)) from None
-    return sink_class(compression=compression)  # type: ignore[call-arg]
+    if compression is not None and compression not in sink_class.compressions:
+        raise ValueError(f"unknown compression {compression!r} for {format_name}: allowed "
+                         + ", ".join(sink_class.compressions))
+    return sink_class
 
 
-def file_extension(format_name: str, compression: str) -> str:
-    extension = FORMATS[format_name].file_extension  # type: ignore[attr-defined]
-    return str(extension)
+def make_sink(format_name: str, compression: str | None = None, **settings: Any) -> fileio.FileSink:
+    """A new sink of the format; ``settings`` are format-specific (``row_group_size``)."""
+    sink_class = check_format(format_name, compression)
+    return sink_class(compression=compression or sink_class.default_compression,  # type: ignore[call-arg]
+                      **settings)
+
+
+def file_extension(format_name: str, compression: str | None = None) -> str:
+    """``parquet``, ``jsonl`` / ``jsonl.gz``, ``csv`` / ``csv.gz``."""
+    sink_class = check_format(format_name, compression)
+    return sink_class.extension(compression or sink_class.default_compression)
+
+
+# -- vectorized conversions (one DuckDB query per table) ---------------------
+
+_local = threading.local()
+
+
+def _duckdb() -> Any:
+    """One DuckDB connection per thread for the writers' fixed queries."""
+    con = getattr(_local, "con", None)
+    if con is None:
+        import duckdb
+
+        con = duckdb.connect(config={"threads": 1})
+        _local.con = con
+    return con
+
+
+def _query(table: pa.Table, sql: str) -> pa.Table:
+    """Run ``sql`` over ``table`` registered as ``_pdo_rows`` (columns ``c0, c1, ...``)."""
+    renamed = pa.Table.from_arrays(
+        [_naive_time(column, field.type) for column, field in zip(table.columns, table.schema)],
+        names=[f"c{i}" for i in range(table.num_columns)])
+    con = _duckdb()
+    con.register("_pdo_rows", renamed)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.unregister("_pdo_rows")
+
+
+def _naive_time(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
+    # Zoned timestamps hold UTC instants: dropping the zone keeps the instant and
+    # lets DuckDB format it without a time zone library.
+    if pa.types.is_timestamp(kind) and kind.tz is not None:
+        return column.cast(pa.timestamp(kind.unit))
+    return column
+
+
+def _text_expression(i: int, kind: pa.DataType, *, for_json: bool) -> str:
+    """A DuckDB expression giving column ``c{i}`` in its text-file form."""
+    column = f"c{i}"
+    if pa.types.is_timestamp(kind):
+        suffix = "Z" if kind.tz is not None else ""
+        return f"strftime({column}, '%Y-%m-%dT%H:%M:%S.%f{suffix}')"
+    if for_json and pa.types.is_floating(kind):
+        return f"CASE WHEN isfinite({column}) THEN {column} END"  # JSON has no NaN
+    if not for_json and _is_nested(kind):
+        return f"to_json({column})"
+    return column
+
+
+def _is_nested(kind: pa.DataType) -> bool:
+    return (pa.types.is_nested(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind))
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _json_lines(table: pa.Table) -> pa.ChunkedArray:
+    """Each row as one JSON object followed by a newline."""
+    columns = ", ".join(f"{_text_expression(i, field.type, for_json=True)} AS {_quote(field.name)}"
+                        for i, field in enumerate(table.schema))
+    lines = _query(table, f"SELECT to_json(q) FROM (SELECT {columns} FROM _pdo_rows) AS q")
+    return pc.binary_join_element_wise(lines.column(0), "\n", "")
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """Timestamps as RFC 3339 text, nested and binary values as JSON text."""
+    kinds = table.schema.types
+    if not any(pa.types.is_timestamp(k) or _is_nested(k) for k in kinds):
+        return table
+    columns = ", ".join(_text_expression(i, kind, for_json=False) for i, kind in enumerate(kinds))
+    converted = _query(table, f"SELECT {columns} FROM _pdo_rows")
+    return pa.Table.from_arrays(converted.columns, names=table.column_names)
+
+
+def _string_payload(chunk: pa.Array) -> pa.Buffer:
+    """The bytes of a null-free string array's values, back to back, zero-copy."""
+    if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
+        chunk = chunk.cast(pa.large_string())
+    _validity, offsets_buffer, data = chunk.buffers()
+    offset_type = pa.int64() if pa.types.is_large_string(chunk.type) else pa.int32()
+    offsets = pa.Array.from_buffers(offset_type, len(chunk) + 1, [None, offsets_buffer],
+                                    offset=chunk.offset)
+    start, end = offsets[0].as_py(), offsets[-1].as_py()
+    return data.slice(start, end - start)
