@@ -96,6 +96,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -119,6 +120,7 @@ __all__ = [
     "is_transient_storage_error",
     "list_files",
     "pipeline_options_for_sink",
+    "redact_secrets",
     "reset_process_state",
     "resolve_settings",
     "sink_filesystems",
@@ -173,6 +175,47 @@ def _redact_url(url: str | None) -> str | None:
             netloc += f":{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     return url
+
+
+# Secrets that error texts from storage clients can carry: credentials in a
+# URL, signed-URL query parameters, authorization headers, key material.
+_SECRET_PATTERNS = (
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@'\"]+:[^/\s@'\"]*@"), r"\1***@"),
+    (re.compile(r"(?i)\b(x-amz-signature|x-amz-credential|x-amz-security-token|"
+                r"x-goog-signature|x-goog-credential|awsaccesskeyid|signature|access_token|"
+                r"refresh_token|sig|token)=[^&\s'\"<>]+"), r"\1=***"),
+    (re.compile(r"(?i)\b(authorization|x-amz-security-token|x-goog-api-key)"
+                r"(['\"]?\s*[:=]\s*['\"]?)[^'\"\n,}]+"), r"\1\2***"),
+    (re.compile(r"-----BEGIN[A-Z ]*PRIVATE KEY-----.*?(-----END[A-Z ]*PRIVATE KEY-----|$)",
+                re.DOTALL), "***"),
+    (re.compile(r"(?i)([\"']?(?:private_key|private_key_id|client_secret|refresh_token|"
+                r"secret_access_key|aws_secret_access_key|session_token)[\"']?\s*[:=]\s*)"
+                r"([\"'])(?:\\.|(?!\2).)*\2"), r"\1\2***\2"),
+    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), "***"),
+)
+_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_MIN_SECRET_CHARS = 4  # shorter values would blank out ordinary words
+
+
+def redact_secrets(text: str, options: Mapping[str, Any] | None = None,
+                   extra_secrets: Iterable[str] = ()) -> str:
+    """``text`` without the sink's secrets, for messages, logs and webhooks.
+
+    Removes the literal values of the secret sink options (keys, the
+    credentials file path), of ``extra_secrets`` and of the AWS key variables
+    in the environment, then anything that looks like a credential: user:password
+    in URLs, signed-URL parameters, authorization headers, private keys.
+    """
+    literals = [str(v) for k, v in (options or {}).items()
+                if k in ("access_key_id", "secret_access_key", "credentials_file") and v]
+    literals += [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
+    literals += [s for s in extra_secrets if s]
+    for secret in sorted({s.strip() for s in literals}, key=len, reverse=True):
+        if len(secret) >= _MIN_SECRET_CHARS:
+            text = text.replace(secret, "***")
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 # -- settings ---------------------------------------------------------------

@@ -1,19 +1,26 @@
 """Where an epoch's files live, and what the store says about them.
 
 ``pipeline_options`` turns a sink's ``options`` into Beam pipeline options
-for its filesystem; ``file_sizes`` checks after a run that every file of
-the manifest exists, exactly once, and measures it. Beam's ``fileio`` only
-logs a failed rename, so this check is what keeps a missing file from
-being committed.
+for its filesystem and applies the process-wide settings Beam needs for it;
+``file_sizes`` checks after a run that every file of the manifest exists,
+exactly once, and measures it. Beam's ``fileio`` only logs a failed rename,
+so this check is what keeps a missing file from being committed.
+``epoch_write_error`` turns whatever a failed epoch raised into the
+``StorageError`` that the logs, ``last_error`` and ``pipeline.failed``
+show: classified, short, and without the sink's secrets.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from beam_pipelines.definition import Sink
+from beam_pipelines.errors import StorageError
 
-__all__ = ["file_sizes", "join_uri", "pipeline_options"]
+__all__ = ["epoch_write_error", "file_sizes", "join_uri", "pipeline_options"]
+
+_MAX_DETAIL_CHARS = 300
 
 
 def join_uri(root: str, relative: str) -> str:
@@ -21,11 +28,53 @@ def join_uri(root: str, relative: str) -> str:
 
 
 def pipeline_options(sink: Sink) -> dict[str, Any]:
+    """Beam options for the sink's filesystem, with the process made ready for it.
+
+    For gs:// Beam takes endpoint and credentials only from process-wide
+    state (``STORAGE_EMULATOR_HOST``, its credential cache): without
+    ``activate_sink`` before each epoch it would back off ~25 s looking for
+    Google credentials, or write with the previous sink's settings.
+    """
     if "://" not in sink.uri:
         return {}
-    from beam_pipelines.storage import pipeline_options_for_sink
+    from beam_pipelines.storage import activate_sink, pipeline_options_for_sink
 
+    activate_sink(sink.uri, sink.options)
     return pipeline_options_for_sink(sink.uri, sink.options)
+
+
+def epoch_write_error(epoch: int, sink: Sink, err: BaseException) -> StorageError:
+    """What a failed epoch reports: the sink, the error, whether it is transient; no secrets.
+
+    Error texts from storage clients may quote request URLs, headers or a
+    credentials file; they are redacted before they reach ``last_error``,
+    the logs and webhooks. ``transient`` says whether retrying can help.
+    """
+    from beam_pipelines.storage import is_transient_storage_error, redact_secrets
+
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    detail = redact_secrets(f"{type(err).__name__}: {text}" if text else type(err).__name__,
+                            sink.options, _table_secrets(sink))
+    if len(detail) > _MAX_DETAIL_CHARS:
+        detail = detail[:_MAX_DETAIL_CHARS] + "..."
+    transient = is_transient_storage_error(err)
+    kind = "transient, retried with backoff" if transient else "retried with backoff"
+    error = StorageError(f"epoch {epoch} failed (sink {redact_secrets(sink.uri)}, {kind}): "
+                         f"{detail}",
+                         {"epoch": epoch, "transient": transient})
+    error.transient = transient
+    return error
+
+
+def _table_secrets(sink: Sink) -> list[str]:
+    uri = (sink.table or {}).get("catalog_uri")
+    if not isinstance(uri, str):
+        return []
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        return []
+    return [password] if password else []
 
 
 def file_sizes(sink: Sink, relative_paths: list[str], epoch: int) -> dict[str, Any]:
