@@ -25,6 +25,7 @@ setup(
         "gcp": ["google-cloud-storage>=2.14", "apache-beam[gcp]>=2.77,<2.78"],
         "aws": ["boto3>=1.34", "apache-beam[aws]>=2.77,<2.78"],
         "flink": [],
+        "iceberg": ["pyiceberg[sql-sqlite,pyarrow]>=0.12,<0.13"],
         "dev": [
             "pytest>=8",
             "ruff>=0.6",

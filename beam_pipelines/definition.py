@@ -84,8 +84,19 @@ class Sink:
     def public(self) -> dict[str, Any]:
         """The sink as replies show it: secrets are write-only."""
         out = asdict(self)
-        out["options"] = {k: v for k, v in self.options.items() if k not in SECRET_OPTIONS}
+        out["options"] = {k: _hide_password(v) for k, v in self.options.items()
+                          if k not in SECRET_OPTIONS}
+        if self.table and isinstance(self.table.get("catalog_uri"), str):
+            out["table"] = {**self.table, "catalog_uri": _hide_password(self.table["catalog_uri"])}
         return out
+
+
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
+
+
+def _hide_password(value: Any) -> Any:
+    """``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db`` (endpoint, catalog URLs)."""
+    return _URL_PASSWORD.sub(r"\1:***@", value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -247,11 +258,24 @@ def _parse_sink(raw: Any, default_uri: str) -> Sink:
         raise DefinitionError("sink.options", f"unknown options {sorted(unknown)}: allowed "
                               + ", ".join(SINK_OPTIONS))
     table = raw.get("table")
-    if table is not None and (not isinstance(table, dict) or not table.get("name")):
-        raise DefinitionError("sink.table", "sink.table must be an object with at least 'name' "
-                              "(and optional catalog_uri, namespace)")
+    if table is not None:
+        _check_table(table, fmt)
     return Sink(uri=uri, format=fmt, compression=compression, partition_by=partition_by,
                 roll=_parse_roll(raw.get("roll")), options=dict(options), table=table)
+
+
+def _check_table(table: Any, fmt: str) -> None:
+    from beam_pipelines.iceberg import check_table_spec, pyiceberg_missing
+
+    try:
+        check_table_spec(table)
+    except ValueError as err:
+        raise DefinitionError("sink.table", str(err)) from None
+    if fmt != "parquet":
+        raise DefinitionError("sink.table", f"an Iceberg table needs format parquet, not {fmt!r}")
+    missing = pyiceberg_missing()
+    if missing:
+        raise DefinitionError("sink.table", missing)
 
 
 def _normalize_uri(uri: str) -> str:
