@@ -51,6 +51,7 @@ TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 MAX_RECORD_BYTES = 1024 * 1024
 _TARGET_TTL_SECONDS = 5.0
+RECENT_FILES = 100  # files in a ``get`` reply: the manifest of the latest epochs
 
 
 class PipelineService:
@@ -137,10 +138,14 @@ class PipelineService:
     # -- reading ------------------------------------------------------------
 
     def get(self, ref: str) -> dict[str, Any]:
+        """The pipeline, its counters, and the manifest of its most recent files."""
         with self.store.session() as s:
             row = self._row(s, ref)
             public = _public(row)
-        return {**public, **self.counters(public["id"])}
+            recent = s.scalars(select(EpochFile).where(EpochFile.pipeline_id == row.id)
+                               .order_by(EpochFile.id.desc()).limit(RECENT_FILES)).all()
+            files = [f.public() for f in reversed(recent)]
+        return {**public, **self.counters(public["id"]), "files": files}
 
     def list_all(self) -> dict[str, Any]:
         with self.store.session() as s:
