@@ -155,6 +155,7 @@ class EpochTable:
         self.sink = sink
         self.spec = TableSpec.from_sink(sink, data_dir)
         self.pipeline_id = pipeline_id
+        _protect_catalog_password(self.spec.catalog_uri)
         self._catalog = _catalog(self.spec, sink)
 
     def _load(self) -> Any:
@@ -240,6 +241,19 @@ class EpochTable:
                                               location=_location(self.sink.uri))
         except TableAlreadyExistsError:  # another pipeline made it first
             return self._catalog.load_table(self.spec.identifier)
+
+
+def _protect_catalog_password(catalog_uri: str) -> None:
+    from urllib.parse import urlsplit
+
+    from beam_pipelines.storage import protect_secrets
+
+    try:
+        password = urlsplit(catalog_uri).password
+    except ValueError:
+        return
+    if password:
+        protect_secrets([password])
 
 
 def _parquet_schema(io: Any, path: str) -> Any:

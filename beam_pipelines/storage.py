@@ -99,6 +99,7 @@ import os
 import re
 import socket
 import threading
+import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,6 +121,7 @@ __all__ = [
     "is_transient_storage_error",
     "list_files",
     "pipeline_options_for_sink",
+    "protect_secrets",
     "redact_secrets",
     "reset_process_state",
     "resolve_settings",
@@ -206,16 +208,64 @@ def redact_secrets(text: str, options: Mapping[str, Any] | None = None,
     in the environment, then anything that looks like a credential: user:password
     in URLs, signed-URL parameters, authorization headers, private keys.
     """
-    literals = [str(v) for k, v in (options or {}).items()
-                if k in ("access_key_id", "secret_access_key", "credentials_file") and v]
+    literals = _option_secrets(options)
     literals += [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
     literals += [s for s in extra_secrets if s]
+    literals += list(_protected)
     for secret in sorted({s.strip() for s in literals}, key=len, reverse=True):
         if len(secret) >= _MIN_SECRET_CHARS:
             text = text.replace(secret, "***")
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def _option_secrets(options: Mapping[str, Any] | None) -> list[str]:
+    found = [str(v) for k, v in (options or {}).items()
+             if k in ("access_key_id", "secret_access_key", "credentials_file") and v]
+    endpoint = (options or {}).get("endpoint_url")
+    if isinstance(endpoint, str):
+        try:
+            password = urlsplit(endpoint).password
+        except ValueError:
+            password = None
+        if password:
+            found.append(password)
+    return found
+
+
+_protected: set[str] = set()
+_protected_lock = threading.Lock()
+_log_redaction_installed = False
+
+
+def protect_secrets(secrets: Iterable[str]) -> None:
+    """Redact these values (and credential-looking text) from every log record of the process.
+
+    Storage clients and Beam log failed requests with their URLs and full
+    tracebacks; a log record factory cleans the message and the exception
+    text before any handler formats them. Installed on first use.
+    """
+    global _log_redaction_installed
+    with _protected_lock:
+        _protected.update(s for s in secrets if s and len(s) >= _MIN_SECRET_CHARS)
+        if _log_redaction_installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            try:
+                record.msg, record.args = redact_secrets(record.getMessage()), ()
+                if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+                    text = "".join(traceback.format_exception(*record.exc_info))
+                    record.exc_text = redact_secrets(text.rstrip("\n"))
+            except Exception:  # noqa: BLE001 - a log line must never fail the caller
+                pass
+            return record
+
+        logging.setLogRecordFactory(redacting_factory)
+        _log_redaction_installed = True
 
 
 # -- settings ---------------------------------------------------------------
@@ -501,6 +551,8 @@ def activate_sink(uri: str, options: Mapping[str, Any] | None = None, *,
     settings = resolve_settings(uri, options)
     if settings.scheme == "file":
         return settings
+    protect_secrets([*_option_secrets(options), settings.secret_access_key or "",
+                     settings.access_key_id or "", settings.session_token or ""])
     with _state_lock:
         if retry_deadline is not None:
             configure_retries(retry_deadline)
