@@ -1,0 +1,363 @@
+"""Delivery to gs:// and s3:// through the real server and the local storage servers.
+
+One ``pipeline-do serve`` for the module, started with no storage endpoint or
+keys in its environment: every sink names its endpoint (and keys) in
+``sink.options``. What the sinks wrote is read back through the native
+clients (google-cloud-storage, boto3) and DuckDB.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import requests
+
+from tests.conftest import ADMIN_KEY
+from tests.live import LiveServer
+from tests.servers import free_port
+from tests.stores import NO_STORAGE_ENV, Receiver, Store, start_store, wait_for
+from tests.test_end_to_end import SCHEMA, SQL, make_events
+
+START = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def stores() -> Iterator[dict[str, Store]]:
+    started = {scheme: start_store(scheme) for scheme in ("gs", "s3")}
+    try:
+        yield started
+    finally:
+        for store in started.values():
+            store.server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: Any) -> Iterator[LiveServer]:
+    data_dir = tmp_path_factory.mktemp("object-stores")
+    live = LiveServer(str(data_dir), api_key=ADMIN_KEY,
+                      extra_env={**NO_STORAGE_ENV, "PIPELINE_DO_STORAGE_RETRY_DEADLINE": "2",
+                                 "PIPELINE_DO_WEBHOOK_ALLOW_PRIVATE": "1",
+                                 "PIPELINE_DO_WEBHOOK_RETRY_SECONDS": "0.2"})
+    live.start()
+    try:
+        yield live
+    finally:
+        live.kill()
+
+
+def _duck(files_glob: str) -> Any:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"CREATE VIEW out AS SELECT * FROM read_parquet('{files_glob}', "
+                "hive_partitioning = true)")
+    return con
+
+
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_end_to_end_on_object_storage(scheme: str, stores: dict[str, Store], server: LiveServer,
+                                      tmp_path: Path) -> None:
+    """The core end-to-end test, on a bucket: 100,000 events, bad records mixed in."""
+    store = stores[scheme]
+    name = f"orders-{scheme}"
+    prefix = f"e2e/{name}"
+    created = server.ok("create", {
+        "name": name, "schema": SCHEMA, "event_time_field": "ts", "sql": SQL,
+        "sink": {"uri": store.uri(prefix), "options": store.options,
+                 "partition_by": "dt=%Y-%m-%d", "roll": {"interval_seconds": 1}}})
+    assert created["sink"]["options"].get("endpoint_url") == store.server.endpoint_url
+    assert "secret_access_key" not in created["sink"]["options"]
+    server.ok("start", {"name": name})
+
+    rng = random.Random(7)
+    accepted: list[dict[str, Any]] = []
+    rejected = 0
+    batch_size = 5_000
+    for batch_no, first in enumerate(range(0, 100_000, batch_size)):
+        events = make_events(first, batch_size, rng)
+        lines = [json.dumps(e).encode() for e in events]
+        bad = {3: b'{"user_id": "not a number", "ts": "2026-03-01T00:00:00Z"}',
+               10: b'{"country": "de", "ts": "2026-03-01T00:00:00Z"}',
+               11: b'{"user_id": 5, "ts": "2026-03-01T00:0',
+               12: b'{"user_id": 6, "ts": "yesterday"}'}
+        for index in sorted(bad):
+            lines.insert(index, bad[index])
+        if batch_no % 4 == 3:
+            objects = [json.loads(line) if not line.endswith(b"0:0") else "oops" for line in lines]
+            data = server.ok("ingest", {"name": name, "events": objects})
+        else:
+            response = server.post_ndjson(name, b"\n".join(lines))
+            assert response.status_code == 200, response.text
+            data = response.json()["data"]
+        assert data["accepted"] == batch_size
+        assert {r["index"]: r["code"] for r in data["rejected"]} == {
+            3: "type_mismatch", 10: "missing_field", 12: "type_mismatch", 11: "parse_failure"}
+        accepted.extend(events)
+        rejected += len(data["rejected"])
+
+    stopped = server.ok("stop", {"name": name}, options={"timeout": 120_000})
+    assert stopped["status"] == "stopped"
+    objects = store.download(prefix, str(tmp_path), suffix=".parquet")
+
+    expected = [e for e in accepted if e["amount"] > 20]
+    con = _duck(f"{tmp_path}/**/*.parquet")
+    count, distinct = con.execute("SELECT count(*), count(DISTINCT user_id) FROM out").fetchone()
+    assert count == len(expected) == distinct
+    assert con.execute("SELECT sum(user_id) FROM out").fetchone()[0] == \
+        sum(e["user_id"] for e in expected)
+    assert con.execute("SELECT count(*) FROM out WHERE amount_x <> amount * 1.5 "
+                       "OR country_uc <> upper(country) OR amount <= 20").fetchone()[0] == 0
+    assert con.execute(
+        "SELECT count(*) FROM out WHERE CAST(dt AS DATE) <> CAST(ts AS DATE) "
+        "OR _event_time <> ts").fetchone()[0] == 0
+    by_id = {e["user_id"]: e["ts"] for e in expected[:2000]}
+    for user_id, millis in con.execute(
+            "SELECT user_id, epoch_ms(ts) FROM out WHERE user_id < 10000").fetchall():
+        if user_id in by_id:
+            want = by_id[user_id]
+            if isinstance(want, str):
+                want = int(datetime.fromisoformat(want.replace("Z", "+00:00")).timestamp() * 1000)
+            assert millis == want
+
+    # The manifest names exactly the objects in the bucket, with their sizes.
+    info = server.ok("get", {"name": name})
+    manifest = {f["path"]: f["bytes"] for f in info["files"]}
+    assert len(manifest) == len(info["files"]) == info["files_written"] <= 100
+    assert manifest == {store.uri(f"{prefix}/{key}"): size for key, size in objects.items()}
+    assert {f["path"] for f in stopped["files"]} <= set(manifest)
+    assert info["events_in"] == 100_000 and info["events_rejected"] == rejected == 80
+    assert info["events_out"] == len(expected) and info["backlog_events"] == 0
+    assert info["errors"] == 0
+
+
+FORMATS = [("parquet", c) for c in ("zstd", "snappy", "gzip", "lz4", "none")] + \
+    [("jsonl", "gzip"), ("jsonl", "none"), ("csv", "gzip"), ("csv", "none")]
+NOTES = ["plain", 'a "quoted", comma', "two\nlines", "", "ünïcødé"]
+
+
+def _format_events(count: int) -> list[dict[str, Any]]:
+    return [{"user_id": i, "country": ["de", "fr"][i % 2], "amount": i / 4,
+             "note": NOTES[i % len(NOTES)],
+             "ts": (START + timedelta(hours=i % 48, microseconds=i)).isoformat()}
+            for i in range(count)]
+
+
+def _reader(path: str, format_name: str) -> str:
+    return {"parquet": f"read_parquet('{path}')",
+            "jsonl": f"read_json('{path}', format='newline_delimited')",
+            "csv": f"read_csv('{path}', header=true, allow_quoted_nulls=false)"}[format_name]
+
+
+def test_every_format_and_compression_reads_back_from_both_stores(
+        stores: dict[str, Store], server: LiveServer, tmp_path: Path) -> None:
+    schema = [{"name": "user_id", "type": "int64", "required": True},
+              {"name": "country", "type": "string"}, {"name": "amount", "type": "float64"},
+              {"name": "note", "type": "string"}, {"name": "ts", "type": "timestamp"}]
+    events = _format_events(1_500)
+    body = "\n".join(json.dumps(e) for e in events).encode()
+    cases = [(scheme, f, c) for scheme in ("gs", "s3") for f, c in FORMATS]
+    for scheme, format_name, compression in cases:  # all run side by side on the server
+        name = f"fmt-{scheme}-{format_name}-{compression}"
+        server.ok("create", {"name": name, "schema": schema, "event_time_field": "ts",
+                             "sink": {"uri": stores[scheme].uri(f"formats/{name}"),
+                                      "options": stores[scheme].options, "format": format_name,
+                                      "compression": compression, "partition_by": "dt=%Y-%m-%d",
+                                      "roll": {"interval_seconds": 0.2}}})
+        server.ok("start", {"name": name})
+        assert server.post_ndjson(name, body).json()["data"]["accepted"] == len(events)
+
+    start_us = int(START.timestamp()) * 1_000_000
+    want = sorted((e["user_id"], e["note"], e["amount"],
+                   start_us + (e["user_id"] % 48) * 3_600_000_000 + e["user_id"]) for e in events)
+    for scheme, format_name, compression in cases:
+        name = f"fmt-{scheme}-{format_name}-{compression}"
+        server.ok("stop", {"name": name}, options={"timeout": 120_000})
+        manifest = server.ok("get", {"name": name})["files"]
+        store = stores[scheme]
+        target = tmp_path / name
+        objects = store.download(f"formats/{name}", str(target))
+        extension = {"parquet": ".parquet", "jsonl": ".jsonl", "csv": ".csv"}[format_name]
+        extension += ".gz" if compression == "gzip" and format_name != "parquet" else ""
+        assert sorted(objects) == ["dt=2026-03-01/part-0000000001-00000" + extension,
+                                   "dt=2026-03-02/part-0000000001-00000" + extension], objects
+        assert {f["path"]: f["bytes"] for f in manifest} == \
+            {store.uri(f"formats/{name}/{k}"): v for k, v in objects.items()}
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        rows = con.sql(
+            "SELECT user_id, note, amount, epoch_us(CAST(ts AS TIMESTAMPTZ)) "
+            f"FROM {_reader(f'{target}/*/*{extension}', format_name)}"
+        ).fetchall()
+        assert sorted(rows) == want, name
+
+
+def test_hostile_partition_values_stay_inside_the_prefix(stores: dict[str, Store],
+                                                         server: LiveServer,
+                                                         tmp_path: Path) -> None:
+    hostile = ["../../etc", "..", ".", "a/b", "", None, "x=y", "%2F..%2F", "de"]
+    schema = [{"name": "n", "type": "int64", "required": True},
+              {"name": "country", "type": "string"}, {"name": "ts", "type": "timestamp"}]
+    events = [{"n": i, "country": hostile[i % len(hostile)], "ts": "2026-03-01T10:00:00Z"}
+              for i in range(900)]
+    lake = Path(server.data_dir) / "lake"
+    sinks = {"s3": {"uri": stores["s3"].uri("hostile/p"), "options": stores["s3"].options},
+             "file": {}}  # file: the default <data dir>/lake/<name>
+    for kind, sink in sinks.items():
+        name = f"hostile-{kind}"
+        server.ok("create", {"name": name, "schema": schema, "event_time_field": "ts",
+                             "sink": {**sink, "partition_by": "country={country}/dt=%Y-%m-%d"}})
+        server.ok("start", {"name": name})
+        assert server.post_ndjson(name, "\n".join(json.dumps(e) for e in events).encode()
+                                  ).json()["data"]["accepted"] == 900
+        server.ok("stop", {"name": name}, options={"timeout": 60_000})
+
+    expected_dirs = {"country=..%2F..%2Fetc", "country=%2E%2E", "country=%2E", "country=a%2Fb",
+                     "country=__null__", "country=x%3Dy", "country=%252F..%252F", "country=de"}
+    objects = stores["s3"].download("hostile/p", str(tmp_path / "s3"))
+    local = {str(p.relative_to(lake / "hostile-file")): p.stat().st_size
+             for p in (lake / "hostile-file").rglob("*") if p.is_file()}
+    for found in (objects, local):
+        assert {key.split("/")[0] for key in found} == expected_dirs
+        assert all(len(key.split("/")) == 3 and key.split("/")[1] == "dt=2026-03-01"
+                   for key in found), sorted(found)
+    # Nothing landed anywhere else under the data dir.
+    outside = [p for p in Path(server.data_dir).rglob("*.parquet")
+               if not p.is_relative_to(lake / "hostile-file")
+               and not p.is_relative_to(lake / "orders")]
+    assert outside == []
+    assert not (lake / "etc").exists() and not (Path(server.data_dir).parent / "etc").exists()
+    for root in (tmp_path / "s3", lake / "hostile-file"):
+        rows = duckdb.sql(f"SELECT n, country FROM read_parquet('{root}/*/*/*.parquet', "
+                          "hive_partitioning = false) ORDER BY n").fetchall()
+        assert rows == [(e["n"], e["country"]) for e in events]
+
+
+def test_max_events_rolls_epochs_and_the_manifest_describes_each_file(
+        stores: dict[str, Store], server: LiveServer, tmp_path: Path) -> None:
+    store = stores["gs"]
+    schema = [{"name": "n", "type": "int64", "required": True},
+              {"name": "ts", "type": "timestamp", "required": True}]
+    server.ok("create", {"name": "rolled", "schema": schema, "event_time_field": "ts",
+                         "sink": {"uri": store.uri("rolled"), "options": store.options,
+                                  "roll": {"max_events": 1000, "interval_seconds": 3600}}})
+    server.ok("start", {"name": "rolled"})
+    for request in range(5):  # an epoch takes whole requests up to max_events
+        body = "\n".join(json.dumps({"n": i, "ts": (START + timedelta(minutes=i)).isoformat()})
+                         for i in range(request * 1000, request * 1000 + 1000)).encode()
+        assert server.post_ndjson("rolled", body).json()["data"]["accepted"] == 1000
+    # max_events alone starts epochs: wait for all five without a stop.
+    info = wait_for(lambda: (i := server.ok("get", {"name": "rolled"}))["epochs"] >= 5 and i,
+                    timeout=90, message="five epochs")
+    assert info["epochs"] == 5 and info["backlog_events"] == 0
+    objects = store.download("rolled", str(tmp_path))
+    assert sorted(objects) == [f"part-{n:010d}-00000.parquet" for n in range(1, 6)]
+    files = info["files"]
+    assert [(f["epoch"], f["rows"]) for f in files] == [(n, 1000) for n in range(1, 6)]
+    for f in files:
+        key = f["path"].removeprefix(store.uri("rolled") + "/")
+        assert f["bytes"] == objects[key]
+        low, high, count = duckdb.sql(
+            f"SELECT min(n), max(n), count(*) FROM read_parquet('{tmp_path}/{key}')").fetchall()[0]
+        assert count == f["rows"]
+        assert (f["min_event_time"], f["max_event_time"]) == (_iso(low), _iso(high))
+    server.ok("stop", {"name": "rolled"})
+
+
+def _iso(minutes: int) -> str:
+    return (START + timedelta(minutes=minutes)).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+KEY_ID = "AKIAPDOLEAKCHECK0001"
+SECRET_KEY = "pdoLeakCheckSecret/0123+abc"
+PASSWORD = "pdoLeakCheckPassword"
+PRIVATE_KEY = "pdoLeakCheckPrivateKeyMaterial"
+
+
+def test_secrets_never_leave_the_server(server: LiveServer, tmp_path: Path) -> None:
+    """Keys, URL passwords and credential files are write-only, even in failures."""
+    secrets = (KEY_ID, SECRET_KEY, PASSWORD, PRIVATE_KEY)
+    receiver = Receiver()
+    auth = {"Authorization": f"Bearer {server.api_key}"}
+    hook = requests.post(f"{server.url}/webhooks", headers=auth, timeout=30, json={
+        "url": receiver.url, "events": ["pipeline.created", "pipeline.started",
+                                        "pipeline.failed"], "secret": "hook-secret"}).json()["data"]
+    credentials = tmp_path / "service-account.json"
+    credentials.write_text(json.dumps({"type": "service_account", "project_id": "p",
+                                       "private_key_id": "1", "client_email": "x@p.iam",
+                                       "private_key": PRIVATE_KEY}))
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: every epoch fails
+    sinks = {
+        "leaky-s3": {"uri": "s3://pdo-lake/leaky", "options": {
+            "endpoint_url": f"http://pdo:{PASSWORD}@{dead}", "region": "us-east-1",
+            "access_key_id": KEY_ID, "secret_access_key": SECRET_KEY}},
+        "leaky-gs": {"uri": "gs://pdo-lake/leaky", "options": {
+            "endpoint_url": f"http://{dead}", "credentials_file": str(credentials)}},
+    }
+    replies: list[Any] = []
+    try:
+        for name, sink in sinks.items():
+            replies.append(server.ok("create", {"name": name, "sink": {
+                **sink, "roll": {"interval_seconds": 0.2}}}))
+            assert replies[-1]["sink"]["options"].get("endpoint_url", "").count(PASSWORD) == 0
+            replies.append(server.ok("start", {"name": name}))
+            assert server.post_ndjson(name, b'{"a": 1}\n{"a": 2}').json()["data"]["accepted"] == 2
+        for name in sinks:
+            info = wait_for(lambda n=name: (i := server.ok("get", {"name": n}))["errors"] >= 2 and i,
+                            timeout=60, message=f"{name} to fail twice")
+            assert info["epochs"] == 0 and info["backlog_events"] == 2
+            assert info["last_error"].startswith("epoch 1 failed"), info["last_error"]
+            logs = server.ok("logs", {"name": name, "level": "error"})["logs"]
+            assert len(logs) >= 2 and all("epoch 1 failed" in e["message"] for e in logs)
+            replies += [info, logs, server.ok("monitor", {"name": name})]
+            wait_for(lambda n=info["id"]: receiver.events("pipeline.failed", n), timeout=30,
+                     message=f"pipeline.failed for {name}")
+        replies.append(server.ok("list"))
+        text = json.dumps(replies) + receiver.raw().decode()
+        text += "".join(p.read_text(errors="replace")
+                        for p in Path(server.data_dir).glob("server-*.log"))
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, leaked
+        assert str(credentials) not in json.dumps(replies)
+    finally:
+        for name in sinks:
+            server.call("delete", {"name": name})
+        requests.delete(f"{server.url}/webhooks/{hook['id']}", headers=auth, timeout=30)
+        receiver.close()
+
+
+def test_the_environment_supplies_endpoint_and_keys(stores: dict[str, Store],
+                                                    tmp_path: Path) -> None:
+    """STORAGE_EMULATOR_HOST and AWS_* in the server's environment, no sink options."""
+    env = {**NO_STORAGE_ENV, "STORAGE_EMULATOR_HOST": stores["gs"].server.endpoint_url,
+           "AWS_ENDPOINT_URL": stores["s3"].server.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    data_dir = tmp_path / "env-server"
+    data_dir.mkdir()
+    live = LiveServer(str(data_dir), api_key=ADMIN_KEY, extra_env=env).start()
+    try:
+        body = "\n".join(json.dumps({"n": i}) for i in range(500)).encode()
+        for scheme in ("gs", "s3"):
+            name = f"from-env-{scheme}"
+            live.ok("create", {"name": name, "sink": {"uri": stores[scheme].uri(name),
+                                                      "format": "jsonl"}})
+            live.ok("start", {"name": name})
+            assert live.post_ndjson(name, body).json()["data"]["accepted"] == 500
+        for scheme in ("gs", "s3"):
+            name = f"from-env-{scheme}"
+            live.ok("stop", {"name": name}, options={"timeout": 60_000})
+            target = tmp_path / name
+            objects = stores[scheme].download(name, str(target))
+            assert list(objects) == ["part-0000000001-00000.jsonl.gz"]
+            rows = duckdb.sql(f"SELECT json_extract(value, '$.n')::INT AS n FROM read_json("
+                              f"'{target}/*.jsonl.gz', format='newline_delimited') ORDER BY n"
+                              ).fetchall()
+            assert rows == [(i,) for i in range(500)]
+    finally:
+        live.kill()
