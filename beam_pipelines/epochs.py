@@ -86,7 +86,12 @@ def plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bo
 def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> EpochResult:
     """Run a planned epoch end to end and commit it. Safe to call again after a crash."""
     from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
-    from beam_pipelines.storage_paths import epoch_write_error, file_sizes, pipeline_options
+    from beam_pipelines.storage_paths import (
+        epoch_write_error,
+        file_sizes,
+        pipeline_options,
+        remove_remote_scratch,
+    )
 
     with store.session() as s:
         epoch = s.scalars(select(Epoch).where(Epoch.pipeline_id == pipeline_id,
@@ -102,6 +107,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> E
                                already_committed=True)
         epoch.attempts += 1
         range_start, range_end, planned_at = epoch.range_start, epoch.range_end, epoch.planned_at
+        retried = epoch.attempts > 1
     sink = definition.sink
     scratch = os.path.join(data_dir, "tmp")
     os.makedirs(scratch, exist_ok=True)
@@ -132,6 +138,8 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> E
     finally:
         buffer.close()
     _remove_scratch(sink.uri, epoch_no)
+    if retried:
+        remove_remote_scratch(sink, epoch_no)
     return result
 
 

@@ -12,13 +12,17 @@ show: classified, short, and without the sink's secrets.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
 from beam_pipelines.definition import Sink
 from beam_pipelines.errors import StorageError
 
-__all__ = ["epoch_write_error", "file_sizes", "join_uri", "pipeline_options"]
+__all__ = ["epoch_write_error", "file_sizes", "join_uri", "pipeline_options",
+           "remove_remote_scratch"]
+
+_log = logging.getLogger(__name__)
 
 _MAX_DETAIL_CHARS = 300
 
@@ -98,3 +102,21 @@ def file_sizes(sink: Sink, relative_paths: list[str], epoch: int) -> dict[str, A
         if result.metadata_list:
             raise RuntimeError(f"epoch {epoch} wrote more than one shard for a partition")
     return sizes
+
+
+def remove_remote_scratch(sink: Sink, epoch: int) -> None:
+    """Delete what failed attempts of an epoch left under ``{sink}/_tmp/epoch-N/`` (gs://, s3://).
+
+    ``WriteToFiles`` removes its temporary objects when a run succeeds, not
+    those of an earlier attempt that died after writing them. Called after
+    the commit of a retried epoch; a failure here only leaves garbage.
+    """
+    if "://" not in sink.uri:
+        return
+    from beam_pipelines.storage import delete_files, list_files
+
+    prefix = join_uri(sink.uri, f"_tmp/epoch-{epoch:010d}")
+    try:
+        delete_files([uri for uri, _size in list_files(prefix, sink.options)], sink.options)
+    except Exception as err:  # noqa: BLE001 - the epoch is committed; garbage is harmless
+        _log.warning("could not remove %s: %s", prefix, type(err).__name__)

@@ -102,6 +102,7 @@ def test_gcs_down_mid_stream_then_back_loses_and_doubles_nothing(tmp_path: Path)
 
         objects = gcs.download("faults", str(tmp_path / "read"))
         parquet = {k: v for k, v in objects.items() if k.endswith(".parquet")}
+        assert objects == parquet, sorted(objects)
         rows = duckdb.sql(f"SELECT n FROM read_parquet('{tmp_path}/read/*/*.parquet') ORDER BY n"
                           ).fetchall()
         assert rows == [(n,) for n in range(4000)]  # every event exactly once
