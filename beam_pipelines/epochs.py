@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import time
@@ -21,6 +22,7 @@ from sqlalchemy import func, select
 
 from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
 from beam_pipelines.definition import PipelineDefinition, definition_from_dict
+from beam_pipelines.errors import StorageError
 from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from transforms.decode import arrow_schema
 
@@ -111,6 +113,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> E
     sink = definition.sink
     scratch = os.path.join(data_dir, "tmp")
     os.makedirs(scratch, exist_ok=True)
+    failure: StorageError | None = None
     try:
         spec = EpochSpec(
             pipeline_id=pipeline_id, epoch=epoch_no, range_start=range_start,
@@ -130,7 +133,13 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> E
     except Exception as err:  # noqa: BLE001 - every failure is reported, then retried
         # The message goes to last_error, the logs and webhooks: no secrets,
         # and no chained original whose text could carry them.
-        raise epoch_write_error(epoch_no, sink, err) from None
+        failure = epoch_write_error(epoch_no, sink, err)
+    if failure is not None:
+        # Writers the failed run left open are closed when collected, and closing
+        # uploads a gs:// or s3:// object: let that happen now, before the retry
+        # (whose cleanup removes it), not in the middle of a later epoch.
+        gc.collect()
+        raise failure from None
     result = commit_epoch(store, pipeline_id, epoch_no, files)
     buffer = EventBuffer(spec.buffer_path)
     try:
