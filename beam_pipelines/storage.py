@@ -98,6 +98,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
@@ -265,7 +266,26 @@ def protect_secrets(secrets: Iterable[str]) -> None:
             return record
 
         logging.setLogRecordFactory(redacting_factory)
+        # Errors that bypass logging: in __del__ (a writer closed by the
+        # garbage collector) and in threads (upload threads of the clients).
+        sys.unraisablehook = _redacting_unraisable_hook
+        threading.excepthook = _redacting_thread_hook
         _log_redaction_installed = True
+
+
+def _redacting_unraisable_hook(unraisable: Any) -> None:
+    text = "".join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value,
+                                              unraisable.exc_traceback))
+    where = unraisable.err_msg or "Exception ignored in"
+    sys.stderr.write(redact_secrets(f"{where}: {unraisable.object!r}\n{text}"))
+
+
+def _redacting_thread_hook(args: Any) -> None:
+    if args.exc_type is SystemExit:
+        return
+    text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    name = args.thread.name if args.thread is not None else "?"
+    sys.stderr.write(redact_secrets(f"Exception in thread {name}:\n{text}"))
 
 
 # -- settings ---------------------------------------------------------------

@@ -227,3 +227,24 @@ def test_redaction_of_what_storage_errors_quote() -> None:
     assert storage.redact_secrets("key VERYSECRET here", {"secret_access_key": "VERYSECRET"}) \
         == "key *** here"
     assert BUCKET  # the shared bucket name stays a plain word
+
+
+def test_log_records_of_the_worker_are_redacted() -> None:
+    import io
+    import logging
+
+    storage.protect_secrets(["LEAKCHECK-LOGGED"])
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger = logging.getLogger("tests.redaction")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ConnectionError('PUT "http://u:LEAKCHECK-PW@h:1/b?X-Amz-Signature=LEAKCHECK"')
+        except ConnectionError:
+            logger.exception("upload of %s failed", "LEAKCHECK-LOGGED")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert "upload of *** failed" in text and "ConnectionError" in text
+    assert "LEAKCHECK" not in text, text
