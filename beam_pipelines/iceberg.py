@@ -107,6 +107,16 @@ def check_table_spec(raw: Any) -> dict[str, str]:
     namespace = raw.get("namespace")
     if namespace and any(not part or part != part.strip() for part in namespace.split(".")):
         raise ValueError(f"sink.table.namespace {namespace!r} has an empty or padded part")
+    if raw.get("catalog_uri"):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(raw["catalog_uri"])
+        except ArgumentError:  # its text would quote the URL, password and all
+            raise ValueError("sink.table.catalog_uri must be a SQLAlchemy URL, e.g. "
+                             "sqlite:////var/lib/pipeline-do/iceberg.sqlite or "
+                             "postgresql+psycopg2://user:password@host/catalog") from None
     return dict(raw)
 
 

@@ -176,7 +176,8 @@ def test_an_unreachable_catalog_fails_the_epoch_and_commits_nothing(
 def test_the_table_definition_is_checked_at_create(service: PipelineService) -> None:
     bad = [({"name": "t", "location": "x"}, "unknown sink.table keys ['location']"),
            ({"namespace": "a"}, "sink.table.name is required"),
-           ({"name": "a.b"}, "must not contain '.'")]
+           ({"name": "a.b"}, "must not contain '.'"),
+           ({"name": "t", "catalog_uri": "not a url:pw"}, "must be a SQLAlchemy URL")]
     for table, message in bad:
         with pytest.raises(DefinitionError, match=message.replace("[", r"\[").replace("]", r"\]")):
             service.create({"name": "t1", "sink": {"table": table}})
