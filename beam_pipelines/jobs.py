@@ -36,6 +36,7 @@ from beam_pipelines.store import PipelineRow, Store
 __all__ = ["JobManager"]
 
 _log = logging.getLogger(__name__)
+FAILED_AFTER_ATTEMPTS = 3
 _worker_store: Store | None = None
 
 
@@ -201,7 +202,10 @@ class JobManager:
         self.store.log(pipeline_id, "error",
                        f"epoch {epoch} failed (attempt {count}, retry in {delay:.1f}s): {message}",
                        epoch=epoch)
-        self._on_failed(pipeline_id, epoch, message, count)
+        if count == FAILED_AFTER_ATTEMPTS or (count > FAILED_AFTER_ATTEMPTS and count % 10 == 0):
+            # Announce repeated failure, not every retry: a flaky request that
+            # succeeds on its second try is a log line, not a page.
+            self._on_failed(pipeline_id, epoch, message, count)
 
     def _mark_stopped(self, pipeline_id: str) -> None:
         with self.store.session() as s:
