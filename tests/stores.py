@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tests import servers
+from tests.live import wait_for
 
 __all__ = ["BUCKET", "NO_STORAGE_ENV", "Receiver", "Store", "wait_for"]
 
@@ -84,19 +83,6 @@ def start_store(scheme: str, server: Any = None) -> Store:
     else:
         servers.create_s3_bucket(server.endpoint_url, BUCKET)
     return Store(scheme, server)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
-             message: str = "condition") -> Any:
-    """Poll until ``predicate`` returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
-        time.sleep(interval)
 
 
 class Receiver:

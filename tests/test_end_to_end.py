@@ -36,17 +36,16 @@ def make_events(first_id: int, count: int, rng: random.Random) -> list[dict[str,
     return events
 
 
-def test_ingest_transform_and_write_parquet_exactly_once(live_server: Any) -> None:
-    server = live_server
-    created = server.ok("create", {
-        "name": "orders", "schema": SCHEMA, "event_time_field": "ts", "sql": SQL,
-        "sink": {"partition_by": "dt=%Y-%m-%d", "roll": {"interval_seconds": 1}}})
-    assert created["status"] == "created"
-    assert server.ok("start", {"name": "orders"})["status"] == "running"
+def send_orders(server: Any, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Ingest 100,000 orders in batches of 5,000 with four bad records in each.
 
+    Three batches in four go to the fast NDJSON path, the fourth to the
+    ``ingest`` operation as a JSON array; both must report the same
+    rejections. Returns the accepted events and every rejection reported.
+    """
     rng = random.Random(7)
     accepted: list[dict[str, Any]] = []
-    rejected_seen: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
     batch_size = 5_000
     for batch_no, first in enumerate(range(0, 100_000, batch_size)):
         events = make_events(first, batch_size, rng)
@@ -58,30 +57,25 @@ def test_ingest_transform_and_write_parquet_exactly_once(live_server: Any) -> No
         for index in sorted(bad):
             lines.insert(index, bad[index])
         if batch_no % 4 == 3:
-            # The /pipeline ingest operation with a JSON array, same validation.
             objects = [json.loads(line) if not line.endswith(b"0:0") else "oops"
                        for line in lines]
-            data = server.ok("ingest", {"name": "orders", "events": objects})
+            data = server.ok("ingest", {"name": name, "events": objects})
         else:
-            response = server.post_ndjson("orders", b"\n".join(lines))
+            response = server.post_ndjson(name, b"\n".join(lines))
             assert response.status_code == 200, response.text
             data = response.json()["data"]
         assert data["accepted"] == batch_size
         codes = {r["index"]: r["code"] for r in data["rejected"]}
-        expected_codes = {3: "type_mismatch", 10: "missing_field", 12: "type_mismatch",
-                          11: "parse_failure"}
-        assert codes == expected_codes, data["rejected"]
+        assert codes == {3: "type_mismatch", 10: "missing_field", 12: "type_mismatch",
+                         11: "parse_failure"}, data["rejected"]
         accepted.extend(events)
-        rejected_seen.extend(data["rejected"])
+        rejected.extend(data["rejected"])
+    return accepted, rejected
 
-    stopped = server.ok("stop", {"name": "orders"}, options={"timeout": 120_000})
-    assert stopped["status"] == "stopped"
-    lake = f"{server.data_dir}/lake/orders"
 
+def check_orders(con: duckdb.DuckDBPyConnection, accepted: list[dict[str, Any]]) -> int:
+    """Check the view ``out`` holds exactly the accepted orders the SQL keeps; return that count."""
     expected = [e for e in accepted if e["amount"] > 20]
-    con = duckdb.connect()
-    con.execute(f"CREATE VIEW out AS SELECT * FROM read_parquet('{lake}/**/*.parquet', "
-                "hive_partitioning = true)")
     count, distinct = con.execute("SELECT count(*), count(DISTINCT user_id) FROM out").fetchone()
     assert count == len(expected) == distinct
     assert con.execute("SELECT sum(user_id) FROM out").fetchone()[0] == \
@@ -103,11 +97,30 @@ def test_ingest_transform_and_write_parquet_exactly_once(live_server: Any) -> No
             if isinstance(want, str):
                 want = int(datetime.fromisoformat(want.replace("Z", "+00:00")).timestamp() * 1000)
             assert millis == want
+    return len(expected)
+
+
+def test_ingest_transform_and_write_parquet_exactly_once(live_server: Any) -> None:
+    server = live_server
+    created = server.ok("create", {
+        "name": "orders", "schema": SCHEMA, "event_time_field": "ts", "sql": SQL,
+        "sink": {"partition_by": "dt=%Y-%m-%d", "roll": {"interval_seconds": 1}}})
+    assert created["status"] == "created"
+    assert server.ok("start", {"name": "orders"})["status"] == "running"
+    accepted, rejected = send_orders(server, "orders")
+
+    stopped = server.ok("stop", {"name": "orders"}, options={"timeout": 120_000})
+    assert stopped["status"] == "stopped"
+    lake = f"{server.data_dir}/lake/orders"
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW out AS SELECT * FROM read_parquet('{lake}/**/*.parquet', "
+                "hive_partitioning = true)")
+    written = check_orders(con, accepted)
 
     files = {f["path"] for f in stopped["files"]}
     assert all(path.startswith(lake) for path in files)
     info = server.ok("get", {"name": "orders"})
     assert info["events_in"] == 100_000
-    assert info["events_rejected"] == len(rejected_seen) == 80
-    assert info["events_out"] == len(expected)
+    assert info["events_rejected"] == len(rejected) == 80
+    assert info["events_out"] == written
     assert info["backlog_events"] == 0

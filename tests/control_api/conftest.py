@@ -24,24 +24,14 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN_KEY
-from tests.live import LiveServer
+from tests.live import (
+    LiveServer,
+    wait_for,  # noqa: F401  (re-exported for the tests here)
+)
 
 WEBHOOK_ENV = {"PIPELINE_DO_WEBHOOK_ALLOW_PRIVATE": "1",
                "PIPELINE_DO_WEBHOOK_RETRY_SECONDS": "0.2",
                "PIPELINE_DO_WEBHOOK_INGESTED_INTERVAL": "2"}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
-             message: str = "condition") -> Any:
-    """Poll until ``predicate`` returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(interval)
 
 
 def sink_files(sink_dir: str, ext: str = "parquet") -> list[str]:
