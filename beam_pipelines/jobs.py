@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,6 +30,7 @@ from sqlalchemy import select
 from beam_pipelines.buffer import EventBuffer, buffer_path
 from beam_pipelines.epochs import EpochResult, pending_epoch, plan_epoch, run_epoch
 from beam_pipelines.errors import NotFoundError
+from beam_pipelines.periodic import PeriodicThread
 from beam_pipelines.store import PipelineRow, Store
 
 __all__ = ["JobManager"]
@@ -89,33 +89,21 @@ class JobManager:
         self._flights: dict[str, _Flight] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # pipeline → (count, retry at)
         self._buffers: dict[str, EventBuffer] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PeriodicThread("job-manager", tick_seconds, self.tick, _log)
 
     # -- lifecycle of the manager itself --------------------------------------
 
     def start(self) -> None:
         self._ensure_pool()
-        self._thread = threading.Thread(target=self.run_forever, name="job-manager", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         for buffer in self._buffers.values():
             buffer.close()
-
-    def run_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - the loop must outlive any one bad tick
-                _log.exception("job manager tick failed")
-            self._stop.wait(self.tick_seconds)
 
     # -- scheduling ---------------------------------------------------------
 

@@ -29,6 +29,7 @@ from sqlalchemy import delete, or_, select
 
 from beam_pipelines.buffer import EventBuffer, buffer_path
 from beam_pipelines.errors import NotFoundError
+from beam_pipelines.periodic import PeriodicThread
 from beam_pipelines.store import (
     IngestAnnouncement,
     PipelineRow,
@@ -85,29 +86,17 @@ class WebhookDispatcher:
         self._buffers: dict[str, EventBuffer] = {}
         self._next_ingest_check = 0.0
         self._next_purge = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PeriodicThread("webhook-dispatcher", self.poll_seconds, self.tick, _log)
         self._http = threading.local()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
         for buffer in self._buffers.values():
             buffer.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - the loop must outlive any one bad tick
-                _log.exception("webhook dispatcher tick failed")
-            self._stop.wait(self.poll_seconds)
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
