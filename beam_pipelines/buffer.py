@@ -27,7 +27,7 @@ import pyarrow.ipc as ipc
 
 from beam_pipelines.errors import NotFoundError
 
-__all__ = ["Backlog", "EventBuffer", "buffer_path"]
+__all__ = ["Backlog", "BufferHandles", "EventBuffer", "buffer_path"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -324,6 +324,39 @@ class EventBuffer:
                 os.remove(self.path + suffix)
             except FileNotFoundError:
                 pass
+
+
+class BufferHandles:
+    """A process's open buffers, one per pipeline id, opened on first use."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self._open: dict[str, EventBuffer] = {}
+        self._lock = threading.Lock()
+
+    def get(self, pipeline_id: str) -> EventBuffer:
+        with self._lock:
+            buffer = self._open.get(pipeline_id)
+            if buffer is None:
+                buffer = self._open[pipeline_id] = EventBuffer(buffer_path(self.data_dir,
+                                                                           pipeline_id))
+            return buffer
+
+    def forget(self, pipeline_id: str) -> EventBuffer | None:
+        """Drop a handle without closing it (the caller destroys or closes it)."""
+        with self._lock:
+            return self._open.pop(pipeline_id, None)
+
+    def keep_only(self, pipeline_ids: Iterable[str]) -> None:
+        """Close the handles of every pipeline not named (paused, stopped, deleted)."""
+        keep = set(pipeline_ids)
+        with self._lock:
+            stale = [self._open.pop(p) for p in set(self._open) - keep]
+        for buffer in stale:
+            buffer.close()
+
+    def close(self) -> None:
+        self.keep_only(())
 
 
 def _to_ipc(table: pa.Table) -> bytes:

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from beam_pipelines.buffer import EventBuffer, buffer_path
+from beam_pipelines.buffer import BufferHandles
 from beam_pipelines.epochs import EpochResult, pending_epoch, plan_epoch, run_epoch
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.periodic import PeriodicThread
@@ -88,7 +88,7 @@ class JobManager:
         self._pool: ProcessPoolExecutor | None = None
         self._flights: dict[str, _Flight] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # pipeline → (count, retry at)
-        self._buffers: dict[str, EventBuffer] = {}
+        self._buffers = BufferHandles(data_dir)
         self._loop = PeriodicThread("job-manager", tick_seconds, self.tick, _log)
 
     # -- lifecycle of the manager itself --------------------------------------
@@ -102,8 +102,7 @@ class JobManager:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        for buffer in self._buffers.values():
-            buffer.close()
+        self._buffers.close()
 
     # -- scheduling ---------------------------------------------------------
 
@@ -114,8 +113,7 @@ class JobManager:
                                     PipelineRow.committed_seq)
                              .where(PipelineRow.status.in_(("running", "stopping")))).all()
         now = time.time()
-        for stale in set(self._buffers) - {row[0] for row in rows}:
-            self._buffers.pop(stale).close()  # paused, stopped or deleted
+        self._buffers.keep_only(row[0] for row in rows)
         for pipeline_id, status, _definition, committed_seq in rows:
             if pipeline_id in self._flights:
                 continue
@@ -129,7 +127,7 @@ class JobManager:
 
     def _schedule(self, pipeline_id: str, status: str, committed_seq: int, now: float) -> None:
         epoch = pending_epoch(self.store, pipeline_id)
-        buffer = self._buffer(pipeline_id)
+        buffer = self._buffers.get(pipeline_id)
         if epoch is None:
             epoch = plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping", now=now)
         if epoch is not None:
@@ -205,13 +203,6 @@ class JobManager:
         self.store.log(pipeline_id, "info", "pipeline stopped: every buffered event is written")
         # Announced here, where the flush ends: a stop whose caller timed out still stops.
         self._on_stopped(pipeline_id)
-
-    def _buffer(self, pipeline_id: str) -> EventBuffer:
-        buffer = self._buffers.get(pipeline_id)
-        if buffer is None:
-            buffer = EventBuffer(buffer_path(self.data_dir, pipeline_id))
-            self._buffers[pipeline_id] = buffer
-        return buffer
 
     def describe(self) -> dict[str, Any]:
         return {"workers": self.workers, "in_flight": {p: f.epoch for p, f in self._flights.items()}}

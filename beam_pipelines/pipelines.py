@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select
 
-from beam_pipelines.buffer import EventBuffer, buffer_path
+from beam_pipelines.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.definition import (
     PipelineDefinition,
     definition_from_dict,
@@ -63,7 +63,7 @@ class PipelineService:
         self.data_dir = data_dir
         self.default_sink_uri = default_sink_uri
         self._on_event = on_event or (lambda _type, _data: None)
-        self._buffers: dict[str, EventBuffer] = {}
+        self._buffers = BufferHandles(data_dir)
         self._targets: dict[str, tuple[float, PipelineDefinition, str]] = {}
         self._lock = threading.Lock()
 
@@ -260,8 +260,8 @@ class PipelineService:
             for model in (EpochFile, Epoch, SqlVersion, LogEntry):
                 s.execute(delete(model).where(model.pipeline_id == pipeline_id))
             s.delete(row)
+        buffer = self._buffers.forget(pipeline_id)
         with self._lock:
-            buffer = self._buffers.pop(pipeline_id, None)
             self._targets = {k: v for k, v in self._targets.items() if v[2] != pipeline_id}
         if buffer is not None:
             buffer.destroy()
@@ -336,12 +336,7 @@ class PipelineService:
         return row
 
     def _buffer(self, pipeline_id: str) -> EventBuffer:
-        with self._lock:
-            buffer = self._buffers.get(pipeline_id)
-            if buffer is None:
-                buffer = EventBuffer(buffer_path(self.data_dir, pipeline_id))
-                self._buffers[pipeline_id] = buffer
-            return buffer
+        return self._buffers.get(pipeline_id)
 
 
 _PAST = {"start": "started", "pause": "paused", "resume": "resumed", "stop": "stopped"}

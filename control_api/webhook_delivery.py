@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import requests
 from sqlalchemy import delete, or_, select
 
-from beam_pipelines.buffer import EventBuffer, buffer_path
+from beam_pipelines.buffer import BufferHandles
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.periodic import PeriodicThread
 from beam_pipelines.store import (
@@ -83,7 +83,7 @@ class WebhookDispatcher:
         self._pool = ThreadPoolExecutor(senders, thread_name_prefix="webhook-send")
         self._in_flight: set[int] = set()
         self._lock = threading.Lock()
-        self._buffers: dict[str, EventBuffer] = {}
+        self._buffers = BufferHandles(data_dir)
         self._next_ingest_check = 0.0
         self._next_purge = 0.0
         self._loop = PeriodicThread("webhook-dispatcher", self.poll_seconds, self.tick, _log)
@@ -95,8 +95,7 @@ class WebhookDispatcher:
     def close(self, timeout: float = 10.0) -> None:
         self._loop.stop(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for buffer in self._buffers.values():
-            buffer.close()
+        self._buffers.close()
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -121,14 +120,13 @@ class WebhookDispatcher:
             pipelines = s.execute(select(PipelineRow.id, PipelineRow.name)).all()
             last = {a.pipeline_id: (a.events_in, a.events_rejected, a.announced_at)
                     for a in s.scalars(select(IngestAnnouncement))}
-        for stale in set(self._buffers) - {p for p, _ in pipelines}:
-            self._buffers.pop(stale).close()
+        self._buffers.keep_only(p for p, _ in pipelines)
         for pipeline_id, name in pipelines:
             events_in, rejected, announced_at = last.get(pipeline_id, (0, 0, None))
             if announced_at is not None and now - announced_at < self.ingested_interval:
                 continue
             try:
-                totals = self._buffer(pipeline_id).totals()
+                totals = self._buffers.get(pipeline_id).totals()
             except NotFoundError:
                 continue
             if totals["events_in"] == events_in and totals["events_rejected"] == rejected:
@@ -148,13 +146,6 @@ class WebhookDispatcher:
                 row.events_in = totals["events_in"]
                 row.events_rejected = totals["events_rejected"]
                 row.announced_at = now
-
-    def _buffer(self, pipeline_id: str) -> EventBuffer:
-        buffer = self._buffers.get(pipeline_id)
-        if buffer is None:
-            buffer = EventBuffer(buffer_path(self.data_dir, pipeline_id))
-            self._buffers[pipeline_id] = buffer
-        return buffer
 
     # -- fan-out and delivery -------------------------------------------------
 
