@@ -21,7 +21,7 @@ def monitor_snapshot(store: Store, buffer: EventBuffer, pipeline_id: str,
                      counters: dict[str, Any], window_seconds: float) -> dict[str, Any]:
     now = time.time()
     since = now - window_seconds
-    with store.session() as s:
+    with store.reading() as s:
         out = s.scalar(select(func.coalesce(func.sum(Epoch.rows_out), 0)).where(
             Epoch.pipeline_id == pipeline_id, Epoch.status == "committed",
             Epoch.committed_at >= since))

@@ -139,7 +139,7 @@ class PipelineService:
 
     def get(self, ref: str) -> dict[str, Any]:
         """The pipeline, its counters, and the manifest of its most recent files."""
-        with self.store.session() as s:
+        with self.store.reading() as s:
             row = self._row(s, ref)
             public = _public(row)
             recent = s.scalars(select(EpochFile).where(EpochFile.pipeline_id == row.id)
@@ -148,12 +148,12 @@ class PipelineService:
         return {**public, **self.counters(public["id"]), "files": files}
 
     def list_all(self) -> dict[str, Any]:
-        with self.store.session() as s:
+        with self.store.reading() as s:
             rows = s.scalars(select(PipelineRow).order_by(PipelineRow.created_at)).all()
             return {"pipelines": [_public(r) for r in rows]}
 
     def counters(self, pipeline_id: str) -> dict[str, Any]:
-        with self.store.session() as s:
+        with self.store.reading() as s:
             row = s.get(PipelineRow, pipeline_id)
             if row is None:
                 raise NotFoundError(f"no pipeline {pipeline_id!r}")
@@ -172,7 +172,7 @@ class PipelineService:
     def monitor(self, ref: str, window_seconds: float) -> dict[str, Any]:
         from beam_pipelines.monitoring import monitor_snapshot
 
-        with self.store.session() as s:
+        with self.store.reading() as s:
             pipeline_id = self._row(s, ref).id
         return monitor_snapshot(self.store, self._buffer(pipeline_id), pipeline_id,
                                 self.counters(pipeline_id), window_seconds)
@@ -191,7 +191,7 @@ class PipelineService:
                 since_ts = datetime.fromisoformat(str(since).replace("Z", "+00:00")).timestamp()
             except ValueError:
                 raise DefinitionError("since", "since must be an ISO-8601 time") from None
-        with self.store.session() as s:
+        with self.store.reading() as s:
             row = self._row(s, ref)
             query = select(LogEntry).where(LogEntry.pipeline_id == row.id)
             if since_ts is not None:
