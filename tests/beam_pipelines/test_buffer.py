@@ -7,7 +7,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from beam_pipelines.buffer import EventBuffer
+from beam_pipelines.buffer import CHECKPOINT_EVERY_BYTES, RELEASE_ROWS_PER_TRANSACTION, EventBuffer
+from tests.live import wait_for
 
 SCHEMA = pa.schema([("n", pa.int64())])
 
@@ -31,6 +32,31 @@ def test_rows_get_increasing_sequence_numbers_and_read_back_in_order(tmp_path: A
     assert buffer.backlog(0).events == 30
     assert buffer.totals() == {"events_in": 50, "bytes_in": buffer.totals()["bytes_in"],
                                "events_rejected": 0}
+
+
+def test_release_drops_every_row_through_the_commit_across_many_transactions(
+        tmp_path: Any) -> None:
+    buffer = EventBuffer(str(tmp_path / "b.sqlite"), create=True)
+    rows = 3 * RELEASE_ROWS_PER_TRANSACTION + 1
+    seqs = [buffer.append(_table(i, 1)) for i in range(rows + 2)]
+    buffer.release(0, seqs[rows - 1], committed_at=100.0)
+    remaining = buffer.backlog(0)
+    assert (remaining.events, remaining.last_seq) == (2, seqs[-1])
+    assert buffer.read_range(0, seqs[-1], SCHEMA).column("n").to_pylist() == [rows, rows + 1]
+    # Every released row's latency was recorded before it went.
+    assert buffer.latency_percentiles(since=0.0)["p50"] is not None
+
+
+def test_wal_is_checkpointed_by_the_appending_process(tmp_path: Any) -> None:
+    buffer = EventBuffer(str(tmp_path / "b.sqlite"), create=True)
+    wide = pa.table({"s": pa.array(["x" * 1000] * 1000)})  # ~1 MB per row
+    for _ in range(CHECKPOINT_EVERY_BYTES // wide.nbytes + 1):
+        buffer.append(wide)
+    # Nothing else checkpoints this file: the database itself only grows
+    # once the checkpoint thread has copied the WAL's pages into it.
+    wait_for(lambda: (tmp_path / "b.sqlite").stat().st_size >= CHECKPOINT_EVERY_BYTES,
+             timeout=10)
+    buffer.close()
 
 
 def test_concurrent_appends_share_commits_and_lose_nothing(tmp_path: Any) -> None:
