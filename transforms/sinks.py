@@ -76,13 +76,39 @@ class ParquetSink(_TableSink):
     def write(self, record: Any) -> None:
         table = _table(record)
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self._fh, table.schema, compression=self._compression)
+            self._writer = pq.ParquetWriter(self._fh, table.schema, compression=self._compression,
+                                            use_dictionary=dictionary_columns(table))
         self._writer.write_table(table, row_group_size=self._row_group_size)
 
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+# Dictionary encoding pays off for a column with few distinct values; for one
+# of mostly unique values (ids, times, amounts) the writer builds a dictionary,
+# outgrows it and falls back to plain encoding: the same file, ~30% more CPU.
+_DICTIONARY_SAMPLE_ROWS = 20_000
+_DICTIONARY_MAX_DISTINCT_RATIO = 0.25
+
+
+def dictionary_columns(table: pa.Table) -> list[str]:
+    """The columns worth dictionary-encoding, judged on the table's first rows.
+
+    Deterministic in the table, so a re-run epoch writes the same bytes.
+    """
+    sample = table.slice(0, _DICTIONARY_SAMPLE_ROWS)
+    if sample.num_rows == 0:
+        return list(table.column_names)
+    chosen = []
+    for name, column in zip(sample.column_names, sample.columns):
+        if pa.types.is_nested(column.type):
+            continue
+        distinct = pc.count_distinct(column, mode="all").as_py()
+        if distinct <= _DICTIONARY_MAX_DISTINCT_RATIO * sample.num_rows:
+            chosen.append(name)
+    return chosen
 
 
 class _TextSink(_TableSink):

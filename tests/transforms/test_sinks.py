@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from transforms.sinks import FORMATS, check_format, file_extension, make_sink
+from transforms.sinks import FORMATS, check_format, dictionary_columns, file_extension, make_sink
 
 UTC = timezone.utc
 COMBINATIONS = [(name, compression) for name, sink in FORMATS.items()
@@ -158,3 +158,27 @@ def test_parquet_codec_and_row_group_size_are_applied(tmp_path: Path) -> None:
     meta = pq.ParquetFile(io.BytesIO(out.getvalue())).metadata
     assert meta.num_rows == 250 and meta.num_row_groups == 3
     assert meta.row_group(0).column(0).compression == "SNAPPY"
+
+
+def test_parquet_dictionary_encodes_only_columns_with_few_distinct_values() -> None:
+    import pyarrow.parquet as pq
+
+    rows = 10_000
+    table = pa.table({
+        "country": pa.array(["DE", "FR", "US", None] * (rows // 4)),
+        "session": pa.array([f"s{i:08d}" for i in range(rows)]),
+        "amount": pa.array([i * 0.5 for i in range(rows)]),
+    })
+    assert dictionary_columns(table) == ["country"]
+    out = io.BytesIO()
+    sink = make_sink("parquet", "zstd")
+    sink.open(out)
+    sink.write(table)
+    sink.flush()
+    group = pq.ParquetFile(io.BytesIO(out.getvalue())).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings
+                 for i in range(group.num_columns)}
+    assert "RLE_DICTIONARY" in encodings["country"]
+    assert "RLE_DICTIONARY" not in encodings["session"]
+    assert "RLE_DICTIONARY" not in encodings["amount"]
+    assert pq.read_table(io.BytesIO(out.getvalue())).equals(table)
