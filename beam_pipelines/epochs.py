@@ -27,7 +27,7 @@ from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Stor
 from transforms.decode import arrow_schema
 
 __all__ = ["EpochResult", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
-           "run_epoch"]
+           "release_epoch", "run_epoch"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class EpochResult:
     rows_out: int
     files: list[dict[str, Any]]
     already_committed: bool = False
+    # The buffer rows the epoch covered, for ``release_epoch``.
+    range_start: int = 0
+    range_end: int = 0
+    committed_at: float = 0.0
 
 
 def epoch_is_due(definition: PipelineDefinition, backlog: Backlog, *, flush: bool,
@@ -85,8 +89,14 @@ def plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bo
         return number
 
 
-def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> EpochResult:
-    """Run a planned epoch end to end and commit it. Safe to call again after a crash."""
+def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
+              release: bool = True) -> EpochResult:
+    """Run a planned epoch end to end and commit it. Safe to call again after a crash.
+
+    With ``release``, the committed rows then leave the buffer here; the job
+    manager passes False and calls ``release_epoch`` on a thread of its own,
+    so a worker goes on to the next epoch without deleting the last one's rows.
+    """
     from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
     from beam_pipelines.storage_paths import (
         epoch_write_error,
@@ -141,15 +151,26 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int) -> E
         gc.collect()
         raise failure from None
     result = commit_epoch(store, pipeline_id, epoch_no, files)
-    buffer = EventBuffer(spec.buffer_path)
-    try:
-        buffer.release(range_start, range_end, time.time())
-    finally:
-        buffer.close()
+    if release:
+        release_epoch(data_dir, result)
     _remove_scratch(sink.uri, epoch_no)
     if retried:
         remove_remote_scratch(sink, epoch_no)
     return result
+
+
+def release_epoch(data_dir: str, result: EpochResult) -> None:
+    """Drop a committed epoch's rows from the buffer, recording their latencies.
+
+    Skipping it is safe: the next release drops every row up to its own end.
+    """
+    if result.already_committed:
+        return
+    buffer = EventBuffer(buffer_path(data_dir, result.pipeline_id))
+    try:
+        buffer.release(result.range_start, result.range_end, result.committed_at)
+    finally:
+        buffer.close()
 
 
 def _iceberg_table(sink: Any, data_dir: str, pipeline_id: str) -> Any:
@@ -192,10 +213,12 @@ def commit_epoch(store: Store, pipeline_id: str, epoch_no: int,
         row.last_commit_at = now
         row.updated_at = now
         events = epoch.events
+        range_start, range_end = epoch.range_start, epoch.range_end
     public = [{"path": f["uri"], "rows": f["rows"], "bytes": f["bytes"],
                "min_event_time": f.get("min_event_time"),
                "max_event_time": f.get("max_event_time")} for f in files]
-    return EpochResult(pipeline_id, epoch_no, events, rows_out, public)
+    return EpochResult(pipeline_id, epoch_no, events, rows_out, public,
+                       range_start=range_start, range_end=range_end, committed_at=now)
 
 
 def _remove_scratch(root: str, epoch_no: int) -> None:

@@ -7,6 +7,10 @@ is due, and hands it to the pool. A pipeline's epochs therefore run one at
 a time and in order, while different pipelines share the workers: a
 hundred pipelines never mean a hundred Beam processes.
 
+A committed epoch's rows leave the buffer on the manager's own release
+thread, not in the worker: deleting ~100 MB of rows takes a worker a
+fifth of an epoch, during which it could run the next one.
+
 Workers are spawned processes that import Beam once and are recycled
 after ``max_epochs_per_worker`` epochs so memory stays flat. A worker that
 dies (``kill -9``, out of memory) breaks the pool; the manager builds a new
@@ -18,6 +22,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,7 +34,13 @@ from typing import Any
 from sqlalchemy import select
 
 from beam_pipelines.buffer import BufferHandles
-from beam_pipelines.epochs import EpochResult, pending_epoch, plan_epoch, run_epoch
+from beam_pipelines.epochs import (
+    EpochResult,
+    pending_epoch,
+    plan_epoch,
+    release_epoch,
+    run_epoch,
+)
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.periodic import PeriodicThread
 from beam_pipelines.store import PipelineRow, Store
@@ -45,7 +57,7 @@ def _run_in_worker(database_url: str, data_dir: str, pipeline_id: str,
     global _worker_store
     if _worker_store is None or _worker_store.url != database_url:
         _worker_store = Store(database_url)
-    return run_epoch(_worker_store, data_dir, pipeline_id, epoch_no)
+    return run_epoch(_worker_store, data_dir, pipeline_id, epoch_no, release=False)
 
 
 def _init_worker() -> None:
@@ -90,15 +102,22 @@ class JobManager:
         self._failures: dict[str, tuple[int, float]] = {}  # pipeline → (count, retry at)
         self._buffers = BufferHandles(data_dir)
         self._loop = PeriodicThread("job-manager", tick_seconds, self.tick, _log)
+        self._releases: queue.Queue[EpochResult | None] = queue.Queue()
+        self._releaser = threading.Thread(target=self._release_loop, name="epoch-release",
+                                          daemon=True)
 
     # -- lifecycle of the manager itself --------------------------------------
 
     def start(self) -> None:
         self._ensure_pool()
+        self._releaser.start()
         self._loop.start()
 
     def close(self, timeout: float = 30.0) -> None:
         self._loop.stop(timeout)
+        if self._releaser.is_alive():
+            self._releases.put(None)
+            self._releaser.join(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -170,10 +189,19 @@ class JobManager:
                                f"epoch {result.epoch} committed: {result.events} events in, "
                                f"{result.rows_out} rows out, {len(result.files)} files",
                                epoch=result.epoch)
+                self._releases.put(result)
                 self._on_committed(result)
         if broken and self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+    def _release_loop(self) -> None:
+        while (result := self._releases.get()) is not None:
+            try:
+                release_epoch(self.data_dir, result)
+            except Exception:  # noqa: BLE001 - the next release drops these rows too
+                _log.debug("releasing epoch %s of %s failed", result.epoch, result.pipeline_id,
+                           exc_info=True)
 
     def _record_failure(self, pipeline_id: str, epoch: int, message: str) -> None:
         count = self._failures.get(pipeline_id, (0, 0.0))[0] + 1

@@ -13,6 +13,9 @@ from typing import Any
 
 import duckdb
 
+from beam_pipelines.buffer import EventBuffer, buffer_path
+from tests.live import wait_for
+
 SCHEMA = [
     {"name": "user_id", "type": "int64", "required": True},
     {"name": "country", "type": "string"},
@@ -124,3 +127,9 @@ def test_ingest_transform_and_write_parquet_exactly_once(live_server: Any) -> No
     assert info["events_rejected"] == len(rejected) == 80
     assert info["events_out"] == written
     assert info["backlog_events"] == 0
+    # The job manager's release thread empties the buffer of committed rows
+    # and records each request's ack-to-commit latency as it goes.
+    buffer = EventBuffer(buffer_path(f"{server.data_dir}", created["id"]))
+    wait_for(lambda: buffer.backlog(0).events == 0, timeout=30, message="buffer emptied")
+    assert buffer.latency_percentiles(since=0.0)["p99"] is not None
+    buffer.close()
