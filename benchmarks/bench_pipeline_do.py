@@ -20,12 +20,11 @@ checked by the harness against the expected rows.
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import requests
 
 from benchmarks.measure import PeakRss, percentile
 from benchmarks.workload import AMOUNT_THRESHOLD, GROSS_FACTOR
@@ -64,27 +63,37 @@ def _create(server: LiveServer, name: str) -> None:
 
 def _post_all(server: LiveServer, name: str, batches: list[bytes], clients: int,
               interval: float | None = None) -> list[float]:
-    """Post batches from ``clients`` threads; return each ack's latency in seconds."""
+    """Post batches from ``clients`` threads; return each ack's latency in seconds.
+
+    Each client is one keep-alive ``http.client`` connection: a load
+    generator shares the server's cores here, and ``requests`` spends ~2 ms
+    of CPU per 140 kB post where ``http.client`` spends ~0.7 ms.
+    """
     latencies: list[float] = []
     lock = threading.Lock()
     headers = {"Authorization": f"Bearer {server.api_key}", "Content-Type": "application/x-ndjson"}
-    url = f"{server.url}/pipelines/{name}/events"
+    path = f"/pipelines/{name}/events"
     start = time.perf_counter()
 
     def client(k: int) -> None:
-        session = requests.Session()
-        for i in range(k, len(batches), clients):
-            if interval is not None:  # paced: batch i leaves at start + i * interval
-                delay = start + i * interval - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            sent = time.perf_counter()
-            response = session.post(url, data=batches[i], headers=headers, timeout=120)
-            elapsed = time.perf_counter() - sent
-            if response.status_code != 200:
-                raise RuntimeError(f"ingest failed: {response.status_code} {response.text[:200]}")
-            with lock:
-                latencies.append(elapsed)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        try:
+            for i in range(k, len(batches), clients):
+                if interval is not None:  # paced: batch i leaves at start + i * interval
+                    delay = start + i * interval - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                sent = time.perf_counter()
+                connection.request("POST", path, body=batches[i], headers=headers)
+                response = connection.getresponse()
+                body = response.read()
+                elapsed = time.perf_counter() - sent
+                if response.status != 200:
+                    raise RuntimeError(f"ingest failed: {response.status} {body[:200]!r}")
+                with lock:
+                    latencies.append(elapsed)
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
