@@ -103,6 +103,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         file_sizes,
         pipeline_options,
         remove_remote_scratch,
+        sync_local_files,
     )
 
     with store.session() as s:
@@ -138,6 +139,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         entries = run_epoch_pipeline(spec) if appended is None else appended
         sizes = file_sizes(sink, [e["path"] for e in entries], epoch_no)
         files = [{**e, **sizes[e["path"]]} for e in entries]
+        sync_local_files(sink, [f["uri"] for f in files])
         if table is not None and appended is None:
             table.append(epoch_no, files)
     except Exception as err:  # noqa: BLE001 - every failure is reported, then retried

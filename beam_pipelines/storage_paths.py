@@ -13,6 +13,7 @@ show: classified, short, and without the sink's secrets.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -102,6 +103,38 @@ def file_sizes(sink: Sink, relative_paths: list[str], epoch: int) -> dict[str, A
         if result.metadata_list:
             raise RuntimeError(f"epoch {epoch} wrote more than one shard for a partition")
     return sizes
+
+
+def sync_local_files(sink: Sink, uris: list[str]) -> None:
+    """Make a local sink's epoch files durable before the epoch commits.
+
+    The commit deletes the events from the buffer: files still in the page
+    cache would be the only copy, and a power loss would take them. Each file
+    is fsynced, then every directory on the way to it from the sink root (the
+    renames into place, and partition directories made for this epoch).
+    gs:// and s3:// objects are durable once their upload completes.
+    """
+    if "://" in sink.uri:
+        return
+    root = os.path.abspath(sink.uri)
+    directories: set[str] = set()
+    for uri in uris:
+        _fsync_path(uri, os.O_RDONLY)
+        directory = os.path.dirname(os.path.abspath(uri))
+        while directory.startswith(root) and directory not in directories:
+            directories.add(directory)
+            directory = os.path.dirname(directory)
+    directories.add(os.path.dirname(root))  # the sink root itself may be new
+    for directory in sorted(directories, key=len, reverse=True):
+        _fsync_path(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync_path(path: str, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove_remote_scratch(sink: Sink, epoch: int) -> None:

@@ -132,3 +132,38 @@ def test_a_new_sql_version_applies_from_the_next_epoch(service: PipelineService,
     plan_epoch(service.store, pipeline_id, buffer, flush=True)
     run_epoch(service.store, str(tmp_path), pipeline_id, 2)
     assert _rows(tmp_path) == [(0, 0), (2, 20), (4, 400), (5, 500)]
+
+
+def test_local_files_and_their_directories_are_fsynced_before_the_commit(
+        service: PipelineService, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Power loss cannot be staged here; what can be checked is that every file
+    # and directory entry the commit relies on was fsynced, and before it.
+    import beam_pipelines.epochs as epochs_module
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    real_commit = epochs_module.commit_epoch
+    synced_at_commit: list[str] = []
+
+    def recording_commit(*args: Any, **kwargs: Any) -> Any:
+        synced_at_commit.extend(synced)
+        return real_commit(*args, **kwargs)
+
+    pipeline_id = _create(service)
+    _ingest(service, 0, 100)
+    assert plan_epoch(service.store, pipeline_id,
+                      EventBuffer(buffer_path(str(tmp_path), pipeline_id)), flush=True) == 1
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(epochs_module, "commit_epoch", recording_commit)
+    result = run_epoch(service.store, str(tmp_path), pipeline_id, 1)
+    files = [f["path"] for f in result.files]
+    assert len(files) == 2  # two event days
+    lake = str(tmp_path / "lake" / "p")
+    expected = {*files, lake, str(tmp_path / "lake"),
+                *(os.path.dirname(f) for f in files)}
+    assert expected <= set(synced_at_commit)
