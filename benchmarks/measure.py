@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Sequence
 
 import psutil
@@ -23,24 +24,39 @@ __all__ = ["PeakRss", "percentile"]
 
 
 class PeakRss:
-    """Peak RSS (MiB) of process ``pid`` plus its children, sampled every ``interval`` s."""
+    """Peak RSS (MiB) of process ``pid`` plus its children, sampled every ``interval`` s.
 
-    def __init__(self, pid: int | None = None, interval: float = 0.05):
+    The process tree is listed again every ``rescan`` s: listing scans all of
+    /proc (~3 ms of CPU), reading the listed processes' RSS costs ~0.3 ms.
+    """
+
+    def __init__(self, pid: int | None = None, interval: float = 0.05, rescan: float = 1.0):
         self._process = psutil.Process(pid or os.getpid())
         self._interval = interval
+        self._rescan = rescan
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._tree: list[psutil.Process] = []
+        self._listed_at = -float("inf")
         self.peak_bytes = 0
         self.start_bytes = 0
 
-    def sample(self) -> int:
+    def _processes(self) -> list[psutil.Process]:
+        now = time.monotonic()
+        if now - self._listed_at >= self._rescan:
+            try:
+                self._tree = [self._process, *self._process.children(recursive=True)]
+            except psutil.Error:
+                self._tree = []
+            self._listed_at = now
+        return self._tree
+
+    def sample(self, *, rescan: bool = False) -> int:
         """Current RSS in bytes of the process tree (and update the peak)."""
+        if rescan:
+            self._listed_at = -float("inf")
         total = 0
-        try:
-            processes = [self._process, *self._process.children(recursive=True)]
-        except psutil.Error:
-            processes = []
-        for process in processes:
+        for process in self._processes():
             try:
                 total += process.memory_info().rss
             except psutil.Error:  # exited between listing and sampling
@@ -53,7 +69,7 @@ class PeakRss:
             self.sample()
 
     def __enter__(self) -> PeakRss:
-        self.start_bytes = self.sample()
+        self.start_bytes = self.sample(rescan=True)
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
         self._thread.start()
         return self
@@ -62,7 +78,7 @@ class PeakRss:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.sample()
+        self.sample(rescan=True)
 
     @property
     def peak_mb(self) -> float:
