@@ -15,6 +15,7 @@ import gc
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,17 +57,23 @@ def epoch_is_due(definition: PipelineDefinition, backlog: Backlog, *, flush: boo
                 and now - backlog.oldest_ingested_at >= roll.interval_seconds))
 
 
-def pending_epoch(store: Store, pipeline_id: str) -> int | None:
-    """The planned but uncommitted epoch of a pipeline, if any (recovery)."""
+def pending_epoch(store: Store, pipeline_id: str, *, exclude: Iterable[int] = ()) -> int | None:
+    """The first planned but uncommitted epoch of a pipeline not in ``exclude`` (recovery)."""
+    query = select(Epoch.epoch).where(Epoch.pipeline_id == pipeline_id, Epoch.status == "planned")
+    skip = list(exclude)
+    if skip:
+        query = query.where(Epoch.epoch.not_in(skip))
     with store.session() as s:
-        return s.scalars(select(Epoch.epoch).where(
-            Epoch.pipeline_id == pipeline_id, Epoch.status == "planned")
-            .order_by(Epoch.epoch)).first()
+        return s.scalars(query.order_by(Epoch.epoch)).first()
 
 
 def plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bool,
-               now: float | None = None) -> int | None:
-    """Write the next epoch's row if one is due; return its number."""
+               now: float | None = None, ways: int = 1) -> int | None:
+    """Write the next epoch's row if one is due; return its number.
+
+    ``ways`` > 1 plans a flush to run on that many workers: the epoch takes
+    about 1/ways of the backlog (or less, by the roll's limits).
+    """
     now = time.time() if now is None else now
     with store.session() as s:
         row = s.get(PipelineRow, pipeline_id)
@@ -80,7 +87,10 @@ def plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bo
         head = buffer.backlog(start)
         if not epoch_is_due(definition, head, flush=flush, now=now):
             return None
-        take = buffer.backlog(start, max_events=roll.max_events, max_bytes=roll.max_bytes)
+        max_events = roll.max_events
+        if ways > 1:
+            max_events = min(max_events, -(-head.events // ways))
+        take = buffer.backlog(start, max_events=max_events, max_bytes=roll.max_bytes)
         number = row.next_epoch
         s.add(Epoch(pipeline_id=pipeline_id, epoch=number, range_start=start,
                     range_end=take.last_seq, sql_version=row.version, status="planned",
@@ -90,12 +100,17 @@ def plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bo
 
 
 def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
-              release: bool = True) -> EpochResult:
+              release: bool = True, predecessor_timeout: float = 0.0) -> EpochResult:
     """Run a planned epoch end to end and commit it. Safe to call again after a crash.
 
     With ``release``, the committed rows then leave the buffer here; the job
     manager passes False and calls ``release_epoch`` on a thread of its own,
     so a worker goes on to the next epoch without deleting the last one's rows.
+
+    Epochs commit in order. One that runs alongside its predecessor (the job
+    manager does this to flush a stopping pipeline on every worker) writes
+    its files, then waits up to ``predecessor_timeout`` seconds for the
+    predecessor's commit; if that does not come, it fails and is retried.
     """
     from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
     from beam_pipelines.storage_paths import (
@@ -152,6 +167,8 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         # (whose cleanup removes it), not in the middle of a later epoch.
         gc.collect()
         raise failure from None
+    if predecessor_timeout > 0:
+        _await_commit_through(store, pipeline_id, range_start, predecessor_timeout)
     result = commit_epoch(store, pipeline_id, epoch_no, files)
     if release:
         release_epoch(data_dir, result)
@@ -159,6 +176,17 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     if retried:
         remove_remote_scratch(sink, epoch_no)
     return result
+
+
+def _await_commit_through(store: Store, pipeline_id: str, seq: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with store.reading() as s:
+            committed = s.scalar(select(PipelineRow.committed_seq)
+                                 .where(PipelineRow.id == pipeline_id))
+        if committed is None or committed >= seq or time.monotonic() >= deadline:
+            return  # commit_epoch judges: it refuses an epoch whose predecessor is missing
+        time.sleep(0.01)
 
 
 def release_epoch(data_dir: str, result: EpochResult) -> None:

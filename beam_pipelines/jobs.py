@@ -3,9 +3,15 @@
 One scheduler thread looks at the store a few times a second. For each
 running (or stopping) pipeline with no epoch in flight it first re-runs a
 planned but uncommitted epoch (recovery), else plans the next one when it
-is due, and hands it to the pool. A pipeline's epochs therefore run one at
-a time and in order, while different pipelines share the workers: a
+is due, and hands it to the pool. A running pipeline's epochs therefore run
+one at a time and in order, while different pipelines share the workers: a
 hundred pipelines never mean a hundred Beam processes.
+
+A stopping pipeline's flush is the exception: its remaining backlog is cut
+into epochs that run on every worker at once, each committing only after
+its predecessor (``run_epoch``'s ``predecessor_timeout``), so the last
+seconds of a stop use all the cores instead of one. Not for Iceberg sinks,
+whose snapshots are appended before the commit and must stay in order.
 
 A committed epoch's rows leave the buffer on the manager's own release
 thread, not in the worker: deleting ~100 MB of rows takes a worker a
@@ -19,6 +25,7 @@ one and the epoch, still ``planned`` in the store, runs again.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -52,12 +59,17 @@ FAILED_AFTER_ATTEMPTS = 3
 _worker_store: Store | None = None
 
 
+# How long an epoch of a parallel flush waits for its predecessor's commit.
+PREDECESSOR_TIMEOUT_SECONDS = 120.0
+
+
 def _run_in_worker(database_url: str, data_dir: str, pipeline_id: str,
-                   epoch_no: int) -> EpochResult:
+                   epoch_no: int, predecessor_timeout: float = 0.0) -> EpochResult:
     global _worker_store
     if _worker_store is None or _worker_store.url != database_url:
         _worker_store = Store(database_url)
-    return run_epoch(_worker_store, data_dir, pipeline_id, epoch_no, release=False)
+    return run_epoch(_worker_store, data_dir, pipeline_id, epoch_no, release=False,
+                     predecessor_timeout=predecessor_timeout)
 
 
 def _init_worker() -> None:
@@ -98,7 +110,7 @@ class JobManager:
         self._on_failed = on_failed or (lambda *_args: None)
         self._on_stopped = on_stopped or (lambda _pipeline_id: None)
         self._pool: ProcessPoolExecutor | None = None
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, list[_Flight]] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # pipeline → (count, retry at)
         self._buffers = BufferHandles(data_dir)
         self._loop = PeriodicThread("job-manager", tick_seconds, self.tick, _log)
@@ -133,26 +145,40 @@ class JobManager:
                              .where(PipelineRow.status.in_(("running", "stopping")))).all()
         now = time.time()
         self._buffers.keep_only(row[0] for row in rows)
-        for pipeline_id, status, _definition, committed_seq in rows:
-            if pipeline_id in self._flights:
+        for pipeline_id, status, definition, committed_seq in rows:
+            flights = self._flights.get(pipeline_id, [])
+            parallel = status == "stopping" and not json.loads(definition)["sink"].get("table")
+            if len(flights) >= (self.workers if parallel else 1):
                 continue
             failures, retry_at = self._failures.get(pipeline_id, (0, 0.0))
             if failures and now < retry_at:
                 continue
             try:
-                self._schedule(pipeline_id, status, committed_seq, now)
+                ways = self.workers - len(flights) if parallel else 1
+                while self._schedule(pipeline_id, status, committed_seq, now, ways) and parallel \
+                        and len(self._flights[pipeline_id]) < self.workers:
+                    ways -= 1
             except NotFoundError:
                 continue  # deleted while we looked
 
-    def _schedule(self, pipeline_id: str, status: str, committed_seq: int, now: float) -> None:
-        epoch = pending_epoch(self.store, pipeline_id)
+    def _schedule(self, pipeline_id: str, status: str, committed_seq: int, now: float,
+                  ways: int = 1) -> bool:
+        """Submit the pipeline's next epoch if there is one; True if it did.
+
+        ``ways``: how many epochs the rest of a flush's backlog is cut into.
+        """
+        in_flight = [f.epoch for f in self._flights.get(pipeline_id, [])]
+        epoch = pending_epoch(self.store, pipeline_id, exclude=in_flight)
         buffer = self._buffers.get(pipeline_id)
         if epoch is None:
-            epoch = plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping", now=now)
+            epoch = plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping", now=now,
+                               ways=ways)
         if epoch is not None:
-            self._submit(pipeline_id, epoch)
-        elif status == "stopping" and buffer.backlog(committed_seq).events == 0:
+            self._submit(pipeline_id, epoch, after_another=bool(in_flight))
+            return True
+        if status == "stopping" and not in_flight and buffer.backlog(committed_seq).events == 0:
             self._mark_stopped(pipeline_id)
+        return False
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -163,17 +189,21 @@ class JobManager:
                 self._pool.submit(_warm_up)
         return self._pool
 
-    def _submit(self, pipeline_id: str, epoch: int) -> None:
-        future = self._ensure_pool().submit(_run_in_worker, self.database_url, self.data_dir,
-                                   pipeline_id, epoch)
-        self._flights[pipeline_id] = _Flight(epoch, future)
+    def _submit(self, pipeline_id: str, epoch: int, *, after_another: bool) -> None:
+        future = self._ensure_pool().submit(
+            _run_in_worker, self.database_url, self.data_dir, pipeline_id, epoch,
+            PREDECESSOR_TIMEOUT_SECONDS if after_another else 0.0)
+        self._flights.setdefault(pipeline_id, []).append(_Flight(epoch, future))
 
     def _collect(self) -> None:
         broken = False
-        for pipeline_id, flight in list(self._flights.items()):
-            if not flight.future.done():
-                continue
-            del self._flights[pipeline_id]
+        # Oldest first: a pipeline's commits are reported, and released, in order.
+        done = sorted(((p, f) for p, flights in self._flights.items() for f in flights
+                       if f.future.done()), key=lambda pf: (pf[0], pf[1].epoch))
+        for pipeline_id, flight in done:
+            self._flights[pipeline_id].remove(flight)
+            if not self._flights[pipeline_id]:
+                del self._flights[pipeline_id]
             try:
                 result = flight.future.result()
             except BrokenProcessPool:
@@ -233,7 +263,8 @@ class JobManager:
         self._on_stopped(pipeline_id)
 
     def describe(self) -> dict[str, Any]:
-        return {"workers": self.workers, "in_flight": {p: f.epoch for p, f in self._flights.items()}}
+        return {"workers": self.workers,
+                "in_flight": {p: [f.epoch for f in fs] for p, fs in self._flights.items()}}
 
 
 def _describe(err: BaseException) -> str:

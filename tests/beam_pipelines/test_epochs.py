@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from typing import Any
 
 import duckdb
@@ -120,6 +121,28 @@ def test_commit_refuses_an_epoch_out_of_order(service: PipelineService, tmp_path
         commit_epoch(service.store, pipeline_id, 5, [])
 
 
+def test_a_flush_cut_into_epochs_that_run_together_commits_them_in_order(
+        service: PipelineService, tmp_path: Any) -> None:
+    pipeline_id = _create(service)
+    buffer = EventBuffer(buffer_path(str(tmp_path), pipeline_id))
+    for first in range(0, 80, 10):
+        _ingest(service, first, 10)
+    # Cut two ways: the first epoch takes half, the next the rest.
+    assert plan_epoch(service.store, pipeline_id, buffer, flush=True, ways=2) == 1
+    assert plan_epoch(service.store, pipeline_id, buffer, flush=True) == 2
+    assert pending_epoch(service.store, pipeline_id, exclude=[1]) == 2
+    # Epoch 2 writes its files first; it may not commit before epoch 1 has.
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="committed through"):
+        run_epoch(service.store, str(tmp_path), pipeline_id, 2, predecessor_timeout=0.5)
+    assert time.monotonic() - started >= 0.5
+    assert run_epoch(service.store, str(tmp_path), pipeline_id, 1).events == 40
+    assert run_epoch(service.store, str(tmp_path), pipeline_id, 2,
+                     predecessor_timeout=30).events == 40
+    assert _rows(tmp_path) == [(n, n * 10) for n in range(0, 80, 2)]  # each row once
+    assert buffer.backlog(0).events == 0
+
+
 def test_a_new_sql_version_applies_from_the_next_epoch(service: PipelineService,
                                                        tmp_path: Any) -> None:
     pipeline_id = _create(service)
@@ -167,3 +190,4 @@ def test_local_files_and_their_directories_are_fsynced_before_the_commit(
     expected = {*files, lake, str(tmp_path / "lake"),
                 *(os.path.dirname(f) for f in files)}
     assert expected <= set(synced_at_commit)
+
