@@ -139,13 +139,14 @@ class PipelineService:
 
     def get(self, ref: str) -> dict[str, Any]:
         """The pipeline, its counters, and the manifest of its most recent files."""
-        with self.store.reading() as s:
+        with self.store.reading() as s:  # one snapshot: counters and files agree
             row = self._row(s, ref)
             public = _public(row)
+            counters = self._counters(row)
             recent = s.scalars(select(EpochFile).where(EpochFile.pipeline_id == row.id)
                                .order_by(EpochFile.id.desc()).limit(RECENT_FILES)).all()
             files = [f.public() for f in reversed(recent)]
-        return {**public, **self.counters(public["id"]), "files": files}
+        return {**public, **counters, "files": files}
 
     def list_all(self) -> dict[str, Any]:
         with self.store.reading() as s:
@@ -157,16 +158,18 @@ class PipelineService:
             row = s.get(PipelineRow, pipeline_id)
             if row is None:
                 raise NotFoundError(f"no pipeline {pipeline_id!r}")
-            committed_seq = row.committed_seq
-            counters = {
-                "status": row.status, "events_out": row.events_out, "bytes_out": row.bytes_out,
-                "files_written": row.files_written, "epochs": row.epochs_committed,
-                "errors": row.errors, "last_error": row.last_error,
-                "last_commit_at": iso(row.last_commit_at),
-            }
-        buffer = self._buffer(pipeline_id)
+            return self._counters(row)
+
+    def _counters(self, row: PipelineRow) -> dict[str, Any]:
+        counters = {
+            "status": row.status, "events_out": row.events_out, "bytes_out": row.bytes_out,
+            "files_written": row.files_written, "epochs": row.epochs_committed,
+            "errors": row.errors, "last_error": row.last_error,
+            "last_commit_at": iso(row.last_commit_at),
+        }
+        buffer = self._buffer(row.id)
         counters.update(buffer.totals())
-        counters["backlog_events"] = buffer.backlog(committed_seq).events
+        counters["backlog_events"] = buffer.backlog(row.committed_seq).events
         return counters
 
     def monitor(self, ref: str, window_seconds: float) -> dict[str, Any]:

@@ -272,11 +272,14 @@ class Store:
                          lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Reads need no write lock: a separate engine without BEGIN IMMEDIATE,
-        # so the hot ingest path never queues behind epoch commits.
+        # so the hot ingest path never queues behind epoch commits. A deferred
+        # BEGIN still makes a session's reads one snapshot: an epoch committed
+        # between two of them cannot show in one and not the other.
         self.read_engine: Engine = self.engine
         if url.startswith("sqlite"):
             self.read_engine = create_engine(url, future=True, **kwargs)
             event.listen(self.read_engine, "connect", _sqlite_pragmas)
+            event.listen(self.read_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
     def create_all(self) -> None:

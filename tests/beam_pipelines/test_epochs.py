@@ -191,3 +191,19 @@ def test_local_files_and_their_directories_are_fsynced_before_the_commit(
                 *(os.path.dirname(f) for f in files)}
     assert expected <= set(synced_at_commit)
 
+
+def test_a_reading_session_is_one_snapshot(service: PipelineService, tmp_path: Any) -> None:
+    # ``get`` reads counters and files in one session: an epoch committed
+    # between the two reads must show in both or in neither.
+    from beam_pipelines.store import PipelineRow
+
+    pipeline_id = _create(service)
+    _ingest(service, 0, 10)
+    assert plan_epoch(service.store, pipeline_id,
+                      EventBuffer(buffer_path(str(tmp_path), pipeline_id)), flush=True) == 1
+    with service.store.reading() as s:
+        row = s.get(PipelineRow, pipeline_id)
+        assert row is not None and row.epochs_committed == 0
+        run_epoch(service.store, str(tmp_path), pipeline_id, 1)
+        assert s.scalars(select(EpochFile).where(EpochFile.pipeline_id == pipeline_id)).all() == []
+    assert service.get("p")["epochs"] == 1 and len(service.get("p")["files"]) == 2
