@@ -189,16 +189,17 @@ def _await_commit_through(store: Store, pipeline_id: str, seq: int, timeout: flo
         time.sleep(0.01)
 
 
-def release_epoch(data_dir: str, result: EpochResult) -> None:
+def release_epoch(data_dir: str, result: EpochResult, *, pause: float = 0.0) -> None:
     """Drop a committed epoch's rows from the buffer, recording their latencies.
 
     Skipping it is safe: the next release drops every row up to its own end.
+    ``pause``: seconds between two of the release's transactions.
     """
     if result.already_committed:
         return
     buffer = EventBuffer(buffer_path(data_dir, result.pipeline_id))
     try:
-        buffer.release(result.range_start, result.range_end, result.committed_at)
+        buffer.release(result.range_start, result.range_end, result.committed_at, pause=pause)
     finally:
         buffer.close()
 

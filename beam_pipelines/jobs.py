@@ -40,7 +40,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from beam_pipelines.buffer import BufferHandles
+from beam_pipelines.buffer import RELEASE_PAUSE_SECONDS, BufferHandles
 from beam_pipelines.epochs import (
     EpochResult,
     pending_epoch,
@@ -228,7 +228,7 @@ class JobManager:
     def _release_loop(self) -> None:
         while (result := self._releases.get()) is not None:
             try:
-                release_epoch(self.data_dir, result)
+                release_epoch(self.data_dir, result, pause=RELEASE_PAUSE_SECONDS)
             except Exception:  # noqa: BLE001 - the next release drops these rows too
                 _log.debug("releasing epoch %s of %s failed", result.epoch, result.pipeline_id,
                            exc_info=True)

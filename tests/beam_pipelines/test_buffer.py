@@ -50,11 +50,12 @@ def test_release_drops_every_row_through_the_commit_across_many_transactions(
 def test_wal_is_checkpointed_by_the_appending_process(tmp_path: Any) -> None:
     buffer = EventBuffer(str(tmp_path / "b.sqlite"), create=True)
     wide = pa.table({"s": pa.array(["x" * 1000] * 1000)})  # ~1 MB per row
-    for _ in range(CHECKPOINT_EVERY_BYTES // wide.nbytes + 1):
+    appends = CHECKPOINT_EVERY_BYTES // wide.nbytes + 1
+    for _ in range(appends):
         buffer.append(wide)
     # Nothing else checkpoints this file: the database itself only grows
     # once the checkpoint thread has copied the WAL's pages into it.
-    wait_for(lambda: (tmp_path / "b.sqlite").stat().st_size >= CHECKPOINT_EVERY_BYTES,
+    wait_for(lambda: (tmp_path / "b.sqlite").stat().st_size >= appends * wide.nbytes,
              timeout=10)
     buffer.close()
 
