@@ -3,7 +3,7 @@
 The server is started as ``pipeline-do serve`` starts it (gunicorn workers,
 the job manager and its epoch workers, all in one process group), with the
 same SQL as the other contenders and a local Parquet (zstd) sink partitioned
-by event day. The clock starts once the server's processes are idle (its
+by event day. Each phase starts once the server's processes are idle (its
 epoch workers import Beam after /healthz already answers). Two phases:
 
 1. **Throughput**: ``CLIENTS`` concurrent HTTP clients post every 1,000-event
@@ -124,7 +124,10 @@ def run_pipeline_do(dataset_path: str | Path, batches: list[bytes],
             seconds = time.perf_counter() - started
             eps = events / seconds
 
-            # Half of the sustained rate, for long enough to see several epochs.
+            # Half of the sustained rate, for long enough to see several epochs,
+            # once the first phase's clean-up (dropping 1M events from its
+            # buffer) is done: this phase measures the steady state.
+            _wait_until_idle(server.process.pid)
             _create(server, "latency")
             interval = len(batches[0].splitlines()) / (eps / 2)
             count = min(len(batches), max(10, int(LATENCY_PHASE_SECONDS / interval)))
