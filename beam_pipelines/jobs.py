@@ -227,8 +227,12 @@ class JobManager:
 
     def _release_loop(self) -> None:
         while (result := self._releases.get()) is not None:
+            # Pausing between deletes lets ingest commits go first; a releaser
+            # with more epochs waiting than this one has fallen behind, and
+            # catches up without pauses.
+            pause = RELEASE_PAUSE_SECONDS if self._releases.empty() else 0.0
             try:
-                release_epoch(self.data_dir, result, pause=RELEASE_PAUSE_SECONDS)
+                release_epoch(self.data_dir, result, pause=pause)
             except Exception:  # noqa: BLE001 - the next release drops these rows too
                 _log.debug("releasing epoch %s of %s failed", result.epoch, result.pipeline_id,
                            exc_info=True)
