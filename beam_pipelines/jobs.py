@@ -154,23 +154,24 @@ class JobManager:
             if failures and now < retry_at:
                 continue
             try:
-                ways = self.workers - len(flights) if parallel else 1
-                while self._schedule(pipeline_id, status, committed_seq, now, ways) and parallel \
-                        and len(self._flights[pipeline_id]) < self.workers:
-                    ways -= 1
+                while self._schedule(pipeline_id, status, committed_seq, now, parallel=parallel) \
+                        and parallel and len(self._flights[pipeline_id]) < self.workers:
+                    pass
             except NotFoundError:
                 continue  # deleted while we looked
 
-    def _schedule(self, pipeline_id: str, status: str, committed_seq: int, now: float,
-                  ways: int = 1) -> bool:
+    def _schedule(self, pipeline_id: str, status: str, committed_seq: int, now: float, *,
+                  parallel: bool = False) -> bool:
         """Submit the pipeline's next epoch if there is one; True if it did.
 
-        ``ways``: how many epochs the rest of a flush's backlog is cut into.
+        ``parallel``: a flush on every worker; the rest of the backlog is cut
+        into as many epochs as there are workers without one of its epochs.
         """
         in_flight = [f.epoch for f in self._flights.get(pipeline_id, [])]
         epoch = pending_epoch(self.store, pipeline_id, exclude=in_flight)
         buffer = self._buffers.get(pipeline_id)
         if epoch is None:
+            ways = self.workers - len(in_flight) if parallel else 1
             epoch = plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping", now=now,
                                ways=ways)
         if epoch is not None:
