@@ -342,15 +342,15 @@ class EventBuffer:
         con = self._connect()
         con.execute("PRAGMA synchronous=NORMAL")
         try:
-            deleted = RELEASE_ROWS_PER_TRANSACTION
-            while deleted == RELEASE_ROWS_PER_TRANSACTION:
-                if pause:
-                    time.sleep(pause)
+            while True:
                 with self._commit_lock, self._transaction() as con:
                     deleted = con.execute(
                         "DELETE FROM batches WHERE seq IN (SELECT seq FROM batches "
                         "WHERE seq <= ? ORDER BY seq LIMIT ?)",
                         (through_seq, RELEASE_ROWS_PER_TRANSACTION)).rowcount
+                if deleted < RELEASE_ROWS_PER_TRANSACTION:
+                    break
+                time.sleep(pause)
         finally:
             con.execute("PRAGMA synchronous=FULL")
 
