@@ -27,9 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from benchmarks.measure import PeakRss, percentile
+from benchmarks.measure import PeakRss, percentile, wait_until_idle
 from benchmarks.workload import AMOUNT_THRESHOLD, GROSS_FACTOR
 from control_api.devserver import LiveServer
 
@@ -112,7 +110,9 @@ def run_pipeline_do(dataset_path: str | Path, batches: list[bytes],
     data_dir.mkdir(parents=True, exist_ok=True)
     server = LiveServer(str(data_dir)).start()
     assert server.process is not None
-    settled = _wait_until_idle(server.process.pid)
+    # serve answers /healthz while its epoch workers still import Beam (2-3 s
+    # of CPU each, on both cores): the clock starts after that.
+    settled = wait_until_idle(server.process.pid)
     events = sum(b.count(b"\n") + (0 if b.endswith(b"\n") else 1) for b in batches)
     try:
         with PeakRss(server.process.pid) as rss:
@@ -127,7 +127,7 @@ def run_pipeline_do(dataset_path: str | Path, batches: list[bytes],
             # Half of the sustained rate, for long enough to see several epochs,
             # once the first phase's clean-up (dropping 1M events from its
             # buffer) is done: this phase measures the steady state.
-            _wait_until_idle(server.process.pid)
+            wait_until_idle(server.process.pid)
             _create(server, "latency")
             interval = len(batches[0].splitlines()) / (eps / 2)
             count = min(len(batches), max(10, int(LATENCY_PHASE_SECONDS / interval)))
@@ -152,36 +152,6 @@ def run_pipeline_do(dataset_path: str | Path, batches: list[bytes],
         }
     finally:
         server.kill()
-
-
-def _wait_until_idle(pid: int, timeout: float = 60.0) -> float:
-    """Wait until the server's process tree is idle; return the seconds it took.
-
-    ``serve`` answers /healthz while its epoch workers are still importing
-    Beam (2-3 s of CPU each, on both cores): the clock starts after that, as
-    it would for a server that has been up for a while.
-    """
-    started = time.monotonic()
-    root = psutil.Process(pid)
-
-    def cpu_seconds() -> float:
-        total = 0.0
-        for process in [root, *root.children(recursive=True)]:
-            try:
-                times = process.cpu_times()
-            except psutil.Error:
-                continue
-            total += times.user + times.system
-        return total
-
-    before = cpu_seconds()
-    while time.monotonic() - started < timeout:
-        time.sleep(0.5)
-        now = cpu_seconds()
-        if now - before < 0.05:  # under a tenth of a core over half a second
-            break
-        before = now
-    return round(time.monotonic() - started, 2)
 
 
 def _ms(seconds: float | None) -> float | None:

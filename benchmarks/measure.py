@@ -20,7 +20,43 @@ from collections.abc import Sequence
 
 import psutil
 
-__all__ = ["PeakRss", "percentile"]
+__all__ = ["PeakRss", "percentile", "process_tree", "wait_until_idle"]
+
+
+def process_tree(root: psutil.Process) -> list[psutil.Process]:
+    """``root`` and all its descendants; empty if ``root`` is gone."""
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def wait_until_idle(pid: int, timeout: float = 60.0) -> float:
+    """Wait until process ``pid`` and its children are idle; return the seconds it took.
+
+    Idle: under a tenth of a core over half a second.
+    """
+    started = time.monotonic()
+    root = psutil.Process(pid)
+
+    def cpu_seconds() -> float:
+        total = 0.0
+        for process in process_tree(root):
+            try:
+                times = process.cpu_times()
+            except psutil.Error:  # exited between listing and sampling
+                continue
+            total += times.user + times.system
+        return total
+
+    before = cpu_seconds()
+    while time.monotonic() - started < timeout:
+        time.sleep(0.5)
+        now = cpu_seconds()
+        if now - before < 0.05:
+            break
+        before = now
+    return round(time.monotonic() - started, 2)
 
 
 class PeakRss:
@@ -44,10 +80,7 @@ class PeakRss:
     def _processes(self) -> list[psutil.Process]:
         now = time.monotonic()
         if now - self._listed_at >= self._rescan:
-            try:
-                self._tree = [self._process, *self._process.children(recursive=True)]
-            except psutil.Error:
-                self._tree = []
+            self._tree = process_tree(self._process)
             self._listed_at = now
         return self._tree
 
