@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
                "--workers", str(args.workers), "--threads", str(args.threads),
                "--worker-class", "gthread", "--timeout", "120", "--graceful-timeout", "30",
-               "--access-logfile", "-" if args.access_log else "/dev/null",
+               *(["--access-logfile", "-"] if args.access_log else []),
                "control_api:create_app()"]
     server = subprocess.Popen(command, env=env)
     done = threading.Event()
