@@ -283,6 +283,12 @@ class EventBuffer:
         """A passive checkpoint: never waits for, nor blocks, readers and writers."""
         self._connect().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+    def data_version(self) -> int:
+        """A number that changes whenever another connection has committed to
+        the buffer since this thread last asked (SQLite's ``data_version``):
+        a look at shared memory, no query of the file."""
+        return int(self._connect().execute("PRAGMA data_version").fetchone()[0])
+
     def backlog(self, after_seq: int, *, max_events: int | None = None,
                 max_bytes: int | None = None) -> Backlog:
         """The rows after ``after_seq``; with limits, the prefix an epoch may take.

@@ -27,8 +27,8 @@ from beam_pipelines.errors import StorageError
 from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from transforms.decode import arrow_schema
 
-__all__ = ["EpochResult", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
-           "release_epoch", "run_epoch"]
+__all__ = ["EpochResult", "Plan", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
+           "release_epoch", "run_epoch", "try_plan_epoch"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,24 @@ def epoch_is_due(definition: PipelineDefinition, backlog: Backlog, *, flush: boo
                 and now - backlog.oldest_ingested_at >= roll.interval_seconds))
 
 
+def _due_by_age_at(definition: PipelineDefinition, backlog: Backlog) -> float:
+    """When a backlog that is not due yet becomes due with no new event: its
+    oldest event's age reaching the roll interval (never, if it is empty).
+    Only new events can make it due sooner, by the roll's size limits."""
+    if backlog.events == 0 or backlog.oldest_ingested_at is None:
+        return float("inf")
+    return backlog.oldest_ingested_at + definition.sink.roll.interval_seconds
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``try_plan_epoch`` did: the epoch it planned, or until when none
+    will be due unless new events arrive (``float("inf")``: not by age)."""
+
+    epoch: int | None
+    quiet_until: float = 0.0
+
+
 def pending_epoch(store: Store, pipeline_id: str, *, exclude: Iterable[int] = ()) -> int | None:
     """The first planned but uncommitted epoch of a pipeline not in ``exclude`` (recovery)."""
     query = select(Epoch.epoch).where(Epoch.pipeline_id == pipeline_id, Epoch.status == "planned")
@@ -74,11 +92,17 @@ def plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bo
     ``ways`` > 1 plans a flush to run on that many workers: the epoch takes
     about 1/ways of the backlog (or less, by the roll's limits).
     """
+    return try_plan_epoch(store, pipeline_id, buffer, flush=flush, now=now, ways=ways).epoch
+
+
+def try_plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bool,
+                   now: float | None = None, ways: int = 1) -> Plan:
+    """``plan_epoch``, also saying until when nothing is due when it plans nothing."""
     now = time.time() if now is None else now
     with store.session() as s:
         row = s.get(PipelineRow, pipeline_id)
         if row is None:
-            return None
+            return Plan(None, float("inf"))
         definition = definition_from_dict(row.definition_dict())
         roll = definition.sink.roll
         # An epoch starts where the last planned one ends, committed or not.
@@ -86,7 +110,7 @@ def plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bo
             Epoch.pipeline_id == pipeline_id)) or row.committed_seq
         head = buffer.backlog(start)
         if not epoch_is_due(definition, head, flush=flush, now=now):
-            return None
+            return Plan(None, _due_by_age_at(definition, head))
         max_events = roll.max_events
         if ways > 1:
             max_events = min(max_events, -(-head.events // ways))
@@ -96,7 +120,7 @@ def plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush: bo
                     range_end=take.last_seq, sql_version=row.version, status="planned",
                     events=take.events, planned_at=now))
         row.next_epoch = number + 1
-        return number
+        return Plan(number)
 
 
 def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,

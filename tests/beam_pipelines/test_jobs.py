@@ -1,0 +1,118 @@
+"""The job manager's scheduler on the real store, buffers and worker pool."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from beam_pipelines.epochs import plan_epoch
+from beam_pipelines.jobs import JobManager
+from beam_pipelines.pipelines import PipelineService
+from beam_pipelines.store import Epoch, Store, default_database_url
+
+SCHEMA = [{"name": "n", "type": "int64", "required": True}]
+
+
+@pytest.fixture
+def service(tmp_path: Any) -> PipelineService:
+    store = Store(default_database_url(str(tmp_path)))
+    store.create_all()
+    return PipelineService(store, str(tmp_path), default_sink_uri=str(tmp_path / "lake/{name}"))
+
+
+@pytest.fixture
+def manager(service: PipelineService, tmp_path: Any) -> Iterator[JobManager]:
+    # Not started: the test calls tick() itself, as the scheduler thread would.
+    jobs = JobManager(service.store.url, str(tmp_path), workers=1)
+    yield jobs
+    jobs.close()
+
+
+def _running(service: PipelineService, name: str, **roll: Any) -> str:
+    created = service.create({"name": name, "schema": SCHEMA, "sql": "SELECT n FROM events",
+                              "sink": {"roll": {"interval_seconds": 3600, "max_events": 1000,
+                                                **roll}}})
+    service.transition(name, "start")
+    return str(created["id"])
+
+
+def _ingest(service: PipelineService, name: str, count: int) -> None:
+    body = "\n".join(f'{{"n": {i}}}' for i in range(count)).encode()
+    assert service.ingest_json_lines(name, body)["accepted"] == count
+
+
+class _Statements:
+    """The SQL statements a store executes, on its write and its read engine."""
+
+    def __init__(self, store: Store) -> None:
+        self.seen: list[str] = []
+        for engine in {store.engine, store.read_engine}:
+            event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.seen.append(" ".join(statement.split())[:40])
+
+    def during(self, call: Any) -> list[str]:
+        before = len(self.seen)
+        call()
+        return self.seen[before:]
+
+
+def _committed(store: Store, pipeline_id: str) -> list[tuple[int, str]]:
+    with store.session() as s:
+        return [tuple(r) for r in s.execute(select(Epoch.epoch, Epoch.status).where(
+            Epoch.pipeline_id == pipeline_id).order_by(Epoch.epoch)).all()]
+
+
+def _tick_until(manager: JobManager, done: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the manager did not get there in time"
+        manager.tick()
+        time.sleep(0.05)
+
+
+def test_idle_pipelines_cost_a_tick_one_query_however_many_there_are(
+        service: PipelineService, manager: JobManager) -> None:
+    for k in range(12):
+        _running(service, f"p{k}")
+    statements = _Statements(manager.store)
+    one_query = ["BEGIN", "SELECT pipelines.id, pipelines.status, p"]
+    assert len(statements.during(manager.tick)) > 12  # the first look plans (nothing) for each
+    # Nothing changed: one query for the running pipelines, none per pipeline.
+    assert statements.during(manager.tick) == one_query
+    assert statements.during(manager.tick) == one_query
+    # An event in one buffer brings that one pipeline back to the planner; not
+    # due (1 of 1,000 events, an hour's roll), it is quiet again after one look.
+    _ingest(service, "p3", 1)
+    assert len(statements.during(manager.tick)) > len(one_query)
+    assert statements.during(manager.tick) == one_query
+
+
+def test_a_quiet_pipeline_is_planned_when_its_oldest_event_comes_of_age(
+        service: PipelineService, manager: JobManager) -> None:
+    pipeline_id = _running(service, "aging", interval_seconds=1.0)
+    _ingest(service, "aging", 5)
+    manager.tick()
+    assert _committed(manager.store, pipeline_id) == []  # not a second old yet
+    # No new event and no other change: only the clock makes the epoch due.
+    _tick_until(manager, lambda: _committed(manager.store, pipeline_id) == [(1, "committed")])
+    assert service.get("aging")["events_out"] == 5
+
+
+def test_a_planned_epoch_left_by_an_earlier_manager_runs_first(
+        service: PipelineService, manager: JobManager, tmp_path: Any) -> None:
+    pipeline_id = _running(service, "left")
+    _ingest(service, "left", 3)
+    # Planned, as by a manager that died before its worker ran it.
+    assert plan_epoch(service.store, pipeline_id, service._buffer(pipeline_id), flush=True) == 1
+    _ingest(service, "left", 4)  # not due: after recovery, nothing more is planned
+    _tick_until(manager, lambda: _committed(manager.store, pipeline_id) == [(1, "committed")])
+    for _ in range(3):
+        manager.tick()
+    assert _committed(manager.store, pipeline_id) == [(1, "committed")]
+    assert service.get("left")["events_out"] == 3
