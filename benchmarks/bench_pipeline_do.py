@@ -22,12 +22,13 @@ checked by the harness against the expected rows.
 from __future__ import annotations
 
 import http.client
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import PeakRss, percentile, wait_until_idle
+from benchmarks.measure import PeakRss, cpu_by_role, percentile, wait_until_idle
 from benchmarks.workload import AMOUNT_THRESHOLD, GROSS_FACTOR
 from control_api.devserver import LiveServer
 
@@ -117,12 +118,16 @@ def run_pipeline_do(dataset_path: str | Path, batches: list[bytes],
     try:
         with PeakRss(server.process.pid) as rss:
             _create(server, "bench")
+            cpu_before, client_before = cpu_by_role(server.process.pid), _own_cpu_seconds()
             started = time.perf_counter()
             _post_all(server, "bench", batches, CLIENTS)
             ingested = time.perf_counter()
             server.ok("stop", {"name": "bench"}, options={"timeout": 600_000}, timeout=700)
             seconds = time.perf_counter() - started
             eps = events / seconds
+            cpu = {role: used - cpu_before[role]
+                   for role, used in cpu_by_role(server.process.pid).items()}
+            cpu["client"] = _own_cpu_seconds() - client_before
 
             # Half of the sustained rate, for long enough to see several epochs,
             # once the first phase's clean-up (dropping 1M events from its
@@ -149,9 +154,20 @@ def run_pipeline_do(dataset_path: str | Path, batches: list[bytes],
             "clients": CLIENTS,
             "server_settled_s": settled,
             "peak_rss_mb": rss.peak_mb,
+            # Where the throughput phase's CPU went, per event, and how many of
+            # the cores it kept busy: the profile a faster data path starts from.
+            "cpu_us_per_event": {role: round(used / events * 1e6, 2)
+                                 for role, used in cpu.items()},
+            "cores_busy": round(sum(cpu.values()) / seconds, 2),
         }
     finally:
         server.kill()
+
+
+def _own_cpu_seconds() -> float:
+    """This process's CPU time: the HTTP clients (and the RSS sampler)."""
+    times = os.times()
+    return times.user + times.system
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -7,7 +7,8 @@ descendants in a background thread and keeps the peak, e.g.::
         ...                      # drive the load
     print(rss.peak_mb)
 
-:func:`percentile` gives nearest-rank percentiles of a list of latencies.
+:func:`percentile` gives nearest-rank percentiles of a list of latencies;
+:func:`cpu_by_role` the CPU time a server's processes have used, by role.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 
 import psutil
 
-__all__ = ["PeakRss", "percentile", "process_tree", "wait_until_idle"]
+__all__ = ["PeakRss", "cpu_by_role", "percentile", "process_tree", "wait_until_idle"]
 
 
 def process_tree(root: psutil.Process) -> list[psutil.Process]:
@@ -29,6 +30,30 @@ def process_tree(root: psutil.Process) -> list[psutil.Process]:
         return [root, *root.children(recursive=True)]
     except psutil.Error:
         return []
+
+
+# A server process's role, from its command line; the root is the ``serve``
+# process (job manager, webhook dispatcher), which also reaps recycled epoch
+# workers: their CPU shows in its children's times.
+_ROLES = (("gunicorn", "api"), ("multiprocessing.spawn", "epoch_workers"))
+
+
+def cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by server ``pid``'s processes, by role:
+    ``api`` (gunicorn), ``epoch_workers`` and ``manager`` (the serve process)."""
+    root = psutil.Process(pid)
+    totals = {"api": 0.0, "epoch_workers": 0.0, "manager": 0.0}
+    for process in process_tree(root):
+        try:
+            command = " ".join(process.cmdline())
+            times = process.cpu_times()
+        except psutil.Error:  # exited between listing and sampling
+            continue
+        role = next((r for marker, r in _ROLES if marker in command), "manager")
+        totals[role] += times.user + times.system
+        if process.pid == pid:
+            totals["epoch_workers"] += times.children_user + times.children_system
+    return totals
 
 
 def wait_until_idle(pid: int, timeout: float = 60.0) -> float:

@@ -231,6 +231,10 @@ def run_benchmarks(
             "(harness included) while the contender ran",
             "load_average_at_end": "1/5/15 min load; other work on the machine "
             "during the run lowers every figure",
+            "contenders.pipeline_do.cpu_us_per_event": "CPU (user + system) of the "
+            "throughput phase per event, by process: api = gunicorn workers (HTTP, "
+            "parse, durable append), epoch_workers = SQL and Parquet, manager = "
+            "scheduler and buffer clean-up, client = the benchmark's HTTP clients",
         },
     }
 
