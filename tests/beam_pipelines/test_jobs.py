@@ -64,7 +64,7 @@ class _Statements:
 
 def _committed(store: Store, pipeline_id: str) -> list[tuple[int, str]]:
     with store.session() as s:
-        return [tuple(r) for r in s.execute(select(Epoch.epoch, Epoch.status).where(
+        return [(r.epoch, r.status) for r in s.execute(select(Epoch.epoch, Epoch.status).where(
             Epoch.pipeline_id == pipeline_id).order_by(Epoch.epoch)).all()]
 
 
