@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     store.dispose()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _raise_open_file_limit()
     outbox = Outbox(Store(config["DATABASE_URL"]))
     manager = JobManager(config["DATABASE_URL"], config["DATA_DIR"], workers=args.job_workers,
                          on_committed=outbox.on_committed, on_failed=outbox.on_failed,
@@ -90,6 +92,31 @@ def _serve(args: argparse.Namespace) -> int:
     dispatcher.close()
     manager.close()
     return 0 if done.is_set() else (server.returncode or 1)
+
+
+# Open files a pipeline holds while events flow (its buffer's SQLite
+# connections, WAL and lock file): ~5 in each API worker, ~4 in this process.
+_FILES_PER_PIPELINE = 5
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one, for this process and
+    every child (gunicorn, epoch workers) it starts.
+
+    Each pipeline that receives events keeps a few files open in every
+    process; the common soft limit of 1,024 ran the API workers out of
+    descriptors at ~200 pipelines (500s, dropped connections).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        logging.getLogger(__name__).warning("could not raise the open-file limit from %s", soft)
+        return
+    logging.getLogger(__name__).info("open-file limit %s (was %s): room for about %s pipelines "
+                                     "receiving events", hard, soft, hard // _FILES_PER_PIPELINE)
 
 
 def _float_env(name: str, default: float) -> float:

@@ -8,6 +8,7 @@ and talks to it over real HTTP.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -34,6 +35,8 @@ class LiveServer:
     port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()
+    # Start with this soft limit on open files, as a host's default would set it.
+    open_files: int | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,7 +50,8 @@ class LiveServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "control_api.cli", "serve", "--host", "127.0.0.1",
              "--port", str(self.port), "--data-dir", self.data_dir, *self.args],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=None if self.open_files is None else self._limit_open_files)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -60,6 +64,11 @@ class LiveServer:
                 pass
             time.sleep(0.2)
         raise TimeoutError("server did not become healthy")
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (server, gunicorn, epoch workers)."""
