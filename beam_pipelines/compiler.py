@@ -194,7 +194,7 @@ def build_epoch_pipeline(spec: EpochSpec, token: str) -> beam.Pipeline:
     _ = (
         pipeline
         | "ReadBufferRange" >> ReadBufferRange(token)
-        | "Sql" >> DuckDbSql(spec.sql)
+        | "Sql" >> DuckDbSql(spec.sql, pool_key=token)
         | "SplitPartitions" >> beam.ParDo(_SplitPartitionsFn(token)).with_output_types(
             tuple[str, pa.Table])
         | "WriteFiles" >> fileio.WriteToFiles(

@@ -2,7 +2,9 @@
 
 Each element is one Arrow table (an epoch's events, or a window's batch);
 each output element is the query's result as one Arrow table. The DuckDB
-connection opens in ``setup`` and lives as long as the DoFn instance.
+connection opens in ``setup`` and lives as long as the DoFn instance; with
+a ``pool_key`` it is borrowed from, and given back to, the process's pool
+(``transforms.sandbox``), so the next run of the same plan skips the start.
 """
 
 from __future__ import annotations
@@ -14,39 +16,57 @@ import apache_beam as beam
 import pyarrow as pa
 
 from transforms.coders import ArrowTableCoder  # noqa: F401  (registers the coder)
-from transforms.sandbox import check_select, run_sql, sandboxed_connection
+from transforms.sandbox import (
+    borrow_connection,
+    check_select,
+    return_connection,
+    run_sql,
+    sandboxed_connection,
+)
 
 __all__ = ["DuckDbSql"]
 
 
 class _DuckDbSqlFn(beam.DoFn):
-    def __init__(self, sql: str, timeout_seconds: float) -> None:
+    def __init__(self, sql: str, timeout_seconds: float, pool_key: str | None) -> None:
         self._sql = sql
         self._timeout = timeout_seconds
+        self._pool_key = pool_key
         self._con: Any = None
+        self._clean = True
 
     def setup(self) -> None:
-        self._con = sandboxed_connection()
+        key = self._pool_key
+        self._con = sandboxed_connection() if key is None else borrow_connection(key)
 
     def process(self, events: pa.Table) -> Iterator[pa.Table]:
+        self._clean = False
         result = run_sql(self._con, self._sql, events, self._timeout)
+        self._clean = True
         if result.num_rows:
             yield result
 
     def teardown(self) -> None:
-        if self._con is not None:
+        if self._con is None:
+            return
+        if self._pool_key is not None and self._clean:
+            return_connection(self._pool_key, self._con)
+        else:  # no pool, or a query that failed or was interrupted
             self._con.close()
+        self._con = None
 
 
 class DuckDbSql(beam.PTransform):
     """Apply one sandboxed DuckDB SELECT to every Arrow table in the input."""
 
-    def __init__(self, sql: str, timeout_seconds: float = 600.0) -> None:
+    def __init__(self, sql: str, timeout_seconds: float = 600.0,
+                 pool_key: str | None = None) -> None:
         super().__init__()
         check_select(sql)
         self._sql = sql
         self._timeout = timeout_seconds
+        self._pool_key = pool_key
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
-        fn = _DuckDbSqlFn(self._sql, self._timeout)
+        fn = _DuckDbSqlFn(self._sql, self._timeout, self._pool_key)
         return tables | "RunSql" >> beam.ParDo(fn).with_output_types(pa.Table)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import duckdb
 import pyarrow as pa
 import pytest
 
 from beam_pipelines.definition import Field
 from transforms.decode import arrow_schema
-from transforms.sandbox import SqlError, plan_sql, run_sql, sandboxed_connection
+from transforms.sandbox import (
+    _POOL_SIZE,
+    SqlError,
+    borrow_connection,
+    plan_sql,
+    return_connection,
+    run_sql,
+    sandboxed_connection,
+)
+from transforms.sql import _DuckDbSqlFn
 
 SCHEMA = arrow_schema([Field("user_id", "int64", True), Field("country", "string")])
 
@@ -62,3 +72,41 @@ def test_memory_is_bounded() -> None:
     with pytest.raises(Exception, match=r"(?i)memory"):
         run_sql(con, "SELECT list(range) FROM range(100000000) GROUP BY range % 2",
                 pa.table({"user_id": [1]}))
+
+
+def test_a_pooled_connection_serves_only_its_own_key_and_the_pool_is_bounded() -> None:
+    events = pa.table({"user_id": [1, 2, 3]})
+    first = borrow_connection("plan-a")
+    assert run_sql(first, "SELECT sum(user_id) AS s FROM events", events).to_pylist() == [{"s": 6}]
+    return_connection("plan-a", first)
+    assert borrow_connection("plan-b") is not first  # another pipeline's plan: a new one
+    again = borrow_connection("plan-a")
+    assert again is first
+    # What the last query registered is gone; the lock on settings still holds.
+    with pytest.raises(duckdb.CatalogException):
+        again.sql("SELECT * FROM events")
+    with pytest.raises(duckdb.Error, match="locked"):
+        again.execute("SET enable_external_access = true")
+    return_connection("plan-a", again)
+    others = [borrow_connection(f"plan-{k}") for k in range(_POOL_SIZE)]
+    for k, con in enumerate(others):
+        return_connection(f"plan-{k}", con)
+    with pytest.raises(duckdb.ConnectionException):  # the least recently used was closed
+        first.sql("SELECT 1")
+    assert borrow_connection("plan-a") is not first
+
+
+def test_a_connection_whose_query_failed_is_not_kept() -> None:
+    fn = _DuckDbSqlFn("SELECT CAST(country AS INTEGER) AS n FROM events", 60.0, "plan-failing")
+    fn.setup()
+    used = fn._con
+    with pytest.raises(Exception, match="Could not convert"):
+        list(fn.process(pa.table({"country": ["de"]})))
+    fn.teardown()
+    assert borrow_connection("plan-failing") is not used
+    fine = _DuckDbSqlFn("SELECT upper(country) AS c FROM events", 60.0, "plan-fine")
+    fine.setup()
+    kept = fine._con
+    assert [t.to_pylist() for t in fine.process(pa.table({"country": ["de"]}))] == [[{"c": "DE"}]]
+    fine.teardown()
+    assert borrow_connection("plan-fine") is kept
