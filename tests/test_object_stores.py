@@ -369,8 +369,9 @@ def test_an_iceberg_table_on_object_storage(scheme: str, stores: dict[str, Store
     else:
         objects = store.download(f"iceberg/{name}", str(tmp_path), suffix=".parquet")
         assert {store.uri(f"iceberg/{name}/{key}") for key in objects} == data_files
-        rows = duckdb.execute(f"SELECT n FROM read_parquet('{tmp_path}/**/*.parquet') "
-                              "ORDER BY n").fetchall()
+        with duckdb.connect() as con:  # not the module's shared default connection
+            rows = con.execute(f"SELECT n FROM read_parquet('{tmp_path}/**/*.parquet') "
+                               "ORDER BY n").fetchall()
         assert rows == [(i,) for i in range(1500)]
     assert any(key.startswith("metadata/") for key in store.objects(f"iceberg/{name}"))
     server.ok("stop", {"name": name})
