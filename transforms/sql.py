@@ -5,6 +5,9 @@ each output element is the query's result as one Arrow table. The DuckDB
 connection opens in ``setup`` and lives as long as the DoFn instance; with
 a ``pool_key`` it is borrowed from, and given back to, the process's pool
 (``transforms.sandbox``), so the next run of the same plan skips the start.
+Only after small inputs: a connection that ran a query over a large table
+keeps tens of MB it would give back when closed, and opening one costs
+little next to such a query.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from transforms.sandbox import (
 
 __all__ = ["DuckDbSql"]
 
+# Inputs up to this many rows leave the connection small enough to keep.
+POOL_MAX_INPUT_ROWS = 50_000
+
 
 class _DuckDbSqlFn(beam.DoFn):
     def __init__(self, sql: str, timeout_seconds: float, pool_key: str | None) -> None:
@@ -33,25 +39,25 @@ class _DuckDbSqlFn(beam.DoFn):
         self._timeout = timeout_seconds
         self._pool_key = pool_key
         self._con: Any = None
-        self._clean = True
+        self._keep = True
 
     def setup(self) -> None:
         key = self._pool_key
         self._con = sandboxed_connection() if key is None else borrow_connection(key)
 
     def process(self, events: pa.Table) -> Iterator[pa.Table]:
-        self._clean = False
+        self._keep = False
         result = run_sql(self._con, self._sql, events, self._timeout)
-        self._clean = True
+        self._keep = events.num_rows <= POOL_MAX_INPUT_ROWS
         if result.num_rows:
             yield result
 
     def teardown(self) -> None:
         if self._con is None:
             return
-        if self._pool_key is not None and self._clean:
+        if self._pool_key is not None and self._keep:
             return_connection(self._pool_key, self._con)
-        else:  # no pool, or a query that failed or was interrupted
+        else:  # no pool, a large input, or a query that failed or was interrupted
             self._con.close()
         self._con = None
 

@@ -17,7 +17,7 @@ from transforms.sandbox import (
     run_sql,
     sandboxed_connection,
 )
-from transforms.sql import _DuckDbSqlFn
+from transforms.sql import POOL_MAX_INPUT_ROWS, _DuckDbSqlFn
 
 SCHEMA = arrow_schema([Field("user_id", "int64", True), Field("country", "string")])
 
@@ -96,7 +96,7 @@ def test_a_pooled_connection_serves_only_its_own_key_and_the_pool_is_bounded() -
     assert borrow_connection("plan-a") is not first
 
 
-def test_a_connection_whose_query_failed_is_not_kept() -> None:
+def test_a_connection_is_kept_only_after_a_small_query_that_ended_normally() -> None:
     fn = _DuckDbSqlFn("SELECT CAST(country AS INTEGER) AS n FROM events", 60.0, "plan-failing")
     fn.setup()
     used = fn._con
@@ -110,3 +110,11 @@ def test_a_connection_whose_query_failed_is_not_kept() -> None:
     assert [t.to_pylist() for t in fine.process(pa.table({"country": ["de"]}))] == [[{"c": "DE"}]]
     fine.teardown()
     assert borrow_connection("plan-fine") is kept
+    # After a large input the connection is closed: it would keep what that query held.
+    large = _DuckDbSqlFn("SELECT count(*) AS n FROM events", 60.0, "plan-large")
+    large.setup()
+    used = large._con
+    rows = pa.table({"n": pa.array(range(POOL_MAX_INPUT_ROWS + 1), pa.int64())})
+    assert [t.to_pylist() for t in large.process(rows)] == [[{"n": POOL_MAX_INPUT_ROWS + 1}]]
+    large.teardown()
+    assert borrow_connection("plan-large") is not used
