@@ -27,7 +27,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check beam_pipelines control_api transforms tests benchmarks
-	$(VENV)/bin/mypy beam_pipelines control_api transforms
+	$(VENV)/bin/mypy beam_pipelines control_api transforms tests benchmarks
 
 bench: install
 	$(PY) -m benchmarks.run

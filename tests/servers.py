@@ -36,7 +36,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "GcsServer",
@@ -137,7 +137,7 @@ class _ServerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = _STARTUP_TIMEOUT) -> _ServerProcess:
+    def start(self, timeout: float = _STARTUP_TIMEOUT) -> Self:
         if self.running:
             return self
         attempts = 3 if self.port is None else 1
@@ -219,7 +219,7 @@ class _ServerProcess:
                 pass
             self.log_path = None
 
-    def __enter__(self) -> _ServerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -16,11 +16,10 @@ import time
 from collections import Counter
 from typing import Any
 
-import duckdb
 import psutil
 import requests
 
-from tests.live import LiveServer
+from tests.live import LiveServer, query
 
 SCHEMA = [{"name": "seq", "type": "int64", "required": True},
           {"name": "payload", "type": "string"}]
@@ -32,8 +31,7 @@ def _batch(first: int, size: int) -> bytes:
 
 
 def _written(server: LiveServer, name: str) -> Counter[int]:
-    rows = duckdb.sql(f"SELECT seq FROM read_parquet('{server.data_dir}/lake/{name}/**/*.parquet')"
-                      ).fetchall()
+    rows = query(f"SELECT seq FROM read_parquet('{server.data_dir}/lake/{name}/**/*.parquet')")
     return Counter(r[0] for r in rows)
 
 

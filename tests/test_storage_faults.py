@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 import requests
 
@@ -26,7 +25,7 @@ from beam_pipelines.pipelines import PipelineService
 from beam_pipelines.store import Epoch, EpochFile, Store, default_database_url
 from tests import servers
 from tests.conftest import ADMIN_KEY
-from tests.live import LiveServer
+from tests.live import LiveServer, query
 from tests.stores import BUCKET, NO_STORAGE_ENV, Receiver, start_store, wait_for
 
 
@@ -103,8 +102,7 @@ def test_gcs_down_mid_stream_then_back_loses_and_doubles_nothing(tmp_path: Path)
         objects = gcs.download("faults", str(tmp_path / "read"))
         parquet = {k: v for k, v in objects.items() if k.endswith(".parquet")}
         assert objects == parquet, sorted(objects)
-        rows = duckdb.sql(f"SELECT n FROM read_parquet('{tmp_path}/read/*/*.parquet') ORDER BY n"
-                          ).fetchall()
+        rows = query(f"SELECT n FROM read_parquet('{tmp_path}/read/*/*.parquet') ORDER BY n")
         assert rows == [(n,) for n in range(4000)]  # every event exactly once
         manifest = [f["path"] for f in info["files"]]
         assert len(manifest) == len(set(manifest)) == info["files_written"]

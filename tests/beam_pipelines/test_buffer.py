@@ -17,9 +17,16 @@ def _table(first: int, count: int) -> pa.Table:
     return pa.table({"n": pa.array(range(first, first + count), pa.int64())})
 
 
+def _append(buffer: EventBuffer, table: pa.Table) -> int:
+    """Append events (never none) and return the row's sequence number."""
+    seq = buffer.append(table)
+    assert seq is not None
+    return seq
+
+
 def test_rows_get_increasing_sequence_numbers_and_read_back_in_order(tmp_path: Any) -> None:
     buffer = EventBuffer(str(tmp_path / "b.sqlite"), create=True)
-    seqs = [buffer.append(_table(i * 10, 10)) for i in range(5)]
+    seqs = [_append(buffer, _table(i * 10, 10)) for i in range(5)]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
     assert buffer.read_range(seqs[0], seqs[3], SCHEMA).column("n").to_pylist() == \
         list(range(10, 40))
@@ -38,7 +45,7 @@ def test_release_drops_every_row_through_the_commit_across_many_transactions(
         tmp_path: Any) -> None:
     buffer = EventBuffer(str(tmp_path / "b.sqlite"), create=True)
     rows = 3 * RELEASE_ROWS_PER_TRANSACTION + 1
-    seqs = [buffer.append(_table(i, 1)) for i in range(rows + 2)]
+    seqs = [_append(buffer, _table(i, 1)) for i in range(rows + 2)]
     buffer.release(0, seqs[rows - 1], committed_at=100.0)
     remaining = buffer.backlog(0)
     assert (remaining.events, remaining.last_seq) == (2, seqs[-1])

@@ -7,7 +7,6 @@ import os
 import time
 from typing import Any
 
-import duckdb
 import pytest
 from sqlalchemy import select
 
@@ -17,6 +16,7 @@ from beam_pipelines.epochs import commit_epoch, pending_epoch, plan_epoch, run_e
 from beam_pipelines.pipelines import PipelineService
 from beam_pipelines.storage_paths import file_sizes
 from beam_pipelines.store import Epoch, EpochFile, Store, default_database_url
+from tests.live import query
 from transforms.decode import arrow_schema
 
 
@@ -45,8 +45,8 @@ def _ingest(service: PipelineService, first: int, count: int) -> None:
 
 
 def _rows(tmp_path: Any) -> list[tuple[int, int]]:
-    return duckdb.sql(f"SELECT n, ten FROM read_parquet('{tmp_path}/lake/p/**/*.parquet') "
-                      "ORDER BY n").fetchall()
+    return [(n, ten) for n, ten in query(
+        f"SELECT n, ten FROM read_parquet('{tmp_path}/lake/p/**/*.parquet') ORDER BY n")]
 
 
 def test_epochs_are_planned_by_the_roll_policy_and_commit_in_order(service: PipelineService,
