@@ -223,10 +223,7 @@ class JobManager:
         plan = try_plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping",
                               now=now, ways=ways)
         if plan.epoch is not None:
-            # Planned but not yet in flight: if the submit fails, recovery finds it.
-            self._recovered.discard(pipeline_id)
             self._submit(pipeline_id, plan.epoch, after_another=bool(in_flight))
-            self._recovered.add(pipeline_id)
         elif status == "stopping" and not in_flight \
                 and buffer.backlog(committed_seq).events == 0:
             self._mark_stopped(pipeline_id)
@@ -242,9 +239,13 @@ class JobManager:
         return self._pool
 
     def _submit(self, pipeline_id: str, epoch: int, *, after_another: bool) -> None:
-        future = self._ensure_pool().submit(
-            _run_in_worker, self.database_url, self.data_dir, pipeline_id, epoch,
-            PREDECESSOR_TIMEOUT_SECONDS if after_another else 0.0)
+        try:
+            future = self._ensure_pool().submit(
+                _run_in_worker, self.database_url, self.data_dir, pipeline_id, epoch,
+                PREDECESSOR_TIMEOUT_SECONDS if after_another else 0.0)
+        except BaseException:
+            self._recovered.discard(pipeline_id)  # planned, not in flight: recovery runs it
+            raise
         self._flights.setdefault(pipeline_id, []).append(_Flight(epoch, future))
 
     def _collect(self) -> None:
