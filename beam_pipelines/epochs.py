@@ -53,8 +53,7 @@ def epoch_is_due(definition: PipelineDefinition, backlog: Backlog, *, flush: boo
         return True
     roll = definition.sink.roll
     return (backlog.events >= roll.max_events or backlog.bytes >= roll.max_bytes
-            or (backlog.oldest_ingested_at is not None
-                and now - backlog.oldest_ingested_at >= roll.interval_seconds))
+            or now >= _due_by_age_at(definition, backlog))
 
 
 def _due_by_age_at(definition: PipelineDefinition, backlog: Backlog) -> float:
