@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from beam_pipelines.epochs import plan_epoch
 from beam_pipelines.jobs import JobManager
 from beam_pipelines.pipelines import PipelineService
 from beam_pipelines.store import Epoch, Store, default_database_url
+from tests.live import wait_for
 
 SCHEMA = [{"name": "n", "type": "int64", "required": True}]
 
@@ -68,12 +68,12 @@ def _committed(store: Store, pipeline_id: str) -> list[tuple[int, str]]:
             Epoch.pipeline_id == pipeline_id).order_by(Epoch.epoch)).all()]
 
 
-def _tick_until(manager: JobManager, done: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "the manager did not get there in time"
+def _tick_until(manager: JobManager, done: Callable[[], bool], message: str) -> None:
+    """Tick, as the scheduler thread would, until ``done``."""
+    def ticked() -> bool:
         manager.tick()
-        time.sleep(0.05)
+        return done()
+    wait_for(ticked, timeout=60, interval=0.05, message=message)
 
 
 def test_idle_pipelines_cost_a_tick_one_query_however_many_there_are(
@@ -100,7 +100,8 @@ def test_a_quiet_pipeline_is_planned_when_its_oldest_event_comes_of_age(
     manager.tick()
     assert _committed(manager.store, pipeline_id) == []  # not a second old yet
     # No new event and no other change: only the clock makes the epoch due.
-    _tick_until(manager, lambda: _committed(manager.store, pipeline_id) == [(1, "committed")])
+    _tick_until(manager, lambda: _committed(manager.store, pipeline_id) == [(1, "committed")],
+                "epoch 1 of the aging pipeline")
     assert service.get("aging")["events_out"] == 5
 
 
@@ -111,7 +112,8 @@ def test_a_planned_epoch_left_by_an_earlier_manager_runs_first(
     # Planned, as by a manager that died before its worker ran it.
     assert plan_epoch(service.store, pipeline_id, service._buffer(pipeline_id), flush=True) == 1
     _ingest(service, "left", 4)  # not due: after recovery, nothing more is planned
-    _tick_until(manager, lambda: _committed(manager.store, pipeline_id) == [(1, "committed")])
+    _tick_until(manager, lambda: _committed(manager.store, pipeline_id) == [(1, "committed")],
+                "the left-behind epoch 1")
     for _ in range(3):
         manager.tick()
     assert _committed(manager.store, pipeline_id) == [(1, "committed")]
