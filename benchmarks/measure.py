@@ -62,17 +62,9 @@ def wait_until_idle(pid: int, timeout: float = 60.0) -> float:
     Idle: under a tenth of a core over half a second.
     """
     started = time.monotonic()
-    root = psutil.Process(pid)
 
     def cpu_seconds() -> float:
-        total = 0.0
-        for process in process_tree(root):
-            try:
-                times = process.cpu_times()
-            except psutil.Error:  # exited between listing and sampling
-                continue
-            total += times.user + times.system
-        return total
+        return sum(cpu_by_role(pid).values())
 
     before = cpu_seconds()
     while time.monotonic() - started < timeout:
