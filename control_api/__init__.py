@@ -15,6 +15,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from beam_pipelines.store import Store
     from control_api import (
         auth,
+        bodies,
         errors,
         gate,
         health,
@@ -45,6 +46,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         auth.ensure_key(store, app.config["API_KEY"], "admin")
 
     errors.init_app(app)
+    bodies.init_app(app)
     auth.init_app(app)
     gate.init_app(app)
     health.init_app(app)

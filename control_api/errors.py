@@ -27,7 +27,8 @@ from beam_pipelines.errors import (
     Unavailable,
 )
 
-__all__ = ["ApiError", "envelope", "error_envelope", "init_app"]
+__all__ = ["ApiError", "envelope", "error_envelope", "init_app", "payload_too_large",
+           "unsupported_media_type", "validation_error"]
 
 _log = logging.getLogger("pipeline_do.api")
 
@@ -46,6 +47,17 @@ class ApiError(Exception):
 
 def validation_error(field: str, message: str) -> ApiError:
     return ApiError(400, "VALIDATION_ERROR", message, {"field": field})
+
+
+def payload_too_large(limit: int, *, decoded: bool = False) -> ApiError:
+    """The body (or, for a compressed body, what it decodes to) passed ``limit`` bytes."""
+    what = "decoded request body" if decoded else "request body"
+    return ApiError(413, "PAYLOAD_TOO_LARGE", f"{what} is over the limit of {limit} bytes "
+                    "(PIPELINE_DO_MAX_BODY_BYTES)", {"field": "body", "limit_bytes": limit})
+
+
+def unsupported_media_type(message: str, field: str, allowed: list[str]) -> ApiError:
+    return ApiError(415, "UNSUPPORTED_MEDIA_TYPE", message, {"field": field, "allowed": allowed})
 
 
 _MAPPING: list[tuple[type[PipelineDoError], int, str]] = [
@@ -118,16 +130,14 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_err: RequestEntityTooLarge) -> Response:
-        limit = app.config["MAX_CONTENT_LENGTH"]
-        return error_envelope(ApiError(413, "PAYLOAD_TOO_LARGE",
-                                       f"request body is over the limit of {limit} bytes",
-                                       {"limit_bytes": limit}))
+        return error_envelope(payload_too_large(app.config["MAX_CONTENT_LENGTH"]))
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Response:
         status = err.code or 500
         code = {401: "AUTHENTICATION_ERROR", 403: "AUTHORIZATION_ERROR", 404: "NOT_FOUND",
-                405: "VALIDATION_ERROR", 409: "CONFLICT", 429: "RATE_LIMIT_EXCEEDED"} \
+                405: "VALIDATION_ERROR", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE",
+                415: "UNSUPPORTED_MEDIA_TYPE", 429: "RATE_LIMIT_EXCEEDED"} \
             .get(status, "VALIDATION_ERROR" if status < 500 else "INTERNAL_ERROR")
         message = {404: f"no route {request.path}",
                    405: f"method {request.method} is not allowed on {request.path}"} \

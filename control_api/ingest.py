@@ -2,7 +2,9 @@
 
 Takes a JSON array (``application/json``) or NDJSON
 (``application/x-ndjson``). NDJSON goes straight from the request bytes to
-Arrow (pyarrow's JSON reader), with no Python object per event.
+Arrow (pyarrow's JSON reader), with no Python object per event. The body
+may be compressed (``Content-Encoding``) and is bounded like every body
+(:mod:`control_api.bodies`).
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ def ingest_events(ref: str):  # type: ignore[no-untyped-def]
     service = current_app.extensions["pdo_service"]
     content_type = (request.mimetype or "").lower()
     if content_type in _NDJSON:
-        return envelope(service.ingest_json_lines(ref, request.get_data(cache=False)))
+        return envelope(service.ingest_json_lines(ref, request.get_data()))
     if content_type == "application/json":
         events = json_body()
         if isinstance(events, dict):
             events = [events]
         if not isinstance(events, list):
             raise validation_error("body", "the body must be a JSON array of event objects")
-        return envelope(service.ingest_objects(ref, events, body_bytes=request.content_length or 0))
+        return envelope(service.ingest_objects(ref, events, body_bytes=len(request.get_data())))
     raise validation_error("Content-Type", f"unsupported Content-Type {content_type!r}: allowed "
                            "application/json, application/x-ndjson")
 

@@ -43,7 +43,7 @@ def _ingest(service: PipelineService, params: dict[str, Any], _options: dict[str
     else:
         raise validation_error("parameters.events", "give events (an array) or event (an object)")
     return service.ingest_objects(_ref(params), events,
-                                  body_bytes=request.content_length or 0)
+                                  body_bytes=len(request.get_data()))
 
 
 def _monitor(service: PipelineService, params: dict[str, Any], _options: dict[str, Any]) -> Any:

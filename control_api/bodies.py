@@ -1,0 +1,158 @@
+"""Request bodies: the one reader every endpoint's body goes through.
+
+The body is read from the server's input stream in bounded pieces and
+decoded as it arrives (``Content-Encoding``: gzip, zstd or identity), with
+the size limit (``PIPELINE_DO_MAX_BODY_BYTES``) applied to the raw bytes
+and to the decoded bytes alike. Passing the limit is a 413 the moment it
+happens, whether the size was announced (``Content-Length``) or not
+(chunked), and a compressed body is never inflated much past the limit.
+
+The app's request class reads its body here (:class:`BoundedRequest`), so
+``request.get_data()``, ``request.get_json()`` and ``request.data`` cannot
+bypass the limit. Werkzeug's own limit (``MAX_CONTENT_LENGTH`` on
+``request.stream``) is not enough: for a body without ``Content-Length``
+its ``get_data`` stops at exactly the limit and returns what it has, a
+silent cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import zstandard
+from flask import Flask, Request, current_app
+from werkzeug.wsgi import get_content_length, get_input_stream
+
+from control_api.errors import payload_too_large, unsupported_media_type, validation_error
+
+__all__ = ["ALLOWED_ENCODINGS", "BoundedRequest", "init_app", "read_body"]
+
+_log = logging.getLogger("pipeline_do.api")
+
+ALLOWED_ENCODINGS = ("gzip", "zstd", "identity")
+_ALIASES = {"x-gzip": "gzip"}
+# Raw bytes asked of the input stream at a time.
+_READ_BYTES = 64 * 1024
+# A zstd window larger than this is refused (it would be allocated per request).
+_ZSTD_MAX_WINDOW = 1 << 24
+
+
+class _Decompressor(Protocol):
+    eof: bool
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+# Each codec with the most compressed bytes fed to it in one call: the output
+# of one call is bounded by that times the format's worst ratio (deflate
+# ~1:1032, zstd one 128 KiB block per 4 bytes), about 1 MiB either way, so a
+# bomb is stopped within about 1 MiB past the limit.
+_CODECS: dict[str, tuple[Callable[[], _Decompressor], int]] = {
+    "gzip": (lambda: zlib.decompressobj(zlib.MAX_WBITS | 16), 1024),
+    "zstd": (lambda: zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
+             .decompressobj(), 32),
+}
+
+
+def read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """The request's body, decoded, or an ``ApiError``: 413 past ``limit`` bytes
+    (raw or decoded), 415 for an encoding not in ``ALLOWED_ENCODINGS``, 400 for a
+    body that does not decode or does not arrive whole."""
+    encoding = _encoding(environ.get("HTTP_CONTENT_ENCODING", ""))
+    announced = get_content_length(environ)
+    if announced is not None and announced > limit:
+        raise payload_too_large(limit)
+    # A server that frames the body itself (gunicorn: Content-Length and chunked)
+    # sets wsgi.input_terminated; without it, werkzeug bounds the stream by
+    # Content-Length, and a body of unknown length reads as empty.
+    stream = get_input_stream(environ, safe_fallback=True, max_content_length=None)
+    raw = _raw_pieces(stream, limit)
+    if encoding == "identity":
+        return b"".join(raw)
+    return _decode(raw, encoding, limit)
+
+
+def _encoding(header: str) -> str:
+    codings = [c.strip().lower() for c in header.split(",") if c.strip()]
+    codings = [_ALIASES.get(c, c) for c in codings if c != "identity"]
+    if not codings:
+        return "identity"
+    if len(codings) == 1 and codings[0] in _CODECS:
+        return codings[0]
+    allowed = ", ".join(ALLOWED_ENCODINGS)
+    raise unsupported_media_type(
+        f"unsupported Content-Encoding {header.strip()[:60]!r}: allowed one of {allowed}",
+        "Content-Encoding", list(ALLOWED_ENCODINGS))
+
+
+def _raw_pieces(stream: Any, limit: int) -> Iterator[bytes]:
+    total = 0
+    while True:
+        try:
+            piece = stream.read(min(_READ_BYTES, limit + 1 - total))
+        except Exception as err:  # noqa: BLE001 - the server's own framing errors
+            # (gunicorn's ParseException for bad chunk framing, OSError when the
+            # client goes away) are the client's doing: a 400, not a 500.
+            _log.info("request body could not be read: %r", err)
+            raise validation_error("body", "the request body could not be read: bad chunked "
+                                   "framing, or the connection closed early") from None
+        if not piece:
+            return
+        total += len(piece)
+        if total > limit:
+            raise payload_too_large(limit)
+        yield piece
+
+
+def _decode(raw: Iterator[bytes], encoding: str, limit: int) -> bytes:
+    new_decompressor, step = _CODECS[encoding]
+    decompressor = new_decompressor()
+    out: list[bytes] = []
+    total = 0
+    received = False
+    try:
+        for piece in raw:
+            received = True
+            view = memoryview(piece)
+            for start in range(0, len(view), step):
+                data = bytes(view[start:start + step])
+                while data:
+                    if decompressor.eof:  # concatenated gzip members / zstd frames
+                        decompressor = new_decompressor()
+                    chunk = decompressor.decompress(data)
+                    data = decompressor.unused_data if decompressor.eof else b""
+                    total += len(chunk)
+                    if total > limit:
+                        raise payload_too_large(limit, decoded=True)
+                    out.append(chunk)
+    except (zlib.error, zstandard.ZstdError) as err:
+        raise validation_error("body", f"the {encoding} body does not decode: "
+                               f"{str(err)[:120]}") from None
+    if not received:
+        return b""
+    if not decompressor.eof:
+        raise validation_error("body", f"the {encoding} body is truncated")
+    return b"".join(out)
+
+
+class BoundedRequest(Request):
+    """Flask's request with its body read by :func:`read_body`, once."""
+
+    def get_data(self, cache: bool = True, as_text: bool = False,  # type: ignore[override]
+                 parse_form_data: bool = False) -> bytes | str:
+        body: bytes | None = getattr(self, "_cached_data", None)
+        if body is None:
+            # Always kept: the stream can be read only once.
+            body = self._cached_data = read_body(self.environ,
+                                                 current_app.config["MAX_CONTENT_LENGTH"])
+        return body.decode(errors="replace") if as_text else body
+
+
+def init_app(app: Flask) -> None:
+    app.request_class = BoundedRequest
