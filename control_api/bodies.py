@@ -41,7 +41,8 @@ _ZSTD_MAX_WINDOW = 1 << 24
 
 
 class _Decompressor(Protocol):
-    eof: bool
+    @property
+    def eof(self) -> bool: ...
 
     @property
     def unused_data(self) -> bytes: ...

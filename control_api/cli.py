@@ -11,13 +11,17 @@ subcommands (``create``, ``ingest``, ``monitor``, ``logs``, ...) live in
 from __future__ import annotations
 
 import argparse
+import errno
+import http.client
 import logging
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 __all__ = ["main"]
@@ -41,6 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
     from control_api.webhook_delivery import WebhookDispatcher
     from control_api.webhooks import Outbox, allow_private_from_env
 
+    listener = _bind(args.host, args.port)  # before anything starts: a taken port ends here
     store, config = _store_for(args)
     if config["API_KEY"]:
         ensure_key(store, config["API_KEY"], "admin")
@@ -66,12 +71,15 @@ def _serve(args: argparse.Namespace) -> int:
     env = dict(os.environ, PIPELINE_DO_DATA_DIR=config["DATA_DIR"],
                PIPELINE_DO_DATABASE_URL=config["DATABASE_URL"])
     env.pop("PIPELINE_DO_API_KEY", None)  # registered above; workers need not see it
-    command = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
+    # gunicorn serves the socket bound above (fd://), so the address it answers on is
+    # the one this process checked, with no window for another process to take it.
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{listener.fileno()}",
                "--workers", str(args.workers), "--threads", str(args.threads),
                "--worker-class", "gthread", "--timeout", "120", "--graceful-timeout", "30",
                *(["--access-logfile", "-"] if args.access_log else []),
                "control_api:create_app()"]
-    server = subprocess.Popen(command, env=env)
+    server = subprocess.Popen(command, env=env, pass_fds=(listener.fileno(),))
+    listener.close()
     done = threading.Event()
 
     def _shutdown(_signum: int, _frame: Any) -> None:
@@ -79,8 +87,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
-    print(f"pipeline.do listening on http://{args.host}:{args.port} "
-          f"(data dir {config['DATA_DIR']})", flush=True)
+    if _answering(args.host, args.port, server, done):
+        print(f"pipeline.do listening on http://{args.host}:{args.port} "
+              f"(data dir {config['DATA_DIR']})", flush=True)
     while not done.is_set() and server.poll() is None:
         done.wait(0.5)
     if server.poll() is None:
@@ -92,6 +101,52 @@ def _serve(args: argparse.Namespace) -> int:
     dispatcher.close()
     manager.close()
     return 0 if done.is_set() else (server.returncode or 1)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket for ``host:port``, or exit at once if it cannot be had."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as err:
+        raise SystemExit(f"error: cannot listen on {host}: {err.strerror or err}") from None
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # As gunicorn would: reuse a port left in TIME_WAIT, but not one in use.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise SystemExit(f"error: port {port} on {host} is in use") from None
+        raise SystemExit(f"error: cannot listen on port {port} on {host}: "
+                         f"{err.strerror or err}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _answering(host: str, port: int, server: subprocess.Popen[bytes],
+               done: threading.Event, timeout: float = 120.0) -> bool:
+    """Wait until the API answers on its socket; False if gunicorn exited or
+    a signal came first. Connections queue on the bound socket until a worker
+    takes them, so this waits for the first answer, not for the bind."""
+    target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    deadline = time.monotonic() + timeout
+    while not done.is_set() and server.poll() is None and time.monotonic() < deadline:
+        connection = http.client.HTTPConnection(target, port, timeout=5)
+        try:
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+            return True  # any status: /healthz may report the job manager unhealthy
+        except (OSError, http.client.HTTPException):
+            done.wait(0.2)
+        finally:
+            connection.close()
+    if server.poll() is None and not done.is_set():
+        logging.getLogger(__name__).warning("the API did not answer on port %s within %.0fs",
+                                            port, timeout)
+    return False
 
 
 # Open files a pipeline holds while events flow (its buffer's SQLite

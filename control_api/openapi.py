@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app
 
 from beam_pipelines.definition import COMPRESSIONS, FIELD_TYPES, FORMATS, RUNNER_TYPES, SINK_OPTIONS
+from control_api.bodies import ALLOWED_ENCODINGS
 
 __all__ = ["bp", "build_spec", "init_app"]
 
@@ -22,7 +23,8 @@ bp = Blueprint("openapi", __name__)
 
 ERROR_CODES = {
     400: "VALIDATION_ERROR", 401: "AUTHENTICATION_ERROR", 403: "AUTHORIZATION_ERROR",
-    404: "NOT_FOUND", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 429: "RATE_LIMIT_EXCEEDED",
+    404: "NOT_FOUND", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "RATE_LIMIT_EXCEEDED",
     500: "INTERNAL_ERROR", 503: "SERVICE_UNAVAILABLE", 504: "TIMEOUT",
 }
 _ERROR_WHEN = {
@@ -32,7 +34,10 @@ _ERROR_WHEN = {
     403: "The key lacks the scope for the operation.",
     404: "Unknown pipeline or webhook.",
     409: "Illegal state change, duplicate name, or an idempotency key reused with another body.",
-    413: "Body over the limit (default 5 MiB).",
+    413: "Body over the limit (PIPELINE_DO_MAX_BODY_BYTES, default 5 MiB), with or without "
+         "Content-Length; a compressed body counts its decoded size. details.limit_bytes.",
+    415: "Content-Encoding not one of " + ", ".join(ALLOWED_ENCODINGS) + "; details.allowed "
+         "lists them.",
     429: "Per-key rate limit hit; Retry-After says when to retry.",
     500: "A bug; the message never leaks internals.",
     503: "Buffer full, store busy or shutting down; Retry-After set.",
@@ -273,6 +278,13 @@ def _idempotency_header() -> dict[str, Any]:
                            "doing the work again; same key with another body is a 409."}
 
 
+def _content_encoding_header() -> dict[str, Any]:
+    return {"name": "Content-Encoding", "in": "header", "required": False,
+            "schema": {"enum": list(ALLOWED_ENCODINGS)},
+            "description": "The body may be compressed; the size limit applies to the decoded "
+                           "body. Any other encoding is a 415."}
+
+
 def _request_id_header() -> dict[str, Any]:
     return {"name": "X-Request-ID", "in": "header", "required": False,
             "schema": {"type": "string"},
@@ -295,7 +307,7 @@ def _paths() -> dict[str, Any]:
                              title=f"{name} (scope {scope})"))
     operation_table = "\n".join(f"- `{name}`: scope `{scope}`, data `{_DATA_BY_OPERATION[name]}`"
                                 for name, (scope, _h) in OPERATIONS.items())
-    headers = [_request_id_header(), _idempotency_header()]
+    headers = [_request_id_header(), _idempotency_header(), _content_encoding_header()]
     pipeline_ref = {"name": "ref", "in": "path", "required": True,
                     "description": "pipeline_id (pl_...) or name",
                     "schema": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]{0,62}$"}}
@@ -313,7 +325,7 @@ def _paths() -> dict[str, Any]:
                 "oneOf": requests,
                 "discriminator": {"propertyName": "operation"}}}}},
             "responses": {"200": _success(data_any),
-                          **_errors(*_AUTHED, 404, 409, 413, 504)}}},
+                          **_errors(*_AUTHED, 404, 409, 413, 415, 504)}}},
         "/pipelines/{ref}/events": {"post": {
             "operationId": "ingestEvents",
             "summary": "Fast ingest path (scope ingest)",
@@ -325,14 +337,14 @@ def _paths() -> dict[str, Any]:
                     "description": "One JSON object per line; a bad line is rejected as a "
                                    "record, not the request."}}}},
             "responses": {"200": _success(_ref("IngestResult")),
-                          **_errors(*_AUTHED, 404, 409, 413)}}},
+                          **_errors(*_AUTHED, 404, 409, 413, 415)}}},
         "/webhooks": {
             "post": {"operationId": "createWebhook", "summary": "Register a webhook (admin)",
                      "parameters": headers,
                      "requestBody": {"required": True, "content": {"application/json": {
                          "schema": _ref("WebhookRequest")}}},
                      "responses": {"200": _success(_ref("Webhook")),
-                                   **_errors(*_AUTHED, 409, 413)},
+                                   **_errors(*_AUTHED, 409, 413, 415)},
                      "callbacks": {"event": {"{$request.body#/url}": {"post": {
                          "summary": "A webhook delivery",
                          "parameters": [{"name": "X-Webhook-Signature", "in": "header",
