@@ -20,15 +20,15 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import zstandard
-from flask import Flask, Request, current_app
+from flask import Flask, Request, Response, current_app, request
 from werkzeug.wsgi import get_content_length, get_input_stream
 
 from control_api.errors import payload_too_large, unsupported_media_type, validation_error
 
-__all__ = ["ALLOWED_ENCODINGS", "BoundedRequest", "init_app", "read_body"]
+__all__ = ["ALLOWED_ENCODINGS", "BoundedRequest", "init_app", "input_stream", "read_body"]
 
 _log = logging.getLogger("pipeline_do.api")
 
@@ -36,6 +36,8 @@ ALLOWED_ENCODINGS = ("gzip", "zstd", "identity")
 _ALIASES = {"x-gzip": "gzip"}
 # Raw bytes asked of the input stream at a time.
 _READ_BYTES = 64 * 1024
+# How much of a refused body is read to keep the connection, in multiples of the limit.
+_DISCARD_LIMITS = 4
 # A zstd window larger than this is refused (it would be allocated per request).
 _ZSTD_MAX_WINDOW = 1 << 24
 
@@ -61,18 +63,24 @@ _CODECS: dict[str, tuple[Callable[[], _Decompressor], int]] = {
 }
 
 
-def read_body(environ: dict[str, Any], limit: int) -> bytes:
-    """The request's body, decoded, or an ``ApiError``: 413 past ``limit`` bytes
-    (raw or decoded), 415 for an encoding not in ``ALLOWED_ENCODINGS``, 400 for a
-    body that does not decode or does not arrive whole."""
+def input_stream(environ: dict[str, Any]) -> IO[bytes]:
+    """The body as the server hands it over, bounded by its framing.
+
+    A server that frames the body itself (gunicorn: Content-Length and
+    chunked) sets ``wsgi.input_terminated``; without it, werkzeug bounds the
+    stream by Content-Length, and a body of unknown length reads as empty.
+    """
+    return get_input_stream(environ, safe_fallback=True, max_content_length=None)
+
+
+def read_body(environ: dict[str, Any], stream: IO[bytes], limit: int) -> bytes:
+    """The request's body read from ``stream`` to its end, decoded, or an ``ApiError``:
+    413 past ``limit`` bytes (raw or decoded), 415 for an encoding not in
+    ``ALLOWED_ENCODINGS``, 400 for a body that does not decode or arrive whole."""
     encoding = _encoding(environ.get("HTTP_CONTENT_ENCODING", ""))
     announced = get_content_length(environ)
     if announced is not None and announced > limit:
         raise payload_too_large(limit)
-    # A server that frames the body itself (gunicorn: Content-Length and chunked)
-    # sets wsgi.input_terminated; without it, werkzeug bounds the stream by
-    # Content-Length, and a body of unknown length reads as empty.
-    stream = get_input_stream(environ, safe_fallback=True, max_content_length=None)
     raw = _raw_pieces(stream, limit)
     if encoding == "identity":
         return b"".join(raw)
@@ -145,15 +153,58 @@ def _decode(raw: Iterator[bytes], encoding: str, limit: int) -> bytes:
 class BoundedRequest(Request):
     """Flask's request with its body read by :func:`read_body`, once."""
 
+    _body_stream: IO[bytes] | None = None
+    _body_ended = False
+
+    def _input(self) -> IO[bytes]:
+        if self._body_stream is None:
+            self._body_stream = input_stream(self.environ)
+        return self._body_stream
+
     def get_data(self, cache: bool = True, as_text: bool = False,  # type: ignore[override]
                  parse_form_data: bool = False) -> bytes | str:
         body: bytes | None = getattr(self, "_cached_data", None)
         if body is None:
             # Always kept: the stream can be read only once.
-            body = self._cached_data = read_body(self.environ,
+            body = self._cached_data = read_body(self.environ, self._input(),
                                                  current_app.config["MAX_CONTENT_LENGTH"])
+            self._body_ended = True
         return body.decode(errors="replace") if as_text else body
+
+    def discard_rest_of_body(self, budget: int) -> bool:
+        """Read and drop what is left of the body, at most ``budget`` bytes;
+        True when the body ended."""
+        if self._body_ended:
+            return True
+        announced = get_content_length(self.environ)
+        if announced is not None and announced > budget:
+            return False
+        stream = self._input()
+        for _ in range(budget // _READ_BYTES + 2):
+            try:
+                if not stream.read(_READ_BYTES):
+                    self._body_ended = True
+                    return True
+            except Exception:  # noqa: BLE001 - as in _raw_pieces: the client's doing
+                return False
+        return False
+
+
+def _discard_unread_body(response: Response) -> Response:
+    """A request answered before its body was read (401, 415, 413, ...) leaves the
+    rest of the body on the connection. gunicorn drains only 64 KiB of it before
+    reusing a keep-alive connection, and past that closes it without saying so
+    (it drops an application's ``Connection: close``), so the client's next
+    request on it fails. Reading the rest here, up to a few times the limit,
+    keeps the connection usable for any body a client would plausibly send."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if isinstance(request, BoundedRequest) and not request.discard_rest_of_body(
+            _DISCARD_LIMITS * limit):
+        _log.info("left an unread body over %s bytes: the server will close the connection",
+                  _DISCARD_LIMITS * limit)
+    return response
 
 
 def init_app(app: Flask) -> None:
     app.request_class = BoundedRequest
+    app.after_request(_discard_unread_body)

@@ -15,10 +15,16 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import io
+
 import pytest
 import requests
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from control_api.bodies import input_stream, read_body
+from control_api.errors import ApiError
 from tests.conftest import ADMIN_KEY
 from tests.control_api.conftest import read_rows
 from tests.live import LiveServer
@@ -325,3 +331,60 @@ def test_a_corrupt_compressed_body_is_400_naming_the_body(server: LiveServer,
         assert err["details"]["field"] == "body", err
         assert encoding in err["message"]
         assert_still_serving(server, canary)
+
+
+def test_a_keep_alive_connection_stays_usable_after_a_refused_body(server: LiveServer,
+                                                                   canary: str) -> None:
+    """A request answered before its body was read (413, 415, 401) must not leave the
+    rest of the body on the connection for the next request to trip over."""
+    ndjson = {**_HEADERS, "Content-Type": "application/x-ndjson"}
+    refused: list[tuple[dict[str, str], Callable[[], Any], int]] = [
+        (ndjson, lambda: chunked(ndjson_of_size(3 * LIMIT)[0]), 413),
+        (ndjson, lambda: ndjson_of_size(3 * LIMIT)[0], 413),
+        ({**ndjson, "Content-Encoding": "gzip"},
+         lambda: chunked(gzip.compress(b"\n" * (40 * LIMIT)), 100), 413),
+        ({**ndjson, "Content-Encoding": "br"}, lambda: chunked(b"x" * (2 * LIMIT)), 415),
+        ({**ndjson, "Authorization": "Bearer pdo_not_a_key"},
+         lambda: chunked(ndjson_of_size(2 * LIMIT)[0]), 401),
+    ]
+    with requests.Session() as session:
+        for headers, body, status in refused:
+            response = session.post(f"{server.url}/pipelines/{canary}/events", data=body(),
+                                    headers=headers, timeout=60)
+            assert response.status_code == status, response.text
+            again = session.post(f"{server.url}/pipelines/{canary}/events", timeout=60,
+                                 data=b'{"i": 3, "pad": "again"}\n', headers=ndjson)
+            assert again.status_code == 200 and again.json()["data"]["accepted"] == 1
+
+
+# -- the reader itself, on any bytes ------------------------------------------------
+
+
+def _compress_members(parts: list[bytes], encoding: str) -> bytes:
+    """Each part its own gzip member / zstd frame, concatenated (both formats allow it)."""
+    if encoding == "identity":
+        return b"".join(parts)
+    return b"".join(encode(part, encoding) for part in parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.binary(max_size=700), min_size=1, max_size=4),
+       encoding=st.sampled_from(["identity", "gzip", "zstd"]),
+       limit=st.integers(min_value=0, max_value=2_000), announced=st.booleans())
+def test_read_body_returns_the_decoded_body_or_413(parts: list[bytes], encoding: str,
+                                                   limit: int, announced: bool) -> None:
+    raw = _compress_members(parts, encoding)
+    environ: dict[str, Any] = {"wsgi.input": io.BytesIO(raw), "HTTP_CONTENT_ENCODING": encoding}
+    if announced:
+        environ["CONTENT_LENGTH"] = str(len(raw))
+    else:
+        environ["wsgi.input_terminated"] = True  # the server ends the stream (chunked)
+    decoded = b"".join(parts)
+    try:
+        body = read_body(environ, input_stream(environ), limit)
+    except ApiError as err:
+        assert err.status == 413 and err.details["limit_bytes"] == limit
+        assert len(decoded) > limit or len(raw) > limit
+    else:
+        assert body == (decoded if raw else b"")
+        assert len(body) <= limit and len(raw) <= limit
