@@ -10,12 +10,11 @@ take a normal ingest.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
-
-import io
 
 import pytest
 import requests
