@@ -79,6 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
                *(["--access-logfile", "-"] if args.access_log else []),
                "control_api:create_app()"]
     server = subprocess.Popen(command, env=env, pass_fds=(listener.fileno(),))
+    address = listener.getsockname()
     listener.close()
     done = threading.Event()
 
@@ -87,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
-    if _answering(args.host, args.port, server, done):
+    if _answering(address, server, done):
         print(f"pipeline.do listening on http://{args.host}:{args.port} "
               f"(data dir {config['DATA_DIR']})", flush=True)
     while not done.is_set() and server.poll() is None:
@@ -122,16 +123,16 @@ def _bind(host: str, port: int) -> socket.socket:
             raise SystemExit(f"error: port {port} on {host} is in use") from None
         raise SystemExit(f"error: cannot listen on port {port} on {host}: "
                          f"{err.strerror or err}") from None
-    sock.set_inheritable(True)
-    return sock
+    return sock  # not inheritable: only gunicorn gets it (pass_fds), never a forked helper
 
 
-def _answering(host: str, port: int, server: subprocess.Popen[bytes],
+def _answering(address: tuple[Any, ...], server: subprocess.Popen[bytes],
                done: threading.Event, timeout: float = 120.0) -> bool:
-    """Wait until the API answers on its socket; False if gunicorn exited or
-    a signal came first. Connections queue on the bound socket until a worker
-    takes them, so this waits for the first answer, not for the bind."""
-    target = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    """Wait until the API answers on the bound ``address``; False if gunicorn
+    exited or a signal came first. Connections queue on the bound socket until
+    a worker takes them, so this waits for the first answer, not for the bind."""
+    host, port = address[0], address[1]
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     deadline = time.monotonic() + timeout
     while not done.is_set() and server.poll() is None and time.monotonic() < deadline:
         connection = http.client.HTTPConnection(target, port, timeout=5)
