@@ -21,7 +21,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "DATABASE_URL": os.environ.get("PIPELINE_DO_DATABASE_URL") or default_database_url(data_dir),
         "API_KEY": os.environ.get("PIPELINE_DO_API_KEY") or None,
         "RATE_LIMIT": _int_env("PIPELINE_DO_RATE_LIMIT", 1000),
-        "MAX_CONTENT_LENGTH": _int_env("PIPELINE_DO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        "MAX_CONTENT_LENGTH": _int_env("PIPELINE_DO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES,
+                                       minimum=1),
         "DEFAULT_TIMEOUT_MS": 30_000,
         "RUN_JOB_MANAGER": False,
         "JOB_WORKERS": None,
@@ -30,11 +31,14 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return config
 
 
-def _int_env(name: str, default: int) -> int:
+def _int_env(name: str, default: int, minimum: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise SystemExit(f"{name} must be at least {minimum}, got {value}")
+    return value
