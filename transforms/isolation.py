@@ -33,11 +33,11 @@ from transforms.sandbox import (
     SQL_MEMORY_MB,
     duckdb_memory_limit,
     limit_process_memory,
-    plan_sql,
+    memory_budget_error,
     run_sql,
     sandboxed_connection,
 )
-from transforms.sql_policy import SqlError, check_sql
+from transforms.sql_policy import SqlError, check_sql, clean_message
 
 __all__ = ["dry_run_isolated", "plan_isolated"]
 
@@ -53,7 +53,7 @@ def plan_isolated(sql: str, input_schema: pa.Schema, *, memory_mb: int | None = 
                   timeout_seconds: float | None = None) -> pa.Schema:
     """``plan_sql`` in a bounded child process: the output schema, or ``SqlError``."""
     check_sql(sql)  # the cheap refusals need no process
-    reply = _run_child("plan", sql, input_schema.empty_table(), 0, memory_mb, timeout_seconds)
+    reply = _run_child(sql, input_schema.empty_table(), 0, memory_mb, timeout_seconds)
     return reply.schema
 
 
@@ -61,10 +61,10 @@ def dry_run_isolated(sql: str, events: pa.Table, limit: int, *, memory_mb: int |
                      timeout_seconds: float | None = None) -> pa.Table:
     """At most ``limit`` rows of ``sql`` over ``events``, run in a bounded child process."""
     check_sql(sql)
-    return _run_child("run", sql, events, limit, memory_mb, timeout_seconds)
+    return _run_child(sql, events, limit, memory_mb, timeout_seconds)
 
 
-def _run_child(task: str, sql: str, events: pa.Table, limit: int, memory_mb: int | None,
+def _run_child(sql: str, events: pa.Table, limit: int, memory_mb: int | None,
                timeout_seconds: float | None) -> pa.Table:
     budget = memory_mb or SQL_MEMORY_MB
     timeout = timeout_seconds or DRY_RUN_TIMEOUT_SECONDS
@@ -72,16 +72,16 @@ def _run_child(task: str, sql: str, events: pa.Table, limit: int, memory_mb: int
         raise SqlError(f"more than {_MAX_CHILDREN} SQL plans or dry runs are running on this "
                        "server process; try again shortly", "busy")
     try:
-        return _supervise(task, sql, _to_ipc(events), limit, budget, timeout)
+        return _supervise(sql, _to_ipc(events), limit, budget, timeout)
     finally:
         _slots.release()
 
 
-def _supervise(task: str, sql: str, payload: bytes, limit: int, budget: int,
+def _supervise(sql: str, payload: bytes, limit: int, budget: int,
                timeout: float) -> pa.Table:
     context = _get_context()
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(send, task, sql, payload, limit, budget),
+    child = context.Process(target=_child_main, args=(send, sql, payload, limit, budget),
                             name="pipeline-do-sql", daemon=True)
     child.start()
     send.close()
@@ -108,12 +108,11 @@ def _child_failure(exitcode: int | None, budget: int) -> SqlError:
                         "ask for fewer rows or columns", "output_limit")
     if exitcode in (-signal.SIGKILL, -signal.SIGABRT, -signal.SIGSEGV, -signal.SIGBUS):
         # an allocation that failed where nothing could report it (C++ terminate)
-        return SqlError(f"the SQL ran out of its {budget} MB memory budget "
-                        "(PIPELINE_DO_SQL_MEMORY_MB)", "memory_limit")
+        return memory_budget_error(budget)
     return SqlError(f"the SQL stopped its process (exit code {exitcode})", "invalid_sql")
 
 
-def _child_main(send: Connection, task: str, sql: str, payload: bytes, limit: int,
+def _child_main(send: Connection, sql: str, payload: bytes, limit: int,
                 budget: int) -> None:
     """In the child: bound the process, run, answer once, exit."""
     try:
@@ -121,20 +120,19 @@ def _child_main(send: Connection, task: str, sql: str, payload: bytes, limit: in
         limit_process_memory(budget)
         events = _from_ipc(payload)
         del payload
-        if task == "plan":
-            table = plan_sql(sql, events.schema, memory_mb=budget).empty_table()
-        else:
-            con = sandboxed_connection(threads=1, memory_limit=duckdb_memory_limit(budget))
-            table = run_sql(con, sql, events, max_rows=limit, memory_mb=budget,
-                            max_output_mb=_MAX_REPLY_BYTES >> 20)
+        # The parent checked the SQL; a plan is a run over no rows with LIMIT 0.
+        con = sandboxed_connection(threads=1, memory_limit=duckdb_memory_limit(budget))
+        table = run_sql(con, sql, events, max_rows=limit, memory_mb=budget,
+                        max_output_mb=_MAX_REPLY_BYTES >> 20)
         reply = _to_ipc(table)
         send.send(("ok", "", ""))
         send.send_bytes(reply)
     except SqlError as err:
         send.send(("error", err.code, str(err)))
     except MemoryError:
-        send.send(("error", "memory_limit", f"the SQL ran out of its {budget} MB memory budget "
-                   "(PIPELINE_DO_SQL_MEMORY_MB)"))
+        send.send(("error", "memory_limit", str(memory_budget_error(budget))))
+    except Exception as err:  # noqa: BLE001 - the parent answers it; nothing else can
+        send.send(("error", "invalid_sql", clean_message(err)))
     finally:
         send.close()
 

@@ -37,7 +37,7 @@ from transforms.sql_policy import INPUT_TABLE, SqlError, check_sql, clean_messag
 
 __all__ = ["DRY_RUN_TIMEOUT_SECONDS", "SQL_MAX_OUTPUT_MB", "SQL_MEMORY_MB", "SQL_TIMEOUT_SECONDS",
            "SqlError", "borrow_connection", "check_select", "duckdb_memory_limit",
-           "limit_process_memory", "plan_sql",
+           "limit_process_memory", "memory_budget_error", "plan_sql",
            "return_connection", "run_sql", "sandboxed_connection"]
 
 
@@ -203,9 +203,8 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, events: pa.Table,
             for batch in reader:
                 size += batch.nbytes
                 if size > cap:
-                    raise SqlError(f"the SQL's result is larger than its {cap >> 20} MB limit "
-                                   "(PIPELINE_DO_SQL_MAX_OUTPUT_MB): check its joins",
-                                   "output_limit")
+                    raise SqlError(f"the SQL's result is larger than its {cap >> 20} MB limit: "
+                                   "check its joins", "output_limit")
                 batches.append(batch)
         finally:
             reader.close()  # stops the query if it is still producing
@@ -250,17 +249,18 @@ def _bounded(work: Any, watchdog: _Watchdog, memory_mb: int | None) -> Any:
     except SqlError:
         raise
     except MemoryError:
-        raise _memory_error(budget) from None
+        raise memory_budget_error(budget) from None
     except (duckdb.Error, pa.ArrowException, OSError) as err:
         if watchdog.fired.is_set():
             raise SqlError(f"the SQL ran longer than {watchdog.timeout_seconds:g} s and was stopped",
                            "timeout") from None
         if isinstance(err, (duckdb.OutOfMemoryException, pa.ArrowMemoryError)) \
                 or "Out of Memory" in str(err):
-            raise _memory_error(budget) from None
+            raise memory_budget_error(budget) from None
         raise SqlError(clean_message(err)) from None
 
 
-def _memory_error(budget_mb: int) -> SqlError:
+def memory_budget_error(budget_mb: int) -> SqlError:
+    """The one wording of "out of memory", wherever the budget ran out."""
     return SqlError(f"the SQL ran out of its {budget_mb} MB memory budget "
                     "(PIPELINE_DO_SQL_MEMORY_MB)", "memory_limit")
