@@ -6,6 +6,7 @@ Bounds are small (256 MB, a few seconds) so the runaways end in seconds.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -138,3 +139,38 @@ def test_a_query_cannot_spill_to_disk_or_show_a_directory() -> None:
         assert caught.value.code == "memory_limit" and "128 MB" in str(caught.value)
     finally:
         con.close()
+
+
+def test_an_epoch_worker_capped_for_its_budget_runs_sql_and_stops_runaways() -> None:
+    """The job manager's hook: ``limit_epoch_worker_memory`` in a Beam worker process."""
+    script = textwrap.dedent("""
+        import apache_beam as beam
+        import pyarrow as pa
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        from transforms.sandbox import limit_epoch_worker_memory
+        from transforms.sql import DuckDbSql
+
+        limit_epoch_worker_memory()
+        events = pa.table({"i": pa.array(range(1000), pa.int64())})
+        for sql in ["SELECT sum(i) AS s FROM events",
+                    "SELECT a.i, b.i AS j, c.i AS k FROM events a, events b, events c",
+                    "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t, range(2)) "
+                    "SELECT count(*) AS n FROM t"]:
+            try:
+                with beam.Pipeline(runner=FnApiRunner()) as p:
+                    (p | beam.Create([0]) | "Events" >> beam.Map(lambda _: events)
+                     | DuckDbSql(sql) | "Show" >> beam.Map(lambda t: print("rows", t.num_rows)))
+            except Exception as err:
+                print("error", type(err).__name__ + ":", str(err).split(" [while running")[0])
+    """)
+    env = {**os.environ, "PIPELINE_DO_SQL_MEMORY_MB": str(BUDGET_MB),
+           "PIPELINE_DO_SQL_TIMEOUT_SECONDS": str(TIMEOUT_S)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("rows", "error"))]
+    assert lines[0] == "rows 1"
+    assert lines[1] == f"error SqlError: the SQL's result is larger than its {BUDGET_MB // 4} MB " \
+                       "limit: check its joins"
+    assert lines[2].startswith("error SqlError: the SQL ")  # out of memory or of time
+    assert len(lines) == 3
