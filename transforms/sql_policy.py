@@ -73,7 +73,7 @@ def check_sql(sql: str) -> None:
     kind = statements[0].type
     if kind != duckdb.StatementType.SELECT:
         raise SqlError(f"sql must be a SELECT statement, found {kind.name}")
-    _walk(_parse_tree(sql), frozenset())
+    _walk(_parse_tree(sql))
 
 
 def clean_message(err: BaseException) -> str:
@@ -102,38 +102,42 @@ def _parse_tree(sql: str) -> Any:
                                                      "autoinstall_known_extensions": False,
                                                      "threads": 1})
     row = _PARSER.cursor().execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
-    tree: dict[str, Any] = json.loads(row[0]) if row else {"error": True}
+    try:
+        tree: dict[str, Any] = json.loads(row[0]) if row else {"error": True}
+    except RecursionError:
+        raise SqlError("sql is nested too deeply") from None
     if tree.get("error"):
         raise SqlError(f"sql could not be parsed: {tree.get('error_message', '')[:300]}")
     return tree
 
 
-def _walk(node: Any, ctes: frozenset[str]) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _walk(item, ctes)
-        return
-    if not isinstance(node, dict):
-        return
-    cte_map = node.get("cte_map")
-    if isinstance(cte_map, dict) and cte_map.get("map"):
-        ctes = ctes | {str(entry.get("key", "")).lower() for entry in cte_map["map"]}
-    kind = node.get("type")
-    if kind == "BASE_TABLE":
-        _check_table(node, ctes)
-    elif kind == "TABLE_FUNCTION":
-        name = str((node.get("function") or {}).get("function_name", "")).lower()
-        if name not in ALLOWED_TABLE_FUNCTIONS:
-            raise SqlError(f"sql may not call the table function {name!r}: reading files, "
-                           "settings or the catalog is disabled; allowed are "
-                           + ", ".join(sorted(ALLOWED_TABLE_FUNCTIONS)), "refused")
-    elif kind in _REFUSED_REFS:
-        raise SqlError(f"sql may not use {_REFUSED_REFS[kind]}", "refused")
-    if "function_name" in node:
-        _check_function(str(node["function_name"]).lower())
-    for value in node.values():
-        if isinstance(value, (dict, list)):
-            _walk(value, ctes)
+def _walk(tree: Any) -> None:
+    """Check every node; iterative, so a deeply nested query cannot exhaust the stack."""
+    stack: list[tuple[Any, frozenset[str]]] = [(tree, frozenset())]
+    while stack:
+        node, ctes = stack.pop()
+        if isinstance(node, list):
+            stack.extend((item, ctes) for item in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        cte_map = node.get("cte_map")
+        if isinstance(cte_map, dict) and cte_map.get("map"):
+            ctes = ctes | {str(entry.get("key", "")).lower() for entry in cte_map["map"]}
+        kind = node.get("type")
+        if kind == "BASE_TABLE":
+            _check_table(node, ctes)
+        elif kind == "TABLE_FUNCTION":
+            name = str((node.get("function") or {}).get("function_name", "")).lower()
+            if name not in ALLOWED_TABLE_FUNCTIONS:
+                raise SqlError(f"sql may not call the table function {name!r}: reading files, "
+                               "settings or the catalog is disabled; allowed are "
+                               + ", ".join(sorted(ALLOWED_TABLE_FUNCTIONS)), "refused")
+        elif isinstance(kind, str) and kind in _REFUSED_REFS:
+            raise SqlError(f"sql may not use {_REFUSED_REFS[kind]}", "refused")
+        if "function_name" in node:
+            _check_function(str(node["function_name"]).lower())
+        stack.extend((value, ctes) for value in node.values() if isinstance(value, (dict, list)))
 
 
 def _check_table(node: dict[str, Any], ctes: frozenset[str]) -> None:

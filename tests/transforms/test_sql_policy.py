@@ -114,8 +114,30 @@ def test_ordinary_queries_pass_the_check() -> None:
                 "QUALIFY n > 0",
                 "SELECT * FROM events, range(3) r, generate_series(1, 2) g",
                 "SELECT current_date AS d, now() AS t, uuid() AS u, upper(country) AS c FROM events",
-                "SELECT * FROM events WHERE country IN (SELECT country FROM events LIMIT 1)"]:
+                "SELECT * FROM events WHERE country IN (SELECT country FROM events LIMIT 1)",
+                "FROM events SELECT * EXCLUDE (country)",
+                "SELECT user_id FROM events UNION ALL BY NAME SELECT user_id FROM events",
+                "SELECT * FROM events USING SAMPLE 10%",
+                "SELECT a.user_id FROM events a ASOF JOIN events b ON a.user_id >= b.user_id",
+                "SELECT [x + 1 for x in [user_id]] AS l, {'a': 1} AS s FROM events GROUP BY ALL",
+                "SELECT * FROM events e JOIN LATERAL (SELECT e.user_id + 1 AS n) x ON true",
+                "UNPIVOT (SELECT user_id, user_id AS b FROM events) ON user_id, b "
+                "INTO NAME k VALUE v",
+                "SELECT * FROM (VALUES (1, 'a')) t(x, y)"]:
         check_sql(sql)
+
+
+@pytest.mark.parametrize("depth", [10, 300, 900, 5000])
+def test_deeply_nested_sql_is_checked_or_refused_never_a_crash(depth: int) -> None:
+    for sql in ("SELECT " + "abs(" * depth + "1" + ")" * depth + " AS x",
+                "SELECT 1 AS x FROM " + "(SELECT 1 FROM " * depth + "events" + ") t" * depth,
+                "SELECT 1 AS x FROM " + "(SELECT 1 FROM " * depth + "pg_settings" + ") t" * depth):
+        try:
+            check_sql(sql)
+        except SqlError as err:
+            assert err.code in ("invalid_sql", "refused")
+        else:
+            assert "pg_settings" not in sql
 
 
 def _server_paths() -> list[str]:
