@@ -19,6 +19,7 @@ no slot within the timeout gets ``SqlError`` code ``busy``.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -43,6 +44,7 @@ __all__ = ["dry_run_isolated", "plan_isolated"]
 
 # A dry run's reply is a page of rows for a person to look at.
 _MAX_REPLY_BYTES = 16 << 20
+_MAX_HEADER_BYTES = 16384
 _MAX_CHILDREN = 2
 _slots = threading.BoundedSemaphore(_MAX_CHILDREN)
 _context_lock = threading.Lock()
@@ -88,7 +90,8 @@ def _supervise(sql: str, payload: bytes, limit: int, budget: int,
     try:
         if not receive.poll(timeout):
             raise SqlError(f"the SQL ran longer than {timeout:g} s and was stopped", "timeout")
-        status, code, message = receive.recv()
+        # JSON, not pickle: nothing from the process that ran user SQL is unpickled here
+        status, code, message = json.loads(receive.recv_bytes(_MAX_HEADER_BYTES))
         if status == "error":
             raise SqlError(message, code)
         return _from_ipc(receive.recv_bytes(_MAX_REPLY_BYTES))
@@ -125,16 +128,20 @@ def _child_main(send: Connection, sql: str, payload: bytes, limit: int,
         table = run_sql(con, sql, events, max_rows=limit, memory_mb=budget,
                         max_output_mb=_MAX_REPLY_BYTES >> 20)
         reply = _to_ipc(table)
-        send.send(("ok", "", ""))
+        _answer(send, "ok", "", "")
         send.send_bytes(reply)
     except SqlError as err:
-        send.send(("error", err.code, str(err)))
+        _answer(send, "error", err.code, str(err))
     except MemoryError:
-        send.send(("error", "memory_limit", str(memory_budget_error(budget))))
+        _answer(send, "error", "memory_limit", str(memory_budget_error(budget)))
     except Exception as err:  # noqa: BLE001 - the parent answers it; nothing else can
-        send.send(("error", "invalid_sql", clean_message(err)))
+        _answer(send, "error", "invalid_sql", clean_message(err))
     finally:
         send.close()
+
+
+def _answer(send: Connection, status: str, code: str, message: str) -> None:
+    send.send_bytes(json.dumps([status, code, message[:1000]]).encode())
 
 
 def _get_context() -> Any:

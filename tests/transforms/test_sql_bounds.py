@@ -51,7 +51,7 @@ def test_a_runaway_dry_run_ends_cleanly_and_the_caller_stays_flat(sql: str) -> N
         rows = dry_run_isolated(sql, EVENTS, 100, memory_mb=BUDGET_MB, timeout_seconds=TIMEOUT_S)
     except SqlError as err:
         assert err.code in BOUND_CODES, err
-        assert "/" not in str(err).replace("/s", "")  # no paths, no traceback
+        assert "Traceback" not in str(err) and "\n" not in str(err)
     else:  # a LIMIT that DuckDB could push into the query is an answer too
         assert rows.num_rows <= 100
     assert me.memory_info().rss - before < 64 << 20
