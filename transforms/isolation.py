@@ -15,6 +15,13 @@ memory stays flat whatever the SQL does.
 
 At most ``_MAX_CHILDREN`` run at once per API process; a caller that finds
 no slot within the timeout gets ``SqlError`` code ``busy``.
+
+Cost, measured on this 2-core machine: the forkserver starts on the first
+call in an API process (~0.5 s, then ~75 MB RSS for its lifetime); each
+plan or dry run then takes ~40 ms where planning in-process took ~15 ms.
+A forked child needs the parent's ``__main__`` to be importable without
+side effects (gunicorn's and pytest's are; a script needs the usual
+``if __name__ == "__main__"`` guard).
 """
 
 from __future__ import annotations
