@@ -28,7 +28,7 @@ from typing import Any
 import duckdb
 
 __all__ = ["ALLOWED_TABLE_FUNCTIONS", "DENIED_FUNCTION_PREFIXES", "DENIED_FUNCTIONS", "INPUT_TABLE",
-           "SqlError", "check_sql"]
+           "SqlError", "check_sql", "clean_message"]
 
 INPUT_TABLE = "events"
 
