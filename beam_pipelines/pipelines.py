@@ -27,7 +27,13 @@ from beam_pipelines.definition import (
     definition_from_dict,
     parse_definition,
 )
-from beam_pipelines.errors import ConflictError, DefinitionError, NotFoundError, TimeoutExceeded
+from beam_pipelines.errors import (
+    ConflictError,
+    DefinitionError,
+    NotFoundError,
+    TimeoutExceeded,
+    Unavailable,
+)
 from beam_pipelines.store import (
     Epoch,
     EpochFile,
@@ -38,7 +44,8 @@ from beam_pipelines.store import (
     iso,
 )
 from transforms.decode import DecodedBatch, arrow_schema, decode_json_lines, decode_objects
-from transforms.sandbox import SqlError, plan_sql, run_sql, sandboxed_connection
+from transforms.isolation import dry_run_isolated, plan_isolated
+from transforms.sandbox import SqlError
 
 __all__ = ["TRANSITIONS", "PipelineService", "summarize_stop"]
 
@@ -105,11 +112,10 @@ class PipelineService:
             if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
                 raise DefinitionError("limit", "limit must be an integer from 1 to 10000")
             sample = self._buffer(pipeline_id).recent(limit, arrow_schema(definition.schema))
-            con = sandboxed_connection(threads=1)
-            try:
-                rows = run_sql(con, definition.sql, sample).to_pylist()
-            finally:
-                con.close()
+            try:  # in a bounded child process: user SQL never runs in the API's own
+                rows = dry_run_isolated(definition.sql, sample, limit).to_pylist()
+            except SqlError as err:
+                raise _sql_failure(err) from None
             return {"dry_run": True, "output_schema": output_schema,
                     "rows": json.loads(json.dumps(rows, default=_json_default))}
         now = time.time()
@@ -127,10 +133,10 @@ class PipelineService:
         return result
 
     def _plan(self, definition: PipelineDefinition, sql: str) -> list[dict[str, str]]:
-        try:
-            schema = plan_sql(sql, arrow_schema(definition.schema))
+        try:  # planning folds constants, so it is bounded like a run
+            schema = plan_isolated(sql, arrow_schema(definition.schema))
         except SqlError as err:
-            raise DefinitionError("sql", f"invalid SQL: {err}") from None
+            raise _sql_failure(err) from None
         if definition.sink.format == "parquet":
             _check_parquet_types(schema)
         return [{"name": f.name, "type": str(f.type)} for f in schema]
@@ -381,6 +387,19 @@ def _check_parquet_types(schema: pa.Schema) -> None:
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
             raise DefinitionError("sql", f"output column {f.name!r} has type {f.type}, which "
                                   "Parquet cannot store: cast it (e.g. to VARCHAR)") from None
+
+
+def _sql_failure(err: SqlError) -> Exception:
+    """The API's answer to SQL that was refused, failed or hit its bounds.
+
+    A bound (``memory_limit``, ``timeout``, ``output_limit``) is a property
+    of the SQL, so it is a 400 on ``sql`` like a syntax error, with
+    ``details.reason`` saying which; only ``busy`` is the server's (503).
+    """
+    if err.code == "busy":
+        return Unavailable(str(err), {"field": "sql", "reason": err.code})
+    text = f"invalid SQL: {err}" if err.code in ("invalid_sql", "refused") else str(err)
+    return DefinitionError("sql", text, reason=err.code)
 
 
 def _json_default(value: Any) -> Any:

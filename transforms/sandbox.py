@@ -1,13 +1,31 @@
-"""A sandboxed DuckDB for user SQL, with no Beam import (the API plans SQL too).
+"""A sandboxed, bounded DuckDB for user SQL, with no Beam import (the API plans SQL too).
 
 The sandbox: external access off (no files, no network, no extensions),
-extension auto-install and auto-load off, configuration locked once set up,
-and exactly one SELECT statement per query (CTEs allowed). The input
-relation is always named ``events``.
+extension auto-install and auto-load off, no Python replacement scans, no
+spilling to disk (so no temporary directory to fill or to show), the
+configuration locked once set up, and the rules of
+``transforms.sql_policy`` (one SELECT over ``events``, no function that
+reads the server's settings). The input relation is always ``events``.
+
+The bounds, read once from the environment:
+
+- ``PIPELINE_DO_SQL_MEMORY_MB`` (2048): the memory budget of one query.
+  DuckDB's ``memory_limit`` gets half of it; the materialized result at most
+  ``PIPELINE_DO_SQL_MAX_OUTPUT_MB`` (a quarter); what DuckDB allocates
+  outside its buffer manager (Arrow results, list building, recursive CTE
+  state) is bounded only by the process: ``limit_process_memory`` sets
+  ``RLIMIT_DATA``, which (unlike ``RLIMIT_AS``, measured here) does not
+  count the address space DuckDB and the allocators reserve but never touch.
+- ``PIPELINE_DO_SQL_TIMEOUT_SECONDS`` (300): an epoch's query is
+  interrupted after it; ``PIPELINE_DO_DRY_RUN_TIMEOUT_SECONDS`` (30) bounds a
+  plan or dry run in the API (``transforms.isolation``).
+- ``PIPELINE_DO_SQL_THREADS`` (DuckDB's default, one per core).
 """
 
 from __future__ import annotations
 
+import os
+import resource
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -15,35 +33,109 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-__all__ = ["SqlError", "borrow_connection", "plan_sql", "return_connection", "run_sql",
-           "sandboxed_connection"]
+from transforms.sql_policy import INPUT_TABLE, SqlError, check_sql, clean_message
 
-_EXTRA_TABLE = "events"
-
-
-class SqlError(ValueError):
-    """The SQL is not one valid SELECT over ``events``; the message says why."""
+__all__ = ["DRY_RUN_TIMEOUT_SECONDS", "SQL_MAX_OUTPUT_MB", "SQL_MEMORY_MB", "SQL_TIMEOUT_SECONDS",
+           "SqlError", "borrow_connection", "check_select", "duckdb_memory_limit",
+           "limit_epoch_worker_memory", "limit_process_memory", "memory_budget_error", "plan_sql",
+           "return_connection", "run_sql", "sandboxed_connection"]
 
 
-DEFAULT_MEMORY_LIMIT = "2GB"
+def _positive_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name} must be a positive number, got {raw!r}") from None
+    if value <= 0:
+        raise SystemExit(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+SQL_MEMORY_MB = int(_positive_env("PIPELINE_DO_SQL_MEMORY_MB", 2048))
+SQL_MAX_OUTPUT_MB = int(_positive_env("PIPELINE_DO_SQL_MAX_OUTPUT_MB", max(SQL_MEMORY_MB // 4, 1)))
+SQL_TIMEOUT_SECONDS = _positive_env("PIPELINE_DO_SQL_TIMEOUT_SECONDS", 300.0)
+DRY_RUN_TIMEOUT_SECONDS = _positive_env("PIPELINE_DO_DRY_RUN_TIMEOUT_SECONDS", 30.0)
+SQL_THREADS = int(_positive_env("PIPELINE_DO_SQL_THREADS", 1)) \
+    if os.environ.get("PIPELINE_DO_SQL_THREADS") else None  # None: DuckDB's default
+
+# Rows per record batch read from a running query: the unit in which the
+# output cap is checked, so a runaway result stops within one batch.
+_BATCH_ROWS = 64 * 1024
+
+check_select = check_sql  # the old name, kept for callers
 
 
 def sandboxed_connection(threads: int | None = None,
-                         memory_limit: str = DEFAULT_MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
+                         memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A new sandboxed connection; ``memory_limit`` defaults to half the SQL budget."""
     config: dict[str, Any] = {
         "enable_external_access": False,
-        "memory_limit": memory_limit,
+        "memory_limit": memory_limit or duckdb_memory_limit(SQL_MEMORY_MB),
+        "temp_directory": "",  # no spilling: the budget is memory, and no path to show
+        "max_temp_directory_size": "0KiB",
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
         "allow_community_extensions": False,
         "allow_unsigned_extensions": False,
+        "python_enable_replacements": False,
     }
+    threads = threads or SQL_THREADS
     if threads:
         config["threads"] = threads
     con = duckdb.connect(":memory:", config=config)
     con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC, not the host zone
     con.execute("SET lock_configuration = true")
     return con
+
+
+def duckdb_memory_limit(budget_mb: int) -> str:
+    """DuckDB's share of a budget: half, the rest for what it allocates outside it."""
+    return f"{max(budget_mb // 2, 16)}MB"
+
+
+def limit_process_memory(budget_mb: int | None = None) -> int:
+    """Cap this process's data segment at what it uses now plus ``budget_mb``.
+
+    ``RLIMIT_DATA`` counts the heap and private writable mappings (what
+    DuckDB, Arrow and Python allocate), not reserved address space, so it
+    holds for the whole process whatever allocates. Past it, allocations
+    fail: DuckDB raises an out-of-memory error, Python a ``MemoryError``.
+    Call it once, early, in a process that runs user SQL (the dry-run child,
+    an epoch worker's initializer); it returns the limit in bytes.
+    """
+    budget = (budget_mb or SQL_MEMORY_MB) << 20
+    limit = _data_segment_bytes() + budget
+    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    return limit
+
+
+# What an epoch worker's Beam runner (FnApiRunner: its threads' stacks, gRPC
+# and bundle buffers) adds to the data segment beyond its imports: ~330 MB
+# measured on the first epoch, before any SQL ran.
+EPOCH_RUNTIME_MB = 512
+
+
+def limit_epoch_worker_memory() -> int:
+    """``limit_process_memory`` for an epoch worker: the SQL budget plus Beam's own.
+
+    For the job manager's pool initializer, after ``apache_beam`` is imported.
+    """
+    return limit_process_memory(SQL_MEMORY_MB + EPOCH_RUNTIME_MB)
+
+
+def _data_segment_bytes() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 # A new connection costs ~25 ms of CPU (DuckDB starts a database and loads
@@ -79,56 +171,110 @@ def return_connection(key: str, con: duckdb.DuckDBPyConnection) -> None:
         surplus.close()
 
 
-def check_select(sql: str) -> None:
-    """Refuse anything but one SELECT statement."""
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as err:
-        raise SqlError(_clean(err)) from None
-    if len(statements) != 1:
-        raise SqlError(f"sql must be exactly one SELECT statement, found {len(statements)}")
-    kind = statements[0].type
-    if kind != duckdb.StatementType.SELECT:
-        raise SqlError(f"sql must be a SELECT statement, found {kind.name}")
+def plan_sql(sql: str, input_schema: pa.Schema, *, timeout_seconds: float | None = None,
+             memory_mb: int | None = None) -> pa.Schema:
+    """Plan ``sql`` against an empty ``events`` table; return the output schema.
 
-
-def plan_sql(sql: str, input_schema: pa.Schema) -> pa.Schema:
-    """Plan ``sql`` against an empty ``events`` table; return the output schema."""
-    check_select(sql)
-    con = sandboxed_connection(threads=1)
+    Planning evaluates constant expressions (``repeat('x', 10^9)``, a table
+    function's arguments), so it is bounded like a run: in the API it runs
+    in a child process (``transforms.isolation.plan_isolated``).
+    """
+    check_sql(sql)
+    con = sandboxed_connection(threads=1,
+                               memory_limit=duckdb_memory_limit(memory_mb or SQL_MEMORY_MB))
     try:
-        con.register(_EXTRA_TABLE, input_schema.empty_table())
-        return con.sql(sql).limit(0).to_arrow_table().schema
-    except duckdb.Error as err:
-        raise SqlError(_clean(err)) from None
+        con.register(INPUT_TABLE, input_schema.empty_table())
+        with _Watchdog(con, timeout_seconds) as watchdog:
+            return _bounded(lambda: con.sql(sql).limit(0).to_arrow_table().schema,
+                            watchdog, memory_mb)
     finally:
         con.close()
 
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, events: pa.Table,
-            timeout_seconds: float | None = None) -> pa.Table:
+            timeout_seconds: float | None = None, *, max_rows: int | None = None,
+            max_output_mb: int | None = None, memory_mb: int | None = None) -> pa.Table:
     """Run a planned query over one Arrow table on an open sandboxed connection.
 
-    With ``timeout_seconds``, a query still running then is interrupted and
-    ``SqlError`` raised: a runaway query must not hold a worker forever.
+    The result is read in record batches and stops at ``max_rows`` (the
+    query is cut there: a dry run reads no more than it shows) or fails past
+    ``max_output_mb`` (default ``SQL_MAX_OUTPUT_MB``), so a cross join that
+    explodes ends with ``SqlError`` code ``output_limit`` instead of filling
+    the process. With ``timeout_seconds``, a query still running then is
+    interrupted (code ``timeout``); out of memory is code ``memory_limit``.
     """
-    con.register(_EXTRA_TABLE, events)
-    watchdog = threading.Timer(timeout_seconds, con.interrupt) if timeout_seconds else None
-    if watchdog is not None:
-        watchdog.daemon = True
-        watchdog.start()
+    cap = (max_output_mb or SQL_MAX_OUTPUT_MB) << 20
+    con.register(INPUT_TABLE, events)
+
+    def read() -> pa.Table:
+        relation = con.sql(sql)
+        if max_rows is not None:
+            relation = relation.limit(max_rows)
+        reader = relation.to_arrow_reader(_BATCH_ROWS)
+        batches: list[pa.RecordBatch] = []
+        size = 0
+        try:
+            for batch in reader:
+                size += batch.nbytes
+                if size > cap:
+                    raise SqlError(f"the SQL's result is larger than its {cap >> 20} MB limit: "
+                                   "check its joins", "output_limit")
+                batches.append(batch)
+        finally:
+            reader.close()  # stops the query if it is still producing
+        return pa.Table.from_batches(batches, schema=reader.schema)
+
     try:
-        return con.sql(sql).to_arrow_table()
-    except duckdb.InterruptException:
-        raise SqlError(f"the query ran longer than {timeout_seconds:g} s and was stopped") from None
+        with _Watchdog(con, timeout_seconds) as watchdog:
+            return _bounded(read, watchdog, memory_mb)
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
-        con.unregister(_EXTRA_TABLE)
+        con.unregister(INPUT_TABLE)
 
 
-def _clean(err: Exception) -> str:
-    """DuckDB's message without the internals a reply must not carry."""
-    text = str(err).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return " ".join(lines[:3])[:500]
+class _Watchdog:
+    """Interrupts the connection's query once ``timeout_seconds`` have passed."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, timeout_seconds: float | None) -> None:
+        self.fired = threading.Event()
+        self.timeout_seconds = timeout_seconds
+        self._con = con
+        self._timer = threading.Timer(timeout_seconds, self._fire) if timeout_seconds else None
+
+    def _fire(self) -> None:
+        self.fired.set()
+        self._con.interrupt()
+
+    def __enter__(self) -> _Watchdog:
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _bounded(work: Any, watchdog: _Watchdog, memory_mb: int | None) -> Any:
+    """``work()``, with DuckDB's and Python's failures turned into ``SqlError``."""
+    budget = memory_mb or SQL_MEMORY_MB
+    try:
+        return work()
+    except SqlError:
+        raise
+    except MemoryError:
+        raise memory_budget_error(budget) from None
+    except (duckdb.Error, pa.ArrowException, OSError) as err:
+        if watchdog.fired.is_set():
+            raise SqlError(f"the SQL ran longer than {watchdog.timeout_seconds:g} s and was stopped",
+                           "timeout") from None
+        if isinstance(err, (duckdb.OutOfMemoryException, pa.ArrowMemoryError)) \
+                or "Out of Memory" in str(err):
+            raise memory_budget_error(budget) from None
+        raise SqlError(clean_message(err)) from None
+
+
+def memory_budget_error(budget_mb: int) -> SqlError:
+    """The one wording of "out of memory", wherever the budget ran out."""
+    return SqlError(f"the SQL ran out of its {budget_mb} MB memory budget "
+                    "(PIPELINE_DO_SQL_MEMORY_MB)", "memory_limit")

@@ -8,6 +8,14 @@ a ``pool_key`` it is borrowed from, and given back to, the process's pool
 Only after small inputs: a connection that ran a query over a large table
 keeps tens of MB it would give back when closed, and opening one costs
 little next to such a query.
+
+The query is bounded (``transforms.sandbox``): interrupted after
+``PIPELINE_DO_SQL_TIMEOUT_SECONDS``, DuckDB held to half of
+``PIPELINE_DO_SQL_MEMORY_MB`` with no spilling, and its result read in
+record batches that stop past ``PIPELINE_DO_SQL_MAX_OUTPUT_MB``, so a
+cross join that explodes fails the epoch with a ``SqlError`` instead of
+filling the worker. The worker process itself is capped by the job
+manager's pool (``transforms.sandbox.limit_process_memory``).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import pyarrow as pa
 
 from transforms.coders import ArrowTableCoder  # noqa: F401  (registers the coder)
 from transforms.sandbox import (
+    SQL_TIMEOUT_SECONDS,
     borrow_connection,
     check_select,
     return_connection,
@@ -65,12 +74,12 @@ class _DuckDbSqlFn(beam.DoFn):
 class DuckDbSql(beam.PTransform):
     """Apply one sandboxed DuckDB SELECT to every Arrow table in the input."""
 
-    def __init__(self, sql: str, timeout_seconds: float = 600.0,
+    def __init__(self, sql: str, timeout_seconds: float | None = None,
                  pool_key: str | None = None) -> None:
         super().__init__()
         check_select(sql)
         self._sql = sql
-        self._timeout = timeout_seconds
+        self._timeout = timeout_seconds or SQL_TIMEOUT_SECONDS
         self._pool_key = pool_key
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:

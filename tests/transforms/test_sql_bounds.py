@@ -1,0 +1,176 @@
+"""Runaway user SQL ends as a clean ``SqlError`` within its bounds, in the epoch
+step and in the API's isolated child alike, and the calling process stays flat.
+
+Bounds are small (256 MB, a few seconds) so the runaways end in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pyarrow as pa
+import pytest
+
+from transforms.isolation import dry_run_isolated, plan_isolated
+from transforms.sandbox import SqlError, run_sql, sandboxed_connection
+from transforms.sql import _DuckDbSqlFn
+
+BUDGET_MB = 256
+TIMEOUT_S = 5.0
+EVENTS = pa.table({"user_id": pa.array(range(2000), pa.int64()),
+                   "country": pa.array(["de", "fr"] * 1000)})
+
+# Each one grew a process without bound before: a cross join whose result is
+# materialized, a recursive CTE that doubles, lists and strings built outside
+# DuckDB's buffer manager, and a recursive CTE that never ends.
+RUNAWAYS = [
+    "SELECT a.*, b.user_id AS b, c.user_id AS c FROM events a, events b, events c",
+    "SELECT a.*, b.user_id AS b, c.user_id AS c FROM events a, events b, events c "
+    "ORDER BY a.user_id + b.user_id + c.user_id",
+    "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t, range(2)) SELECT * FROM t",
+    "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t, range(2)) "
+    "SELECT count(*) AS n FROM t",
+    "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT max(n) AS n FROM t",
+    "SELECT list(range) AS l FROM range(1000000000) GROUP BY range % 2",
+    "SELECT repeat(a.country, 100000) AS s FROM events a, events b",
+    "SELECT length(string_agg(repeat('x', 100), ',')) AS n FROM events a, events b, events c",
+]
+BOUND_CODES = {"memory_limit", "timeout", "output_limit"}
+
+
+@pytest.mark.parametrize("sql", RUNAWAYS)
+def test_a_runaway_dry_run_ends_cleanly_and_the_caller_stays_flat(sql: str) -> None:
+    me = psutil.Process()
+    dry_run_isolated("SELECT * FROM events", EVENTS, 10)  # the forkserver is up
+    before = me.memory_info().rss
+    try:
+        rows = dry_run_isolated(sql, EVENTS, 100, memory_mb=BUDGET_MB, timeout_seconds=TIMEOUT_S)
+    except SqlError as err:
+        assert err.code in BOUND_CODES, err
+        assert "Traceback" not in str(err) and "\n" not in str(err)
+    else:  # a LIMIT that DuckDB could push into the query is an answer too
+        assert rows.num_rows <= 100
+    assert me.memory_info().rss - before < 64 << 20
+
+
+def test_a_dry_run_answers_at_most_its_limit_and_the_rows_of_the_sql() -> None:
+    rows = dry_run_isolated("SELECT user_id * 2 AS x FROM events ORDER BY x", EVENTS, 3)
+    assert rows.to_pylist() == [{"x": 0}, {"x": 2}, {"x": 4}]
+    endless = dry_run_isolated("SELECT a.user_id FROM events a, events b, events c", EVENTS, 7,
+                               memory_mb=BUDGET_MB, timeout_seconds=TIMEOUT_S)
+    assert endless.num_rows == 7
+
+
+def test_planning_is_bounded_too() -> None:
+    """Constant folding runs at plan time: it must not fold in the API's memory."""
+    schema = plan_isolated("SELECT list_sum(range(2000000000)) AS s, user_id FROM events",
+                           EVENTS.schema, memory_mb=BUDGET_MB, timeout_seconds=TIMEOUT_S)
+    assert schema.names == ["s", "user_id"]
+    with pytest.raises(SqlError) as caught:
+        plan_isolated("SELECT nope FROM events", EVENTS.schema)
+    assert caught.value.code == "invalid_sql" and "nope" in str(caught.value)
+    with pytest.raises(SqlError) as caught:
+        plan_isolated("SELECT * FROM duckdb_settings()", EVENTS.schema)
+    assert caught.value.code == "refused"
+
+
+@pytest.mark.parametrize("sql", RUNAWAYS)
+def test_the_epoch_step_stops_a_runaway_query(sql: str) -> None:
+    """In a process of its own with the epoch worker's cap, so a miss shows as a crash."""
+    script = textwrap.dedent(f"""
+        import pyarrow as pa
+        from transforms.sandbox import SqlError, limit_process_memory, run_sql, sandboxed_connection
+        limit_process_memory({2 * BUDGET_MB})  # the job manager's worker cap, a backstop
+        events = pa.table({{"user_id": pa.array(range(2000), pa.int64()),
+                           "country": pa.array(["de", "fr"] * 1000)}})
+        con = sandboxed_connection(memory_limit="{BUDGET_MB // 2}MB")
+        try:
+            run_sql(con, {sql!r}, events, {TIMEOUT_S}, memory_mb={BUDGET_MB},
+                    max_output_mb={BUDGET_MB // 4})
+            print("finished")
+        except SqlError as err:
+            print(err.code)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] in BOUND_CODES, done.stdout
+
+
+def test_output_is_read_in_batches_and_capped() -> None:
+    con = sandboxed_connection()
+    try:
+        with pytest.raises(SqlError) as caught:
+            run_sql(con, "SELECT a.*, b.user_id AS b FROM events a, events b", EVENTS, 30.0,
+                    max_output_mb=1)
+        assert caught.value.code == "output_limit" and "1 MB" in str(caught.value)
+        # what fits is returned whole, and the connection is fine afterwards
+        small = run_sql(con, "SELECT count(*) AS n FROM events a, events b", EVENTS, 30.0,
+                        max_output_mb=1)
+        assert small.to_pylist() == [{"n": 4_000_000}]
+        assert run_sql(con, "SELECT user_id FROM events", EVENTS, max_rows=5).num_rows == 5
+    finally:
+        con.close()
+
+
+def test_an_epoch_step_failure_carries_its_code_and_the_connection_is_not_kept() -> None:
+    fn = _DuckDbSqlFn("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) "
+                      "SELECT max(n) AS n FROM t", 1.0, "plan-runaway")
+    fn.setup()
+    with pytest.raises(SqlError) as caught:
+        list(fn.process(EVENTS))
+    fn.teardown()
+    assert caught.value.code == "timeout" and "longer than 1 s" in str(caught.value)
+
+
+def test_a_query_cannot_spill_to_disk_or_show_a_directory() -> None:
+    con = sandboxed_connection(memory_limit="64MB")
+    try:
+        settings = dict(con.sql("SELECT name, value FROM duckdb_settings()").fetchall())
+        assert settings["temp_directory"] == ""
+        assert settings["max_temp_directory_size"] == "0 bytes"
+        with pytest.raises(SqlError) as caught:
+            run_sql(con, "SELECT * FROM range(20000000) ORDER BY random()",
+                    pa.table({"x": [1]}), 30.0, memory_mb=128)
+        assert caught.value.code == "memory_limit" and "128 MB" in str(caught.value)
+    finally:
+        con.close()
+
+
+def test_an_epoch_worker_capped_for_its_budget_runs_sql_and_stops_runaways() -> None:
+    """The job manager's hook: ``limit_epoch_worker_memory`` in a Beam worker process."""
+    script = textwrap.dedent("""
+        import apache_beam as beam
+        import pyarrow as pa
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        from transforms.sandbox import limit_epoch_worker_memory
+        from transforms.sql import DuckDbSql
+
+        limit_epoch_worker_memory()
+        events = pa.table({"i": pa.array(range(1000), pa.int64())})
+        for sql in ["SELECT sum(i) AS s FROM events",
+                    "SELECT a.i, b.i AS j, c.i AS k FROM events a, events b, events c",
+                    "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t, range(2)) "
+                    "SELECT count(*) AS n FROM t"]:
+            try:
+                with beam.Pipeline(runner=FnApiRunner()) as p:
+                    (p | beam.Create([0]) | "Events" >> beam.Map(lambda _: events)
+                     | DuckDbSql(sql) | "Show" >> beam.Map(lambda t: print("rows", t.num_rows)))
+            except Exception as err:
+                print("error", type(err).__name__ + ":", str(err).split(" [while running")[0])
+    """)
+    env = {**os.environ, "PIPELINE_DO_SQL_MEMORY_MB": str(BUDGET_MB),
+           "PIPELINE_DO_SQL_TIMEOUT_SECONDS": str(TIMEOUT_S)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("rows", "error"))]
+    assert lines[0] == "rows 1"
+    assert lines[1] == f"error SqlError: the SQL's result is larger than its {BUDGET_MB // 4} MB " \
+                       "limit: check its joins"
+    assert lines[2].startswith("error SqlError: the SQL ")  # out of memory or of time
+    assert len(lines) == 3
