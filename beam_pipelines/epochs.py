@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
 from beam_pipelines.definition import PipelineDefinition, definition_from_dict
 from beam_pipelines.errors import StorageError
+from beam_pipelines.layout import is_local, scratch_directory
 from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from transforms.decode import arrow_schema
 
@@ -175,7 +176,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         table = _iceberg_table(sink, data_dir, pipeline_id)
         appended = table.appended_files(epoch_no) if table is not None else None
         entries = run_epoch_pipeline(spec) if appended is None else appended
-        sizes = file_sizes(sink, [e["path"] for e in entries], epoch_no)
+        sizes = file_sizes(sink, [e["path"] for e in entries], epoch_no, pipeline_id)
         files = [{**e, **sizes[e["path"]]} for e in entries]
         sync_local_files(sink, [f["uri"] for f in files])
         if table is not None and appended is None:
@@ -195,9 +196,9 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     result = commit_epoch(store, pipeline_id, epoch_no, files)
     if release:
         release_epoch(data_dir, result)
-    _remove_scratch(sink.uri, epoch_no)
+    _remove_scratch(sink.uri, pipeline_id, epoch_no)
     if retried:
-        remove_remote_scratch(sink, epoch_no)
+        remove_remote_scratch(sink, pipeline_id, epoch_no)
     return result
 
 
@@ -275,10 +276,13 @@ def commit_epoch(store: Store, pipeline_id: str, epoch_no: int,
                        range_start=range_start, range_end=range_end, committed_at=now)
 
 
-def _remove_scratch(root: str, epoch_no: int) -> None:
-    if "://" not in root:
-        shutil.rmtree(os.path.join(root, "_tmp", f"epoch-{epoch_no:010d}"), ignore_errors=True)
+def _remove_scratch(root: str, pipeline_id: str, epoch_no: int) -> None:
+    if not is_local(root):
+        return
+    directory = scratch_directory(root, pipeline_id, epoch_no)
+    shutil.rmtree(directory, ignore_errors=True)
+    for parent in (os.path.dirname(directory), os.path.join(root, "_tmp")):
         try:
-            os.rmdir(os.path.join(root, "_tmp"))
+            os.rmdir(parent)  # only once empty: another epoch or pipeline may be using it
         except OSError:
             pass
