@@ -20,6 +20,7 @@ setup(
         "requests>=2.31",
         "prometheus-client>=0.20",
         "tqdm>=4.66",
+        "cryptography>=42",  # sink secrets at rest (Fernet)
     ],
     extras_require={
         "gcp": ["google-cloud-storage>=2.14", "apache-beam[gcp]>=2.77,<2.78"],

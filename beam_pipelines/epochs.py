@@ -15,7 +15,7 @@ import gc
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,8 @@ from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
 from beam_pipelines.definition import PipelineDefinition, definition_from_dict
 from beam_pipelines.errors import StorageError
 from beam_pipelines.layout import is_local, scratch_directory
+from beam_pipelines.sealing import SecretBox
+from beam_pipelines.sink_roots import allowed_local_roots, check_local_sink
 from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from transforms.decode import arrow_schema
 
@@ -124,7 +126,8 @@ def try_plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush
 
 
 def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
-              release: bool = True, predecessor_timeout: float = 0.0) -> EpochResult:
+              release: bool = True, predecessor_timeout: float = 0.0,
+              local_sink_roots: Sequence[str] | None = None) -> EpochResult:
     """Run a planned epoch end to end and commit it. Safe to call again after a crash.
 
     With ``release``, the committed rows then leave the buffer here; the job
@@ -135,6 +138,10 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     manager does this to flush a stopping pipeline on every worker) writes
     its files, then waits up to ``predecessor_timeout`` seconds for the
     predecessor's commit; if that does not come, it fails and is retried.
+
+    A local sink is checked against ``local_sink_roots`` (default: the data
+    dir's lake/ and ``PIPELINE_DO_LOCAL_SINK_ROOTS``) again here: a symlink
+    made since ``create`` must not lead the epoch's files elsewhere.
     """
     from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
     from beam_pipelines.storage_paths import (
@@ -165,6 +172,10 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     os.makedirs(scratch, exist_ok=True)
     failure: StorageError | None = None
     try:
+        # The stored secrets are sealed: open them here, where the epoch writes.
+        sink = SecretBox.for_data_dir(data_dir).open_sink(sink)
+        if is_local(sink.uri):
+            check_local_sink(sink.uri, allowed_local_roots(data_dir, local_sink_roots))
         spec = EpochSpec(
             pipeline_id=pipeline_id, epoch=epoch_no, range_start=range_start,
             range_end=range_end, sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),
