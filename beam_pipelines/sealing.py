@@ -72,14 +72,8 @@ class SecretBox:
     @classmethod
     def for_data_dir(cls, data_dir: str, key: str | None = None) -> SecretBox:
         """The box for a server: ``key``, else ``PIPELINE_DO_SECRET_KEY``, else the data
-        dir's ``secret.key`` (generated on first use)."""
-        key = key or _ENV_KEY
-        cache_key = (os.path.abspath(data_dir), key)
-        with _boxes_lock:
-            box = _boxes.get(cache_key)
-            if box is None:
-                box = _boxes[cache_key] = cls(key or _key_from_file(data_dir))
-            return box
+        dir's ``secret.key`` (generated on first use). Cheap: read again for each epoch."""
+        return cls(key or _ENV_KEY or _key_from_file(data_dir))
 
     def seal(self, value: str) -> str:
         if value.startswith(_PREFIX):
@@ -111,10 +105,6 @@ class SecretBox:
         """The sink with its secrets in plain text: for the epoch that writes to it."""
         options, table = _map_secrets(sink.options, sink.table, self.open)
         return replace(sink, options=options, table=table)
-
-
-_boxes: dict[tuple[str, str | None], SecretBox] = {}
-_boxes_lock = threading.Lock()
 
 
 def _map_secrets(options: dict[str, Any], table: dict[str, Any] | None,

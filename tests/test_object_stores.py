@@ -380,3 +380,25 @@ def test_an_iceberg_table_on_object_storage(scheme: str, stores: dict[str, Store
         assert rows == [(i,) for i in range(1500)]
     assert any(key.startswith("metadata/") for key in store.objects(f"iceberg/{name}"))
     server.ok("stop", {"name": name})
+
+
+def test_an_s3_sink_with_keys_delivers_and_the_store_holds_them_sealed(
+        stores: dict[str, Store], server: LiveServer, tmp_path: Path) -> None:
+    """moto takes any keys: distinctive ones show they never reach the store's file."""
+    store = stores["s3"]
+    keys = {"access_key_id": "AKIASEALEDMOTO00042", "secret_access_key": "Moto-Secret-Sealed-42"}
+    name = "sealed-s3"
+    pipeline_id = server.ok("create", {"name": name, "schema": [{"name": "n", "type": "int64"}],
+                                       "sink": {"uri": store.uri(name),
+                                                "options": {**store.options, **keys}}})["id"]
+    server.ok("start", {"name": name})
+    body = "\n".join(json.dumps({"n": i}) for i in range(300)).encode()
+    assert server.post_ndjson(name, body).json()["data"]["accepted"] == 300
+    server.ok("stop", {"name": name}, options={"timeout": 60_000})
+    objects = store.download(name, str(tmp_path))
+    assert list(objects) == [f"part-0000000001-00000-{pipeline_id}.parquet"]
+    assert query(f"SELECT count(*), sum(n) FROM read_parquet('{tmp_path}/*.parquet')") == \
+        [(300, sum(range(300)))]
+    db = Path(server.data_dir, "pipeline-do.sqlite")
+    raw = b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
+    assert all(value.encode() not in raw for value in keys.values())

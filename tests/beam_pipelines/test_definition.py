@@ -9,7 +9,6 @@ import pytest
 from beam_pipelines.definition import parse_definition
 from beam_pipelines.errors import DefinitionError
 
-
 LAKE_ROOTS = ("/lake",)
 
 
