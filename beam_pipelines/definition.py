@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from beam_pipelines.errors import DefinitionError
-from beam_pipelines.sink_roots import check_local_sink, local_sink_path
+from beam_pipelines.sink_roots import check_local_catalog, check_local_sink, local_sink_path
 
 __all__ = [
     "COMPRESSIONS",
@@ -265,6 +265,7 @@ def _parse_sink(raw: Any, default_uri: str, local_roots: Sequence[str]) -> Sink:
     table = raw.get("table")
     if table is not None:
         _check_table(table, fmt)
+        check_local_catalog(table.get("catalog_uri"), local_roots)
     return Sink(uri=uri, format=fmt, compression=compression, partition_by=partition_by,
                 roll=_parse_roll(raw.get("roll")), options=dict(options), table=table)
 

@@ -26,7 +26,7 @@ from beam_pipelines.definition import PipelineDefinition, definition_from_dict
 from beam_pipelines.errors import StorageError
 from beam_pipelines.layout import is_local, scratch_directory
 from beam_pipelines.sealing import SecretBox
-from beam_pipelines.sink_roots import allowed_local_roots, check_local_sink
+from beam_pipelines.sink_roots import allowed_local_roots, check_local_catalog, check_local_sink
 from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from transforms.decode import arrow_schema
 
@@ -174,8 +174,11 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     try:
         # The stored secrets are sealed: open them here, where the epoch writes.
         sink = SecretBox.for_data_dir(data_dir).open_sink(sink)
+        roots = allowed_local_roots(data_dir, local_sink_roots)
         if is_local(sink.uri):
-            check_local_sink(sink.uri, allowed_local_roots(data_dir, local_sink_roots))
+            check_local_sink(sink.uri, roots)
+        if sink.table:
+            check_local_catalog(sink.table.get("catalog_uri"), roots)
         spec = EpochSpec(
             pipeline_id=pipeline_id, epoch=epoch_no, range_start=range_start,
             range_end=range_end, sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 from beam_pipelines.errors import DefinitionError
 
-__all__ = ["LOCAL_SINK_ROOTS_ENV", "allowed_local_roots", "check_local_sink",
-           "local_sink_path", "parse_local_roots"]
+__all__ = ["LOCAL_SINK_ROOTS_ENV", "allowed_local_roots", "check_local_catalog",
+           "check_local_sink", "local_sink_path", "parse_local_roots"]
 
 LOCAL_SINK_ROOTS_ENV = "PIPELINE_DO_LOCAL_SINK_ROOTS"
 # Read once: epoch workers inherit the environment of ``serve``.
@@ -71,11 +71,33 @@ def local_sink_path(raw: str) -> str:
     return "/" + os.path.normpath(path).lstrip("/")
 
 
-def check_local_sink(path: str, roots: Sequence[str]) -> None:
+def check_local_catalog(catalog_uri: str | None, roots: Sequence[str]) -> None:
+    """An Iceberg catalog in a SQLite file is a local write too: the file must lie under
+    ``roots`` like a local sink (other databases are reached over the network)."""
+    if not catalog_uri:
+        return  # the default catalog: <data dir>/iceberg.sqlite
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    field = "sink.table.catalog_uri"
+    try:
+        url = make_url(catalog_uri)
+    except ArgumentError:
+        raise DefinitionError(field, "sink.table.catalog_uri must be a SQLAlchemy URL") from None
+    if not url.drivername.startswith("sqlite"):
+        return
+    path = url.database or ""
+    if not path.startswith("/") or "\0" in path:
+        raise DefinitionError(field, "a SQLite catalog_uri needs an absolute file path "
+                              "(sqlite:////absolute/path/catalog.sqlite)")
+    check_local_sink(os.path.normpath(path), roots, field)
+
+
+def check_local_sink(path: str, roots: Sequence[str], field: str = "sink.uri") -> None:
     """Refuse a local sink path whose real location is not inside one of ``roots``.
 
-    The error names ``sink.uri`` and the roots as configured; it never shows
-    where a symlink led.
+    The error names the field (``sink.uri``) and the roots as configured; it
+    never shows where a symlink led.
     """
     real = os.path.realpath(path)
     for root in roots:
@@ -83,6 +105,6 @@ def check_local_sink(path: str, roots: Sequence[str]) -> None:
         if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
             return
     raise DefinitionError(
-        "sink.uri", f"sink.uri {path!r} is outside the directories local sinks may write to: "
+        field, f"{field} {path!r} is outside the directories local sinks may write to: "
         "allowed are paths under " + ", ".join(roots)
         + f" (the data dir's lake/, and {LOCAL_SINK_ROOTS_ENV})", allowed=list(roots))

@@ -219,3 +219,22 @@ def test_two_pipelines_on_one_sink_keep_their_own_files_and_scratch(
     assert query(f"SELECT count(*), count(DISTINCT n) FROM read_parquet('{shared}/**/*.parquet')"
                  ) == [(40, 40)]
     assert not (shared / "_tmp").exists()
+
+
+def test_a_sqlite_iceberg_catalog_is_a_local_write_held_to_the_same_roots(
+        tree: dict[str, Path]) -> None:
+    pytest.importorskip("pyiceberg")
+    root = tree["root"]
+
+    def parse_catalog(uri: str) -> Any:
+        return parse_definition({"name": "p", "sink": {"table": {"name": "t", "catalog_uri": uri}}},
+                                default_sink_uri=f"{root}/{{name}}", local_sink_roots=(str(root),))
+
+    for uri in ("sqlite:////etc/catalog.sqlite", f"sqlite:///{root}/../catalog.sqlite",
+                f"sqlite+pysqlite:///{root}/out-link/c.sqlite", "sqlite:///relative.sqlite",
+                "sqlite://", "sqlite:///:memory:"):
+        with pytest.raises(DefinitionError) as caught:
+            parse_catalog(uri)
+        assert caught.value.field == "sink.table.catalog_uri", uri
+    assert parse_catalog(f"sqlite:///{root}/deep/c.sqlite").sink.table is not None
+    assert parse_catalog("postgresql://u:pw@127.0.0.1/catalog").sink.table is not None
