@@ -21,6 +21,7 @@ setup(
         "prometheus-client>=0.20",
         "tqdm>=4.66",
         "zstandard>=0.22",
+        "cryptography>=42",  # sink secrets at rest (Fernet)
     ],
     extras_require={
         "gcp": ["google-cloud-storage>=2.14", "apache-beam[gcp]>=2.77,<2.78"],

@@ -5,9 +5,9 @@ The local runner builds one bounded pipeline per epoch:
     Impulse → ReadBufferRange → DuckDbSql → SplitPartitions → WriteToFiles(sink)
 
 Every element is an Arrow table (the whole epoch, then one per partition),
-never a single event. Output names are deterministic:
-``{sink}/{partition}/part-{epoch:010d}-{shard:05d}.{ext}``, so re-running an
-epoch rewrites the same objects with the same rows.
+never a single event. Output names are deterministic and carry the
+pipeline id (:mod:`beam_pipelines.layout`), so re-running an epoch rewrites
+the same objects with the same rows, and no other pipeline's.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from apache_beam.transforms import environments
 
 from beam_pipelines.buffer import EventBuffer
 from beam_pipelines.definition import Sink
+from beam_pipelines.layout import is_local, part_file_name, scratch_directory
 from transforms.decode import EVENT_TIME
 from transforms.partition import split_partitions
 from transforms.sinks import file_extension, make_sink
 from transforms.sql import DuckDbSql
 
-__all__ = ["EpochSpec", "ReadBufferRange", "build_epoch_pipeline", "epoch_file_name",
-           "run_epoch_pipeline"]
+__all__ = ["EpochSpec", "ReadBufferRange", "build_epoch_pipeline", "run_epoch_pipeline"]
 
 logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
@@ -59,11 +59,6 @@ class EpochSpec:
     planned_at: float
     manifest_path: str
     pipeline_options: dict[str, Any] = field(default_factory=dict)
-
-
-def epoch_file_name(epoch: int, shard: int, extension: str, partition: str = "") -> str:
-    name = f"part-{epoch:010d}-{shard:05d}.{extension}"
-    return f"{partition}/{name}" if partition else name
 
 
 # The epoch each compiled plan is running right now in this process. A plan
@@ -118,13 +113,13 @@ class _SplitPartitionsFn(beam.DoFn):
         extension = file_extension(sink.format, sink.compression)
         entries = []
         for partition, rows in split_partitions(table, sink.partition_by, fallback):
-            if "://" not in sink.uri:
+            if is_local(sink.uri):
                 # Beam's local rename does not create directories and only logs
                 # a failed move; make the partition directory first.
                 os.makedirs(os.path.join(sink.uri, partition), exist_ok=True)
             entries.append({
                 "partition": partition,
-                "path": epoch_file_name(spec.epoch, 0, extension, partition),
+                "path": part_file_name(spec.pipeline_id, spec.epoch, 0, extension, partition),
                 "rows": rows.num_rows,
                 **_event_time_range(rows),
             })
@@ -151,8 +146,9 @@ class _EpochFileNaming:
 
     def __call__(self, window: Any, pane: Any, shard_index: int, total_shards: int,
                  compression: str, destination: str) -> str:
-        epoch = _running(self._token).epoch
-        return epoch_file_name(epoch, shard_index, self._extension, destination)
+        spec = _running(self._token)
+        return part_file_name(spec.pipeline_id, spec.epoch, shard_index, self._extension,
+                              destination)
 
 
 class _EpochTempDirectory(ValueProvider):
@@ -166,7 +162,7 @@ class _EpochTempDirectory(ValueProvider):
 
     def get(self) -> str:
         spec = _running(self._token)
-        return epoch_temp_directory(spec.sink.uri, spec.epoch)
+        return scratch_directory(spec.sink.uri, spec.pipeline_id, spec.epoch)
 
 
 class _SinkFactory:
@@ -180,10 +176,6 @@ class _SinkFactory:
 
 def _destination(element: tuple[str, pa.Table]) -> str:
     return element[0]
-
-
-def epoch_temp_directory(sink_uri: str, epoch: int) -> str:
-    return f"{sink_uri}/_tmp/epoch-{epoch:010d}"
 
 
 def build_epoch_pipeline(spec: EpochSpec, token: str) -> beam.Pipeline:

@@ -9,10 +9,12 @@ meaning. Every error names the field and what is allowed.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from beam_pipelines.errors import DefinitionError
+from beam_pipelines.sink_roots import check_local_catalog, check_local_sink, local_sink_path
 
 __all__ = [
     "COMPRESSIONS",
@@ -134,11 +136,13 @@ class PipelineDefinition:
         return out
 
 
-def parse_definition(params: dict[str, Any], *, default_sink_uri: str) -> PipelineDefinition:
+def parse_definition(params: dict[str, Any], *, default_sink_uri: str,
+                     local_sink_roots: Sequence[str]) -> PipelineDefinition:
     """Validate a ``create`` request's parameters into a definition.
 
     ``default_sink_uri`` is where files go when the sink names no ``uri``
-    (``<data dir>/lake/<name>``); it may contain ``{name}``.
+    (``<data dir>/lake/<name>``); it may contain ``{name}``. A local sink
+    must lie under one of ``local_sink_roots`` (see ``beam_pipelines.sink_roots``).
     """
     if not isinstance(params, dict):
         raise DefinitionError("parameters", "parameters must be an object")
@@ -149,7 +153,8 @@ def parse_definition(params: dict[str, Any], *, default_sink_uri: str) -> Pipeli
             "and not start with 'pl_'")
     schema = _parse_schema(params.get("schema"))
     event_time_field = _parse_event_time_field(params.get("event_time_field"), schema)
-    sink = _parse_sink(params.get("sink"), default_sink_uri.replace("{name}", name))
+    sink = _parse_sink(params.get("sink"), default_sink_uri.replace("{name}", name),
+                       local_sink_roots)
     runner = _parse_runner(params.get("runner"))
     sql = _parse_sql(params.get("sql", DEFAULT_SQL))
     return PipelineDefinition(name=name, sql=sql, schema=schema,
@@ -226,7 +231,7 @@ def _parse_event_time_field(raw: Any, schema: tuple[Field, ...] | None) -> str |
     return str(raw)
 
 
-def _parse_sink(raw: Any, default_uri: str) -> Sink:
+def _parse_sink(raw: Any, default_uri: str, local_roots: Sequence[str]) -> Sink:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -239,7 +244,7 @@ def _parse_sink(raw: Any, default_uri: str) -> Sink:
     uri = raw.get("uri") or default_uri
     if not isinstance(uri, str):
         raise DefinitionError("sink.uri", "sink.uri must be a string")
-    uri = _normalize_uri(uri)
+    uri = _normalize_uri(uri, local_roots)
     fmt = raw.get("format", "parquet")
     if fmt not in FORMATS:
         raise DefinitionError("sink.format", f"unknown format {fmt!r}: allowed " + ", ".join(FORMATS))
@@ -260,6 +265,7 @@ def _parse_sink(raw: Any, default_uri: str) -> Sink:
     table = raw.get("table")
     if table is not None:
         _check_table(table, fmt)
+        check_local_catalog(table.get("catalog_uri"), local_roots)
     return Sink(uri=uri, format=fmt, compression=compression, partition_by=partition_by,
                 roll=_parse_roll(raw.get("roll")), options=dict(options), table=table)
 
@@ -278,21 +284,17 @@ def _check_table(table: Any, fmt: str) -> None:
         raise DefinitionError("sink.table", missing)
 
 
-def _normalize_uri(uri: str) -> str:
+def _normalize_uri(uri: str, local_roots: Sequence[str]) -> str:
     uri = uri.rstrip("/")
-    if "://" not in uri:
-        if not uri.startswith("/"):
-            raise DefinitionError("sink.uri", "sink.uri must be file:///absolute/path, "
-                                  "gs://bucket/prefix or s3://bucket/prefix")
-        return uri
-    scheme, rest = uri.split("://", 1)
+    scheme, _, rest = uri.partition("://") if "://" in uri else ("file", "", uri)
     if scheme not in SINK_SCHEMES:
         raise DefinitionError("sink.uri", f"unknown scheme {scheme!r}: allowed "
                               + ", ".join(SINK_SCHEMES))
     if scheme == "file":
-        if not rest.startswith("/"):
-            raise DefinitionError("sink.uri", "a file:// uri needs an absolute path (file:///...)")
-        return rest  # local paths are kept plain: Beam's LocalFileSystem wants them so
+        # Local paths are kept plain: Beam's LocalFileSystem wants them so.
+        path = local_sink_path(uri)
+        check_local_sink(path, local_roots)
+        return path
     if not rest or rest.startswith("/"):
         raise DefinitionError("sink.uri", f"{scheme}:// needs a bucket name")
     if ".." in rest.split("/"):

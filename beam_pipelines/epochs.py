@@ -15,7 +15,7 @@ import gc
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,9 @@ from sqlalchemy import func, select
 from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
 from beam_pipelines.definition import PipelineDefinition, definition_from_dict
 from beam_pipelines.errors import StorageError
+from beam_pipelines.layout import is_local, scratch_directory
+from beam_pipelines.sealing import SecretBox
+from beam_pipelines.sink_roots import allowed_local_roots, check_local_catalog, check_local_sink
 from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from transforms.decode import arrow_schema
 
@@ -123,7 +126,8 @@ def try_plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush
 
 
 def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
-              release: bool = True, predecessor_timeout: float = 0.0) -> EpochResult:
+              release: bool = True, predecessor_timeout: float = 0.0,
+              local_sink_roots: Sequence[str] | None = None) -> EpochResult:
     """Run a planned epoch end to end and commit it. Safe to call again after a crash.
 
     With ``release``, the committed rows then leave the buffer here; the job
@@ -134,6 +138,10 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     manager does this to flush a stopping pipeline on every worker) writes
     its files, then waits up to ``predecessor_timeout`` seconds for the
     predecessor's commit; if that does not come, it fails and is retried.
+
+    A local sink is checked against ``local_sink_roots`` (default: the data
+    dir's lake/ and ``PIPELINE_DO_LOCAL_SINK_ROOTS``) again here: a symlink
+    made since ``create`` must not lead the epoch's files elsewhere.
     """
     from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
     from beam_pipelines.storage_paths import (
@@ -164,6 +172,13 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     os.makedirs(scratch, exist_ok=True)
     failure: StorageError | None = None
     try:
+        # The stored secrets are sealed: open them here, where the epoch writes.
+        sink = SecretBox.for_data_dir(data_dir).open_sink(sink)
+        roots = allowed_local_roots(data_dir, local_sink_roots)
+        if is_local(sink.uri):
+            check_local_sink(sink.uri, roots)
+        if sink.table:
+            check_local_catalog(sink.table.get("catalog_uri"), roots)
         spec = EpochSpec(
             pipeline_id=pipeline_id, epoch=epoch_no, range_start=range_start,
             range_end=range_end, sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),
@@ -175,7 +190,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         table = _iceberg_table(sink, data_dir, pipeline_id)
         appended = table.appended_files(epoch_no) if table is not None else None
         entries = run_epoch_pipeline(spec) if appended is None else appended
-        sizes = file_sizes(sink, [e["path"] for e in entries], epoch_no)
+        sizes = file_sizes(sink, [e["path"] for e in entries], epoch_no, pipeline_id)
         files = [{**e, **sizes[e["path"]]} for e in entries]
         sync_local_files(sink, [f["uri"] for f in files])
         if table is not None and appended is None:
@@ -195,9 +210,9 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     result = commit_epoch(store, pipeline_id, epoch_no, files)
     if release:
         release_epoch(data_dir, result)
-    _remove_scratch(sink.uri, epoch_no)
+    _remove_scratch(sink.uri, pipeline_id, epoch_no)
     if retried:
-        remove_remote_scratch(sink, epoch_no)
+        remove_remote_scratch(sink, pipeline_id, epoch_no)
     return result
 
 
@@ -275,10 +290,13 @@ def commit_epoch(store: Store, pipeline_id: str, epoch_no: int,
                        range_start=range_start, range_end=range_end, committed_at=now)
 
 
-def _remove_scratch(root: str, epoch_no: int) -> None:
-    if "://" not in root:
-        shutil.rmtree(os.path.join(root, "_tmp", f"epoch-{epoch_no:010d}"), ignore_errors=True)
+def _remove_scratch(root: str, pipeline_id: str, epoch_no: int) -> None:
+    if not is_local(root):
+        return
+    directory = scratch_directory(root, pipeline_id, epoch_no)
+    shutil.rmtree(directory, ignore_errors=True)
+    for parent in (os.path.dirname(directory), os.path.join(root, "_tmp")):
         try:
-            os.rmdir(os.path.join(root, "_tmp"))
+            os.rmdir(parent)  # only once empty: another epoch or pipeline may be using it
         except OSError:
             pass

@@ -13,7 +13,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,6 +34,8 @@ from beam_pipelines.errors import (
     TimeoutExceeded,
     Unavailable,
 )
+from beam_pipelines.sealing import SecretBox
+from beam_pipelines.sink_roots import allowed_local_roots
 from beam_pipelines.store import (
     Epoch,
     EpochFile,
@@ -65,10 +67,17 @@ class PipelineService:
     """What the API calls; every method takes a pipeline id or name."""
 
     def __init__(self, store: Store, data_dir: str, *, default_sink_uri: str,
+                 local_sink_roots: Sequence[str] | None = None,
+                 secret_box: SecretBox | None = None,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        """``local_sink_roots``: where local sinks may write besides ``<data dir>/lake``
+        (default: ``PIPELINE_DO_LOCAL_SINK_ROOTS``); ``secret_box`` seals sink secrets
+        before they are stored (default: the data dir's, see ``beam_pipelines.sealing``)."""
         self.store = store
         self.data_dir = data_dir
         self.default_sink_uri = default_sink_uri
+        self.local_sink_roots = allowed_local_roots(data_dir, local_sink_roots)
+        self._secrets = secret_box or SecretBox.for_data_dir(data_dir)
         self._on_event = on_event or (lambda _type, _data: None)
         self._buffers = BufferHandles(data_dir)
         self._targets: dict[str, tuple[float, PipelineDefinition, str]] = {}
@@ -77,7 +86,8 @@ class PipelineService:
     # -- definition -------------------------------------------------------
 
     def create(self, params: dict[str, Any]) -> dict[str, Any]:
-        definition = parse_definition(params, default_sink_uri=self.default_sink_uri)
+        definition = parse_definition(params, default_sink_uri=self.default_sink_uri,
+                                      local_sink_roots=self.local_sink_roots)
         output_schema = self._plan(definition, definition.sql)
         now = time.time()
         pipeline_id = "pl_" + secrets.token_hex(8)
@@ -86,7 +96,7 @@ class PipelineService:
                 raise ConflictError(f"a pipeline named {definition.name!r} already exists",
                                     {"field": "name"})
             row = PipelineRow(id=pipeline_id, name=definition.name, status="created", version=1,
-                              definition=json.dumps(definition.to_dict()), created_at=now,
+                              definition=self._stored(definition), created_at=now,
                               updated_at=now)
             s.add(row)
             s.add(SqlVersion(pipeline_id=pipeline_id, version=1, sql=definition.sql,
@@ -122,7 +132,7 @@ class PipelineService:
         with self.store.session() as s:
             row = self._row(s, ref)
             row.version += 1
-            row.definition = json.dumps(definition.to_dict())
+            row.definition = self._stored(definition)
             row.updated_at = now
             s.add(SqlVersion(pipeline_id=row.id, version=row.version, sql=definition.sql,
                              output_schema=json.dumps(output_schema), created_at=now))
@@ -335,6 +345,10 @@ class PipelineService:
         with self.store.reading() as s:
             row = self._row(s, ref)
             return definition_from_dict(row.definition_dict()), row.id
+
+    def _stored(self, definition: PipelineDefinition) -> str:
+        """The definition as the store keeps it: every write goes through here, sealed."""
+        return json.dumps(self._secrets.seal_definition(definition.to_dict()))
 
     def _row(self, session: Any, ref: str) -> PipelineRow:
         if not isinstance(ref, str) or not ref:

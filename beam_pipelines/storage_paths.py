@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from beam_pipelines.definition import Sink
 from beam_pipelines.errors import StorageError
+from beam_pipelines.layout import is_local, join_uri, part_file_name, scratch_directory
 
 __all__ = ["epoch_write_error", "file_sizes", "join_uri", "pipeline_options",
            "remove_remote_scratch"]
@@ -26,10 +27,6 @@ __all__ = ["epoch_write_error", "file_sizes", "join_uri", "pipeline_options",
 _log = logging.getLogger(__name__)
 
 _MAX_DETAIL_CHARS = 300
-
-
-def join_uri(root: str, relative: str) -> str:
-    return f"{root.rstrip('/')}/{relative}"
 
 
 def pipeline_options(sink: Sink) -> dict[str, Any]:
@@ -40,7 +37,7 @@ def pipeline_options(sink: Sink) -> dict[str, Any]:
     ``activate_sink`` before each epoch it would back off ~25 s looking for
     Google credentials, or write with the previous sink's settings.
     """
-    if "://" not in sink.uri:
+    if is_local(sink.uri):
         return {}
     from beam_pipelines.storage import activate_sink, pipeline_options_for_sink
 
@@ -82,12 +79,15 @@ def _table_secrets(sink: Sink) -> list[str]:
     return [password] if password else []
 
 
-def file_sizes(sink: Sink, relative_paths: list[str], epoch: int) -> dict[str, Any]:
+def file_sizes(sink: Sink, relative_paths: list[str], epoch: int,
+               pipeline_id: str) -> dict[str, Any]:
     """Map each relative path to ``{"uri", "bytes"}``; fail if one is missing."""
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    if "://" in sink.uri:
+    from transforms.sinks import file_extension
+
+    if not is_local(sink.uri):
         FileSystems.set_options(PipelineOptions(flags=[], **pipeline_options(sink)))
     uris = [join_uri(sink.uri, p) for p in relative_paths]
     results = FileSystems.match(uris) if uris else []
@@ -98,7 +98,10 @@ def file_sizes(sink: Sink, relative_paths: list[str], epoch: int) -> dict[str, A
             raise FileNotFoundError(f"epoch {epoch} output {uri} was not written")
         sizes[relative] = {"uri": uri, "bytes": found[0].size_in_bytes}
     # A second shard for one partition would mean rows the manifest misses.
-    extra = [join_uri(sink.uri, p).replace("-00000.", "-00001.") for p in relative_paths]
+    extension = file_extension(sink.format, sink.compression)
+    extra = [join_uri(sink.uri, part_file_name(pipeline_id, epoch, 1, extension,
+                                               p.rpartition("/")[0]))
+             for p in relative_paths]
     for result in FileSystems.match(extra) if extra else []:
         if result.metadata_list:
             raise RuntimeError(f"epoch {epoch} wrote more than one shard for a partition")
@@ -114,7 +117,7 @@ def sync_local_files(sink: Sink, uris: list[str]) -> None:
     renames into place, and partition directories made for this epoch).
     gs:// and s3:// objects are durable once their upload completes.
     """
-    if "://" in sink.uri:
+    if not is_local(sink.uri):
         return
     root = os.path.abspath(sink.uri)
     directories: set[str] = set()
@@ -137,18 +140,18 @@ def _fsync_path(path: str, flags: int) -> None:
         os.close(fd)
 
 
-def remove_remote_scratch(sink: Sink, epoch: int) -> None:
-    """Delete what failed attempts of an epoch left under ``{sink}/_tmp/epoch-N/`` (gs://, s3://).
+def remove_remote_scratch(sink: Sink, pipeline_id: str, epoch: int) -> None:
+    """Delete what failed attempts of an epoch left in its scratch directory (gs://, s3://).
 
     ``WriteToFiles`` removes its temporary objects when a run succeeds, not
     those of an earlier attempt that died after writing them. Called after
     the commit of a retried epoch; a failure here only leaves garbage.
     """
-    if "://" not in sink.uri:
+    if is_local(sink.uri):
         return
     from beam_pipelines.storage import delete_files, list_files
 
-    prefix = join_uri(sink.uri, f"_tmp/epoch-{epoch:010d}")
+    prefix = scratch_directory(sink.uri, pipeline_id, epoch)
     try:
         delete_files([uri for uri, _size in list_files(prefix, sink.options)], sink.options)
     except Exception as err:  # noqa: BLE001 - the epoch is committed; garbage is harmless

@@ -12,6 +12,7 @@ __all__ = ["create_app"]
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     from beam_pipelines.pipelines import PipelineService
+    from beam_pipelines.sealing import SecretBox
     from beam_pipelines.store import Store
     from control_api import (
         auth,
@@ -39,6 +40,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["pdo_store"] = store
     app.extensions["pdo_service"] = PipelineService(
         store, data_dir, default_sink_uri=os.path.join(data_dir, "lake", "{name}"),
+        local_sink_roots=app.config["LOCAL_SINK_ROOTS"],
+        secret_box=SecretBox.for_data_dir(data_dir, app.config["SECRET_KEY"]),
         on_event=webhooks.Outbox(store).on_event)
     app.extensions["pdo_rate_limiter"] = RateLimiter(os.path.join(data_dir, "ratelimit.sqlite"),
                                                      app.config["RATE_LIMIT"])

@@ -56,6 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
     store.dispose()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not _seal_secrets(config):
+        return 2
     _raise_open_file_limit()
     outbox = Outbox(Store(config["DATABASE_URL"]))
     manager = JobManager(config["DATABASE_URL"], config["DATA_DIR"], workers=args.job_workers,
@@ -148,6 +150,40 @@ def _answering(address: tuple[Any, ...], server: subprocess.Popen[bytes],
         logging.getLogger(__name__).warning("the API did not answer on port %s within %.0fs",
                                             port, timeout)
     return False
+
+
+def _seal_secrets(config: dict[str, Any]) -> bool:
+    """Load (or make) the secret key, seal secrets stored in plain text, and say which
+    pipelines' secrets the key cannot open. False: the key itself is malformed."""
+    from beam_pipelines.sealing import (
+        SECRET_KEY_ENV,
+        SecretBox,
+        SecretKeyError,
+        seal_stored_definitions,
+        unreadable_pipelines,
+    )
+    from beam_pipelines.store import Store
+
+    log = logging.getLogger(__name__)
+    try:
+        box = SecretBox.for_data_dir(config["DATA_DIR"], config["SECRET_KEY"])
+    except SecretKeyError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return False
+    store = Store(config["DATABASE_URL"])
+    try:
+        sealed = seal_stored_definitions(store, box)
+        if sealed:
+            log.info("sealed the plain-text sink secrets of %d stored pipeline(s)", sealed)
+        unreadable = unreadable_pipelines(store, box)
+    finally:
+        store.dispose()
+    if unreadable:
+        # Serve anyway: the other pipelines work, and these fail with this reason.
+        log.error("%s (or the data dir's secret.key) does not open the stored sink secrets of "
+                  "%s: their epochs fail until the key they were sealed with is set",
+                  SECRET_KEY_ENV, ", ".join(unreadable))
+    return True
 
 
 # Open files a pipeline holds while events flow (its buffer's SQLite

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from beam_pipelines.sink_roots import LOCAL_SINK_ROOTS_ENV, parse_local_roots
 from beam_pipelines.store import default_database_url
 
 __all__ = ["load_config"]
@@ -26,9 +27,20 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "DEFAULT_TIMEOUT_MS": 30_000,
         "RUN_JOB_MANAGER": False,
         "JOB_WORKERS": None,
+        # Where local sinks may write besides <data dir>/lake.
+        "LOCAL_SINK_ROOTS": _roots_env(),
+        # Fernet key for sink secrets at rest; unset: <data dir>/secret.key.
+        "SECRET_KEY": os.environ.get("PIPELINE_DO_SECRET_KEY") or None,
     }
     config.update(overrides)
     return config
+
+
+def _roots_env() -> tuple[str, ...]:
+    try:
+        return parse_local_roots(os.environ.get(LOCAL_SINK_ROOTS_ENV))
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def _int_env(name: str, default: int, minimum: int | None = None) -> int:

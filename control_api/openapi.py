@@ -99,7 +99,8 @@ def _schemas() -> dict[str, Any]:
                      extra=False),
         "Sink": _obj({
             "uri": {"type": "string", "description": "file:///path, gs://bucket/prefix or "
-                    "s3://bucket/prefix; default <data dir>/lake/<name>"},
+                    "s3://bucket/prefix; default <data dir>/lake/<name>. A local path must lie "
+                    "under <data dir>/lake/ or PIPELINE_DO_LOCAL_SINK_ROOTS (400 otherwise)"},
             "format": {"enum": list(FORMATS)},
             "compression": {"enum": compressions},
             "partition_by": {"type": ["string", "null"],

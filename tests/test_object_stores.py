@@ -134,14 +134,16 @@ def test_every_format_and_compression_reads_back_from_both_stores(
     for scheme, format_name, compression in cases:
         name = f"fmt-{scheme}-{format_name}-{compression}"
         server.ok("stop", {"name": name}, options={"timeout": 120_000})
-        manifest = server.ok("get", {"name": name})["files"]
+        info = server.ok("get", {"name": name})
+        manifest, pipeline_id = info["files"], info["id"]
         store = stores[scheme]
         target = tmp_path / name
         objects = store.download(f"formats/{name}", str(target))
         extension = {"parquet": ".parquet", "jsonl": ".jsonl", "csv": ".csv"}[format_name]
         extension += ".gz" if compression == "gzip" and format_name != "parquet" else ""
-        assert sorted(objects) == ["dt=2026-03-01/part-0000000001-00000" + extension,
-                                   "dt=2026-03-02/part-0000000001-00000" + extension], objects
+        assert sorted(objects) == [f"dt=2026-03-01/part-0000000001-00000-{pipeline_id}{extension}",
+                                   f"dt=2026-03-02/part-0000000001-00000-{pipeline_id}{extension}"
+                                   ], objects
         assert {f["path"]: f["bytes"] for f in manifest} == \
             {store.uri(f"formats/{name}/{k}"): v for k, v in objects.items()}
         con = duckdb.connect()
@@ -199,9 +201,10 @@ def test_max_events_rolls_epochs_and_the_manifest_describes_each_file(
     store = stores["gs"]
     schema = [{"name": "n", "type": "int64", "required": True},
               {"name": "ts", "type": "timestamp", "required": True}]
-    server.ok("create", {"name": "rolled", "schema": schema, "event_time_field": "ts",
-                         "sink": {"uri": store.uri("rolled"), "options": store.options,
-                                  "roll": {"max_events": 1000, "interval_seconds": 3600}}})
+    pipeline_id = server.ok("create", {
+        "name": "rolled", "schema": schema, "event_time_field": "ts",
+        "sink": {"uri": store.uri("rolled"), "options": store.options,
+                 "roll": {"max_events": 1000, "interval_seconds": 3600}}})["id"]
     server.ok("start", {"name": "rolled"})
     for request in range(5):  # an epoch takes whole requests up to max_events
         body = "\n".join(json.dumps({"n": i, "ts": (START + timedelta(minutes=i)).isoformat()})
@@ -212,7 +215,7 @@ def test_max_events_rolls_epochs_and_the_manifest_describes_each_file(
                     timeout=90, message="five epochs")
     assert info["epochs"] == 5 and info["backlog_events"] == 0
     objects = store.download("rolled", str(tmp_path))
-    assert sorted(objects) == [f"part-{n:010d}-00000.parquet" for n in range(1, 6)]
+    assert sorted(objects) == [f"part-{n:010d}-00000-{pipeline_id}.parquet" for n in range(1, 6)]
     files = info["files"]
     assert [(f["epoch"], f["rows"]) for f in files] == [(n, 1000) for n in range(1, 6)]
     for f in files:
@@ -302,10 +305,11 @@ def test_the_environment_supplies_endpoint_and_keys(stores: dict[str, Store],
     live = LiveServer(str(data_dir), api_key=ADMIN_KEY, extra_env=env).start()
     try:
         body = "\n".join(json.dumps({"n": i}) for i in range(500)).encode()
+        ids: dict[str, str] = {}
         for scheme in ("gs", "s3"):
             name = f"from-env-{scheme}"
-            live.ok("create", {"name": name, "sink": {"uri": stores[scheme].uri(name),
-                                                      "format": "jsonl"}})
+            ids[scheme] = live.ok("create", {"name": name, "sink": {
+                "uri": stores[scheme].uri(name), "format": "jsonl"}})["id"]
             live.ok("start", {"name": name})
             assert live.post_ndjson(name, body).json()["data"]["accepted"] == 500
         for scheme in ("gs", "s3"):
@@ -313,7 +317,7 @@ def test_the_environment_supplies_endpoint_and_keys(stores: dict[str, Store],
             live.ok("stop", {"name": name}, options={"timeout": 60_000})
             target = tmp_path / name
             objects = stores[scheme].download(name, str(target))
-            assert list(objects) == ["part-0000000001-00000.jsonl.gz"]
+            assert list(objects) == [f"part-0000000001-00000-{ids[scheme]}.jsonl.gz"]
             rows = query(f"SELECT json_extract(value, '$.n')::INT AS n FROM read_json("
                          f"'{target}/*.jsonl.gz', format='newline_delimited') ORDER BY n")
             assert rows == [(i,) for i in range(500)]
@@ -376,3 +380,25 @@ def test_an_iceberg_table_on_object_storage(scheme: str, stores: dict[str, Store
         assert rows == [(i,) for i in range(1500)]
     assert any(key.startswith("metadata/") for key in store.objects(f"iceberg/{name}"))
     server.ok("stop", {"name": name})
+
+
+def test_an_s3_sink_with_keys_delivers_and_the_store_holds_them_sealed(
+        stores: dict[str, Store], server: LiveServer, tmp_path: Path) -> None:
+    """moto takes any keys: distinctive ones show they never reach the store's file."""
+    store = stores["s3"]
+    keys = {"access_key_id": "AKIASEALEDMOTO00042", "secret_access_key": "Moto-Secret-Sealed-42"}
+    name = "sealed-s3"
+    pipeline_id = server.ok("create", {"name": name, "schema": [{"name": "n", "type": "int64"}],
+                                       "sink": {"uri": store.uri(name),
+                                                "options": {**store.options, **keys}}})["id"]
+    server.ok("start", {"name": name})
+    body = "\n".join(json.dumps({"n": i}) for i in range(300)).encode()
+    assert server.post_ndjson(name, body).json()["data"]["accepted"] == 300
+    server.ok("stop", {"name": name}, options={"timeout": 60_000})
+    objects = store.download(name, str(tmp_path))
+    assert list(objects) == [f"part-0000000001-00000-{pipeline_id}.parquet"]
+    assert query(f"SELECT count(*), sum(n) FROM read_parquet('{tmp_path}/*.parquet')") == \
+        [(300, sum(range(300)))]
+    db = Path(server.data_dir, "pipeline-do.sqlite")
+    raw = b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
+    assert all(value.encode() not in raw for value in keys.values())

@@ -173,7 +173,8 @@ def test_a_refusing_store_commits_nothing_until_it_accepts(
     assert result.rows_out == 300 and len(result.files) == 2
     client = servers.s3_client(s3.endpoint_url)
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
-    assert keys == [f"p/dt=2026-03-0{d}/part-{epoch:010d}-00000.parquet" for d in (1, 2)]
+    assert keys == [f"p/dt=2026-03-0{d}/part-{epoch:010d}-00000-{pipeline_id}.parquet"
+                    for d in (1, 2)]
     assert service.get("refused")["backlog_events"] == 0
 
 

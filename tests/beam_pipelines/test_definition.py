@@ -9,9 +9,12 @@ import pytest
 from beam_pipelines.definition import parse_definition
 from beam_pipelines.errors import DefinitionError
 
+LAKE_ROOTS = ("/lake",)
+
 
 def parse(**params: Any):  # type: ignore[no-untyped-def]
-    return parse_definition({"name": "p", **params}, default_sink_uri="/lake/{name}")
+    return parse_definition({"name": "p", **params}, default_sink_uri="/lake/{name}",
+                            local_sink_roots=LAKE_ROOTS)
 
 
 def test_defaults() -> None:
@@ -51,7 +54,7 @@ def test_errors_name_the_field_and_what_is_allowed(params: dict[str, Any], field
                                                    text: str) -> None:
     with pytest.raises(DefinitionError) as caught:
         parse_definition({"name": "p", **params} if "name" not in params else params,
-                         default_sink_uri="/lake/{name}")
+                         default_sink_uri="/lake/{name}", local_sink_roots=LAKE_ROOTS)
     assert caught.value.field == field
     assert text in caught.value.message
 

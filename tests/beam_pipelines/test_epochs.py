@@ -65,10 +65,10 @@ def test_epochs_are_planned_by_the_roll_policy_and_commit_in_order(service: Pipe
     assert _rows(tmp_path) == [(n, n * 10) for n in range(0, 120, 2)]
     names = sorted(os.path.relpath(p, tmp_path / "lake/p")
                    for p in glob.glob(f"{tmp_path}/lake/p/**/*.parquet", recursive=True))
-    assert names == ["dt=2026-02-01/part-0000000001-00000.parquet",
-                     "dt=2026-02-01/part-0000000002-00000.parquet",
-                     "dt=2026-02-02/part-0000000001-00000.parquet",
-                     "dt=2026-02-02/part-0000000002-00000.parquet"]
+    assert names == [f"dt=2026-02-01/part-0000000001-00000-{pipeline_id}.parquet",
+                     f"dt=2026-02-01/part-0000000002-00000-{pipeline_id}.parquet",
+                     f"dt=2026-02-02/part-0000000001-00000-{pipeline_id}.parquet",
+                     f"dt=2026-02-02/part-0000000002-00000-{pipeline_id}.parquet"]
     # Committed rows leave the buffer; the counters say so.
     assert buffer.backlog(0).events == 0
     assert service.get("p")["events_out"] == 60
@@ -94,7 +94,7 @@ def test_a_crash_between_write_and_commit_reruns_the_same_epoch_exactly_once(
                      sink=definition_sink, planned_at=spec_args[2],
                      manifest_path=str(tmp_path / "m.json"))
     entries = run_epoch_pipeline(spec)
-    assert file_sizes(definition_sink, [e["path"] for e in entries], 1)
+    assert file_sizes(definition_sink, [e["path"] for e in entries], 1, pipeline_id)
     _ingest(service, 50, 10)  # more events arrive meanwhile
 
     # Recovery: the planned epoch is found and re-run with the same range.

@@ -32,7 +32,9 @@ SCHEMA = [{"name": "n", "type": "int64", "required": True}, {"name": "country", 
 def service(tmp_path: Path) -> PipelineService:
     store = Store(default_database_url(str(tmp_path)))
     store.create_all()
-    return PipelineService(store, str(tmp_path), default_sink_uri=str(tmp_path / "lake/{name}"))
+    # The test's own SQLite catalogs lie in tmp_path, outside the lake.
+    return PipelineService(store, str(tmp_path), default_sink_uri=str(tmp_path / "lake/{name}"),
+                           local_sink_roots=(str(tmp_path),))
 
 
 def _create(service: PipelineService, **table: Any) -> str:
@@ -55,7 +57,8 @@ def _run_due_epochs(service: PipelineService, data_dir: str, pipeline_id: str) -
     done = []
     try:
         while (number := epochs.plan_epoch(service.store, pipeline_id, buffer, flush=True)):
-            epochs.run_epoch(service.store, data_dir, pipeline_id, number)
+            epochs.run_epoch(service.store, data_dir, pipeline_id, number,
+                             local_sink_roots=(data_dir,))
             done.append(number)
     finally:
         buffer.close()

@@ -27,8 +27,10 @@ from tests.live import LiveServer
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(start_server: Callable[..., LiveServer]) -> LiveServer:
-    return start_server()
+def fuzz_server(start_server: Callable[..., LiveServer], tmp_path_factory: Any) -> LiveServer:
+    # The fuzzer's sinks are redirected to this temp dir (below): let them write there.
+    lake = str(tmp_path_factory.getbasetemp() / "fuzz-lake")
+    return start_server({"PIPELINE_DO_LOCAL_SINK_ROOTS": lake})
 
 
 def test_the_served_document_is_valid_openapi_31_and_names_everything(
