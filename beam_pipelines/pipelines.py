@@ -13,7 +13,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -104,7 +104,8 @@ class PipelineService:
             limit = params.get("limit", 100)
             if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
                 raise DefinitionError("limit", "limit must be an integer from 1 to 10000")
-            sample = self._buffer(pipeline_id).recent(limit, arrow_schema(definition.schema))
+            input_schema = arrow_schema(definition.schema, definition.unknown_fields)
+            sample = self._buffer(pipeline_id).recent(limit, input_schema)
             con = sandboxed_connection(threads=1)
             try:
                 rows = run_sql(con, definition.sql, sample).to_pylist()
@@ -128,7 +129,7 @@ class PipelineService:
 
     def _plan(self, definition: PipelineDefinition, sql: str) -> list[dict[str, str]]:
         try:
-            schema = plan_sql(sql, arrow_schema(definition.schema))
+            schema = plan_sql(sql, arrow_schema(definition.schema, definition.unknown_fields))
         except SqlError as err:
             raise DefinitionError("sql", f"invalid SQL: {err}") from None
         if definition.sink.format == "parquet":
@@ -273,11 +274,15 @@ class PipelineService:
 
     # -- ingest -------------------------------------------------------------
 
-    def ingest_objects(self, ref: str, events: list[Any], *, body_bytes: int) -> dict[str, Any]:
+    def ingest_objects(self, ref: str, events: list[Any], *, body_bytes: int,
+                       too_deep: Mapping[int, str] | None = None) -> dict[str, Any]:
+        """Ingest events parsed from a JSON body; ``too_deep`` lists, by index, the
+        records left out of ``events`` as nested too deep (see ``load_json_events``)."""
         def decode(definition: PipelineDefinition) -> DecodedBatch:
             return decode_objects(events, definition.schema, definition.event_time_field,
                                   now=datetime.now(timezone.utc),
-                                  max_record_bytes=MAX_RECORD_BYTES, body_bytes=body_bytes)
+                                  max_record_bytes=MAX_RECORD_BYTES, body_bytes=body_bytes,
+                                  unknown_fields=definition.unknown_fields, too_deep=too_deep)
 
         return self._ingest(ref, decode, raw_bytes=0)
 
@@ -285,7 +290,8 @@ class PipelineService:
         def decode(definition: PipelineDefinition) -> DecodedBatch:
             return decode_json_lines(body, definition.schema, definition.event_time_field,
                                      now=datetime.now(timezone.utc),
-                                     max_record_bytes=MAX_RECORD_BYTES)
+                                     max_record_bytes=MAX_RECORD_BYTES,
+                                     unknown_fields=definition.unknown_fields)
 
         return self._ingest(ref, decode, raw_bytes=len(body))
 
@@ -308,8 +314,11 @@ class PipelineService:
                 if attempt == 2:
                     raise NotFoundError(f"no pipeline {ref!r}", {"pipeline": ref}) from None
                 continue
-            return {"accepted": decoded.table.num_rows,
-                    "rejected": [r.public() for r in decoded.rejected]}
+            reply: dict[str, Any] = {"accepted": decoded.table.num_rows,
+                                     "rejected": [r.public() for r in decoded.rejected]}
+            if decoded.unknown_fields:
+                reply["unknown_fields"] = decoded.unknown_fields
+            return reply
         raise AssertionError("unreachable")
 
     def _ingest_target(self, ref: str, *, fresh: bool) -> tuple[PipelineDefinition, str]:

@@ -1,0 +1,176 @@
+"""How deep JSON nests, measured on the raw bytes before any parser recurses.
+
+pyarrow's JSON reader, ``json.loads`` and DuckDB's JSON functions all
+recurse into nested values: a 10,000-deep array crashes the first and makes
+the second raise ``RecursionError``. So nesting is measured here, with numpy
+over the body's bytes, and a record deeper than ``MAX_JSON_DEPTH``
+(``PIPELINE_DO_MAX_JSON_DEPTH``, default 64; the record's own object is
+level 1) never reaches a parser.
+
+The measure is exact for well-formed JSON: brackets inside strings do not
+count (a quote preceded by an odd run of backslashes is escaped). A cheap
+bound goes first: a line with no more openers (``{``, ``[``) than the limit
+cannot be too deep, so typical traffic never pays for the exact scan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAX_JSON_DEPTH", "JsonEvents", "depth_exceeded", "line_bounds", "load_json_events",
+           "too_deep_segments"]
+
+# Clamped to 1..512: deeper than that, the parsers this guards would recurse too far.
+MAX_JSON_DEPTH = min(max(int(os.environ.get("PIPELINE_DO_MAX_JSON_DEPTH", "64")), 1), 512)
+
+_OPEN_OBJECT, _OPEN_ARRAY, _CLOSE_OBJECT, _CLOSE_ARRAY = b"{[}]"
+_QUOTE, _BACKSLASH, _COMMA, _NEWLINE = b'"\\,\n'
+_LEADING_SPACE = re.compile(rb"\s*")
+
+
+def line_bounds(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of every ``\\n``-separated line of ``data``, ends exclusive."""
+    newlines = np.flatnonzero(data == _NEWLINE)
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(data)]))
+    return starts, ends
+
+
+def too_deep_segments(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                      limit: int = MAX_JSON_DEPTH) -> np.ndarray:
+    """For each segment ``data[start:end]``, whether it nests deeper than ``limit``."""
+    verdict = np.zeros(len(starts), dtype=bool)
+    if len(starts) == 0:
+        return verdict
+    openers = np.flatnonzero((data == _OPEN_OBJECT) | (data == _OPEN_ARRAY))
+    if len(openers) <= limit:
+        return verdict
+    # Openers per segment, an upper bound on its depth.
+    per_segment = (np.searchsorted(openers, ends) - np.searchsorted(openers, starts))
+    suspects = np.flatnonzero(per_segment > limit)
+    if len(suspects):
+        verdict[suspects] = _max_depths(data, starts[suspects], ends[suspects]) > limit
+    return verdict
+
+
+def depth_exceeded(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether one JSON document nests deeper than ``limit``."""
+    if raw.count(b"{") + raw.count(b"[") <= limit:
+        return False
+    data = np.frombuffer(raw, dtype=np.uint8)
+    return bool(_max_depths(data, np.array([0]), np.array([len(data)]))[0] > limit)
+
+
+def _max_depths(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Exact maximum nesting of each segment ``data[start:end]``, strings ignored."""
+    pos, chars, segment = _structural(data, starts, ends)
+    depth, _in_string = _depth_profile(chars, pos, segment, len(starts))
+    out = np.zeros(len(starts), dtype=np.int64)
+    np.maximum.at(out, segment, depth)
+    return out
+
+
+def _structural(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                extra: bytes = b"") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions, bytes and segment numbers of the bytes that decide nesting.
+
+    Only these few bytes are walked, which keeps the exact scan cheap.
+    """
+    mask = (data == _QUOTE) | (data == _BACKSLASH) | (data == _OPEN_OBJECT) | \
+        (data == _OPEN_ARRAY) | (data == _CLOSE_OBJECT) | (data == _CLOSE_ARRAY)
+    for byte in extra:
+        mask |= data == byte
+    pos = np.flatnonzero(mask)
+    segment = np.searchsorted(starts, pos, side="right") - 1
+    inside = (segment >= 0) & (pos < ends[np.maximum(segment, 0)])
+    return pos[inside], data[pos[inside]], segment[inside]
+
+
+def _depth_profile(chars: np.ndarray, pos: np.ndarray, segment: np.ndarray,
+                   segments: int) -> tuple[np.ndarray, np.ndarray]:
+    """(nesting depth after each structural byte, whether it lies inside a string),
+    both restarting at every segment."""
+    index = np.arange(len(chars))
+    backslash = chars == _BACKSLASH
+    quotes = chars == _QUOTE
+    if backslash.any():
+        after_backslash = np.zeros(len(chars), dtype=bool)
+        after_backslash[1:] = backslash[:-1] & (pos[1:] == pos[:-1] + 1)
+        # Length of the run of backslashes ending at each byte.
+        run_start = np.maximum.accumulate(np.where(backslash & after_backslash, 0, index))
+        run = index - run_start + 1
+        escaped = np.zeros(len(chars), dtype=bool)
+        escaped[1:] = after_backslash[1:] & (run[:-1] % 2 == 1)
+        quotes &= ~escaped
+    first = np.searchsorted(segment, np.arange(segments))
+    quote_count = np.cumsum(quotes, dtype=np.int64)
+    in_string = ((quote_count - np.concatenate(([0], quote_count))[first][segment]) & 1) == 1
+    step = np.zeros(len(chars), dtype=np.int64)
+    step[(chars == _OPEN_OBJECT) | (chars == _OPEN_ARRAY)] = 1
+    step[(chars == _CLOSE_OBJECT) | (chars == _CLOSE_ARRAY)] = -1
+    step[in_string] = 0
+    depth = np.cumsum(step)
+    return depth - np.concatenate(([0], depth))[first][segment], in_string
+
+
+@dataclass(frozen=True)
+class JsonEvents:
+    """A JSON request body's events; too-deep ones are ``None`` and listed by index."""
+
+    events: list[Any]
+    too_deep: dict[int, str]  # index -> the record's raw text
+
+
+def load_json_events(raw: bytes, limit: int = MAX_JSON_DEPTH) -> JsonEvents:
+    """Parse a JSON array (or one object) of events, leaving out the too-deep ones.
+
+    The array itself is not a level: each element may nest ``limit`` deep.
+    Raises ``ValueError`` for malformed JSON, and for ``NaN`` and
+    ``Infinity``, which are not JSON.
+    """
+    skip = _LEADING_SPACE.match(raw).end()  # type: ignore[union-attr]
+    first = raw[skip:skip + 1]
+    if first != b"[":
+        if depth_exceeded(raw, limit):
+            return JsonEvents([None], {0: raw.decode("utf-8", "replace").strip()})
+        return JsonEvents(_loads(raw), {})
+    if not depth_exceeded(raw, limit + 1):
+        return JsonEvents(_loads(raw), {})
+    # Split the array at its own commas (depth 1, outside strings) and put
+    # ``null`` in place of each too-deep element before parsing.
+    data = np.frombuffer(raw, dtype=np.uint8)
+    whole = (np.array([0]), np.array([len(data)]))
+    pos, chars, segment = _structural(data, *whole, extra=b",")
+    depth, in_string = _depth_profile(chars, pos, segment, 1)
+    outside = ~in_string
+    opening = int(pos[np.flatnonzero(chars == _OPEN_ARRAY)[0]])
+    closers = pos[(depth == 0) & (chars == _CLOSE_ARRAY) & outside]
+    closing = int(closers[0]) if len(closers) else len(data)
+    commas = pos[(chars == _COMMA) & (depth == 1) & outside]
+    commas = commas[(commas > opening) & (commas < closing)]
+    starts = np.concatenate(([opening + 1], commas + 1))
+    ends = np.concatenate((commas, [closing]))
+    deep = np.flatnonzero(too_deep_segments(data, starts, ends, limit)).tolist()
+    pieces, position = [], 0
+    for i in deep:
+        pieces += [raw[position:int(starts[i])], b"null"]
+        position = int(ends[i])
+    pieces.append(raw[position:])
+    too_deep = {i: raw[int(starts[i]):int(ends[i])].decode("utf-8", "replace").strip()
+                for i in deep}
+    return JsonEvents(_loads(b"".join(pieces)), too_deep)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(raw: bytes) -> Any:
+    value = json.loads(raw, parse_constant=_refuse_constant)
+    return [value] if isinstance(value, dict) else value
