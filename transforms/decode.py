@@ -20,10 +20,12 @@ could crash it or what could not be stored: a record nested deeper than
 a line that is not UTF-8 is ``invalid_utf8``. Both checks run over the whole
 body at once and cost little; the bad lines are located only when they fail.
 
-Numbers: ``NaN`` and ``Infinity`` are not JSON and are refused like any
-malformed record (``parse_failure``); a number that overflows (``1e400``,
-an integer past int64 in an int64 field, a time outside years 0001-9999) is
-``out_of_range``, never wrapped or clamped.
+Numbers: a number that cannot be stored as sent (``NaN``, ``Infinity``,
+``1e400`` which overflows to infinity, an integer past int64 in an int64
+field, a time or date outside years 0001-9999) is ``out_of_range``, never
+wrapped or clamped. (pyarrow's and DuckDB's JSON readers accept ``NaN`` and
+``Infinity``; refusing them keeps what reaches a sink finite. In a ``json``
+field or a schemaless record from NDJSON they are kept as text.)
 
 Fields not in the schema follow the definition's ``unknown_fields``:
 ``drop`` (their names are reported), ``reject`` (``unknown_field``) or
@@ -157,8 +159,8 @@ def decode_objects(events: list[Any], fields: Sequence[Any] | None, event_time_f
             struct = pa.array(events)
             if pa.types.is_struct(struct.type):
                 return decoder.fast(pa.Table.from_struct_array(struct))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError,
-                _Mismatch):
+        except (pa.ArrowException, ValueError, OverflowError, _Mismatch):
+            # ValueError: UnicodeEncodeError too (an unpaired surrogate).
             pass
     return decoder.thorough(_records_from_objects(events, too_deep), max_record_bytes)
 

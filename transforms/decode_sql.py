@@ -83,7 +83,8 @@ def _verdict(checks: list[tuple[str, str, bool, str, str, str]],
     order of the list below.
     """
     cases = [("pre IS NOT NULL", "pre", "CASE pre WHEN 'too_deep' THEN "
-              "'record nests deeper than the limit' ELSE 'record is not valid UTF-8' END"),
+              "'record nests deeper than the limit' WHEN 'invalid_utf8' THEN "
+              "'record is not valid UTF-8' ELSE 'record holds NaN or an infinite number' END"),
              ("too_large", "'too_large'", "'record is larger than the limit'"),
              ("bad_escape", "'invalid_utf8'",
               "'record holds an unpaired UTF-16 surrogate escape'"),
@@ -138,8 +139,9 @@ def _typed(ftype: str, jt: str, text: str, number: str, raw_json: str) -> tuple[
     if ftype == "bool":
         return f"CASE WHEN {jt} = 'BOOLEAN' THEN {text}::BOOLEAN END", "false"
     if ftype == "timestamp":
-        low, high = (m / 1000 for m in TIME_MICROS)
-        in_range = f"{finite} AND {number} BETWEEN {low!r} AND {high!r}"
+        # Epoch milliseconds, compared as whole numbers a double holds exactly.
+        low, high = TIME_MICROS[0] // 1000, TIME_MICROS[1] // 1000 + 1
+        in_range = f"{finite} AND {number} >= {low} AND {number} < {high}"
         parsed = f"TRY_CAST({text} AS TIMESTAMPTZ)"
         value = (f"CASE WHEN {jt} = 'VARCHAR' AND {parsed} BETWEEN {_TIME_SQL[0]} AND "
                  f"{_TIME_SQL[1]} THEN {parsed} "
