@@ -84,6 +84,7 @@ _ARROW_TYPES = {
 }
 _MAX_DEAD_LETTER_CHARS = 65_536
 _MAX_REPORTED_UNKNOWN = 100
+_OPEN_BRACE = ord("{")
 # An escaped UTF-16 surrogate in serialized JSON; a lone one is not Unicode.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -128,12 +129,14 @@ def decode_json_lines(body: bytes, fields: Sequence[Any] | None, event_time_fiel
     A record's index is its place among the non-blank lines.
     """
     decoder = _Decoder(fields, event_time_field, now, unknown_fields)
-    screened = _screen_lines(body, max_depth)
-    if fields is not None and screened is None \
+    screened, objects = _screen_lines(body, max_depth)
+    if fields is not None and screened is None and objects is not None \
             and not _may_hold_large_record(body, max_record_bytes):
         try:
             raw = pa_json.read_json(pa.BufferReader(body),
                                     read_options=pa_json.ReadOptions(block_size=1 << 26))
+            if raw.num_rows != objects:  # two objects on one line would shift indices
+                raise _Mismatch("records")
             return decoder.fast(raw)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, _Mismatch):
             pass
@@ -168,11 +171,20 @@ def decode_objects(events: list[Any], fields: Sequence[Any] | None, event_time_f
 # -- screening the raw records ------------------------------------------------
 
 
-def _screen_lines(body: bytes, max_depth: int) -> pa.Array | None:
-    """Per line of ``body`` (blank ones included), the code it is refused with
-    before parsing (``invalid_utf8``, ``too_deep``) or null; None when all pass."""
+def _screen_lines(body: bytes, max_depth: int) -> tuple[pa.Array | None, int | None]:
+    """Screen an NDJSON body before any parser sees it.
+
+    Returns, per line (blank ones included), the code it is refused with
+    (``invalid_utf8``, ``too_deep``) or null, None when all pass; and the
+    number of records when every non-empty line starts with ``{`` (the only
+    bodies given to pyarrow's reader, which crashes on a body starting with
+    ``null`` and reads a line ``null`` as a record), else None.
+    """
     data = np.frombuffer(body, dtype=np.uint8)
     starts, ends = line_bounds(data)
+    nonempty = starts < ends
+    firsts = data[starts[nonempty]]
+    objects = int(nonempty.sum()) if bool((firsts == _OPEN_BRACE).all()) else None
     deep = too_deep_segments(data, starts, ends, max_depth)
     try:
         body.decode("utf-8")
@@ -180,12 +192,12 @@ def _screen_lines(body: bytes, max_depth: int) -> pa.Array | None:
     except UnicodeDecodeError:
         bad_utf8 = _invalid_utf8_lines(body, len(starts))
     if bad_utf8 is None and not deep.any():
-        return None
+        return None, objects
     codes = np.full(len(starts), None, dtype=object)
     codes[deep] = "too_deep"
     if bad_utf8 is not None:
         codes[bad_utf8] = "invalid_utf8"
-    return pa.array(codes, pa.string())
+    return pa.array(codes, pa.string()), objects
 
 
 def _invalid_utf8_lines(body: bytes, lines: int) -> np.ndarray:

@@ -229,3 +229,20 @@ def test_keep_puts_extra_in_the_buffer_schema_only_with_a_schema() -> None:
     assert EXTRA not in arrow_schema(FIELDS, "drop").names
     assert arrow_schema(None, "keep") == arrow_schema(None)
     assert arrow_schema(FIELDS, "keep").field(EXTRA).type == pa.string()
+
+
+# -- what pyarrow's reader must never see ------------------------------------------
+
+
+@pytest.mark.parametrize("body", [b"null", b"null\n{\"id\": 1}", b"  null\n{\"id\": 1}",
+                                  b"{\"id\": 1}\nnull", b"{\"id\": 1} {\"id\": 2}\n{\"id\": 3}"])
+def test_lines_that_are_not_one_object_never_reach_pyarrow(body: bytes) -> None:
+    # A body starting with null crashed the process inside pyarrow's JSON reader;
+    # a line null was read as an empty record; two objects on a line shifted indices.
+    batch = decode_json_lines(body, FIELDS, None, now=NOW, max_record_bytes=LIMIT)
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    good = [i for i, line in enumerate(lines) if line.strip() == b'{"id": 1}'
+            or line == b'{"id": 3}']
+    assert sorted(_codes(batch)) == [i for i in range(len(lines)) if i not in good]
+    assert set(_codes(batch).values()) == {"parse_failure"}
+    assert batch.table.num_rows == len(good)
