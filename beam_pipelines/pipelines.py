@@ -358,7 +358,8 @@ def _public(row: PipelineRow) -> dict[str, Any]:
     definition = definition_from_dict(row.definition_dict()).public()
     return {"id": row.id, "name": row.name, "status": row.status, "version": row.version,
             "sql": definition["sql"], "schema": definition["schema"],
-            "event_time_field": definition["event_time_field"], "sink": definition["sink"],
+            "event_time_field": definition["event_time_field"],
+            "unknown_fields": definition["unknown_fields"], "sink": definition["sink"],
             "runner": definition["runner"], "created_at": iso(row.created_at),
             "updated_at": iso(row.updated_at)}
 
