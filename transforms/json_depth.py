@@ -69,54 +69,59 @@ def depth_exceeded(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
 
 def _max_depths(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Exact maximum nesting of each segment ``data[start:end]``, strings ignored."""
-    pos, chars, segment = _structural(data, starts, ends)
-    depth, _in_string = _depth_profile(chars, pos, segment, len(starts))
+    _pos, _chars, segment, depth, _in_string = _scan(data, starts, ends)
     out = np.zeros(len(starts), dtype=np.int64)
     np.maximum.at(out, segment, depth)
     return out
 
 
-def _structural(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                extra: bytes = b"") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions, bytes and segment numbers of the bytes that decide nesting.
+def _scan(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, extra: bytes = b""
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every bracket (and ``extra`` byte) inside the segments: its position,
+    byte, segment, the nesting depth after it and whether it lies in a string.
 
-    Only these few bytes are walked, which keeps the exact scan cheap.
+    Only brackets are walked; whether one is inside a string is the parity
+    of the real (unescaped) quotes before it since its segment began.
     """
-    mask = (data == _QUOTE) | (data == _BACKSLASH) | (data == _OPEN_OBJECT) | \
-        (data == _OPEN_ARRAY) | (data == _CLOSE_OBJECT) | (data == _CLOSE_ARRAY)
+    wanted = (data == _OPEN_OBJECT) | (data == _OPEN_ARRAY) | (data == _CLOSE_OBJECT) | \
+        (data == _CLOSE_ARRAY)  # faster than a lookup table over the bytes
     for byte in extra:
-        mask |= data == byte
-    pos = np.flatnonzero(mask)
+        wanted |= data == byte
+    pos = np.flatnonzero(wanted)
     segment = np.searchsorted(starts, pos, side="right") - 1
     inside = (segment >= 0) & (pos < ends[np.maximum(segment, 0)])
-    return pos[inside], data[pos[inside]], segment[inside]
-
-
-def _depth_profile(chars: np.ndarray, pos: np.ndarray, segment: np.ndarray,
-                   segments: int) -> tuple[np.ndarray, np.ndarray]:
-    """(nesting depth after each structural byte, whether it lies inside a string),
-    both restarting at every segment."""
-    index = np.arange(len(chars))
-    backslash = chars == _BACKSLASH
-    quotes = chars == _QUOTE
-    if backslash.any():
-        after_backslash = np.zeros(len(chars), dtype=bool)
-        after_backslash[1:] = backslash[:-1] & (pos[1:] == pos[:-1] + 1)
-        # Length of the run of backslashes ending at each byte.
-        run_start = np.maximum.accumulate(np.where(backslash & after_backslash, 0, index))
-        run = index - run_start + 1
-        escaped = np.zeros(len(chars), dtype=bool)
-        escaped[1:] = after_backslash[1:] & (run[:-1] % 2 == 1)
-        quotes &= ~escaped
-    first = np.searchsorted(segment, np.arange(segments))
-    quote_count = np.cumsum(quotes, dtype=np.int64)
-    in_string = ((quote_count - np.concatenate(([0], quote_count))[first][segment]) & 1) == 1
+    pos, segment = pos[inside], segment[inside]
+    chars = data[pos]
+    quotes = np.flatnonzero(data == _QUOTE)
+    if len(quotes):
+        quotes = quotes[~_escaped(data, quotes)]
+    quotes_before = np.searchsorted(quotes, pos)
+    in_string = ((quotes_before - np.searchsorted(quotes, starts)[segment]) & 1) == 1
     step = np.zeros(len(chars), dtype=np.int64)
     step[(chars == _OPEN_OBJECT) | (chars == _OPEN_ARRAY)] = 1
     step[(chars == _CLOSE_OBJECT) | (chars == _CLOSE_ARRAY)] = -1
     step[in_string] = 0
     depth = np.cumsum(step)
-    return depth - np.concatenate(([0], depth))[first][segment], in_string
+    first = np.searchsorted(segment, np.arange(len(starts)))
+    depth -= np.concatenate(([0], depth))[first][segment]
+    return pos, chars, segment, depth, in_string
+
+
+def _escaped(data: np.ndarray, quotes: np.ndarray) -> np.ndarray:
+    """Whether each quote follows an odd run of backslashes."""
+    escaped = np.zeros(len(quotes), dtype=bool)
+    after = np.flatnonzero(data[np.maximum(quotes - 1, 0)] == _BACKSLASH)
+    after = after[quotes[after] > 0]
+    if not len(after):
+        return escaped
+    backslashes = np.flatnonzero(data == _BACKSLASH)
+    breaks = np.flatnonzero(np.diff(backslashes) != 1)
+    run_starts = backslashes[np.concatenate(([0], breaks + 1))]
+    run_ends = backslashes[np.concatenate((breaks, [len(backslashes) - 1]))]
+    # Each such quote ends a run of backslashes right before it.
+    at = np.searchsorted(run_ends, quotes[after] - 1)
+    escaped[after] = (run_ends[at] - run_starts[at]) % 2 == 0
+    return escaped
 
 
 @dataclass(frozen=True)
@@ -146,8 +151,7 @@ def load_json_events(raw: bytes, limit: int = MAX_JSON_DEPTH) -> JsonEvents:
     # ``null`` in place of each too-deep element before parsing.
     data = np.frombuffer(raw, dtype=np.uint8)
     whole = (np.array([0]), np.array([len(data)]))
-    pos, chars, segment = _structural(data, *whole, extra=b",")
-    depth, in_string = _depth_profile(chars, pos, segment, 1)
+    pos, chars, _segment, depth, in_string = _scan(data, *whole, extra=b",")
     outside = ~in_string
     opening = int(pos[np.flatnonzero(chars == _OPEN_ARRAY)[0]])
     closers = pos[(depth == 0) & (chars == _CLOSE_ARRAY) & outside]
