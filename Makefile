@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DATA_DIR ?= ./data
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench fuzz clean
 
 install: $(STAMP)
 
@@ -26,11 +26,16 @@ test: install
 	$(PY) -m pytest -q tests
 
 lint: install
-	$(VENV)/bin/ruff check beam_pipelines control_api transforms tests benchmarks
-	$(VENV)/bin/mypy beam_pipelines control_api transforms tests benchmarks
+	$(VENV)/bin/ruff check beam_pipelines control_api transforms tests benchmarks fuzz
+	$(VENV)/bin/mypy beam_pipelines control_api transforms tests benchmarks fuzz
 
 bench: install
 	$(PY) -m benchmarks.run
+
+# Generated hostile bodies through the decode path for a time budget
+# (PIPELINE_DO_FUZZ_SECONDS, default 60); not part of make test.
+fuzz: install
+	$(PY) -X faulthandler -m pytest -q -p no:cacheprovider fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

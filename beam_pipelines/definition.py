@@ -22,6 +22,7 @@ __all__ = [
     "FORMATS",
     "RUNNER_TYPES",
     "SECRET_OPTIONS",
+    "UNKNOWN_FIELD_POLICIES",
     "Field",
     "PipelineDefinition",
     "Roll",
@@ -44,6 +45,8 @@ SINK_OPTIONS = ("endpoint_url", "region", "access_key_id", "secret_access_key",
                 "credentials_file", "project")
 SECRET_OPTIONS = ("access_key_id", "secret_access_key", "credentials_file")
 DEFAULT_SQL = "SELECT * FROM events"
+# What ingest does with an event's fields that the schema does not declare.
+UNKNOWN_FIELD_POLICIES = ("drop", "reject", "keep")
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 _FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
@@ -115,6 +118,7 @@ class PipelineDefinition:
     event_time_field: str | None = None
     sink: Sink = field(default_factory=lambda: Sink(uri=""))
     runner: RunnerSpec = field(default_factory=RunnerSpec)
+    unknown_fields: str = "drop"
 
     def with_sql(self, sql: Any) -> PipelineDefinition:
         return replace(self, sql=_parse_sql(sql))
@@ -128,6 +132,7 @@ class PipelineDefinition:
             "event_time_field": self.event_time_field,
             "sink": asdict(self.sink),
             "runner": asdict(self.runner),
+            "unknown_fields": self.unknown_fields,
         }
 
     def public(self) -> dict[str, Any]:
@@ -157,8 +162,10 @@ def parse_definition(params: dict[str, Any], *, default_sink_uri: str,
                        local_sink_roots)
     runner = _parse_runner(params.get("runner"))
     sql = _parse_sql(params.get("sql", DEFAULT_SQL))
+    unknown_fields = _parse_unknown_fields(params.get("unknown_fields", "drop"), schema)
     return PipelineDefinition(name=name, sql=sql, schema=schema,
-                              event_time_field=event_time_field, sink=sink, runner=runner)
+                              event_time_field=event_time_field, sink=sink, runner=runner,
+                              unknown_fields=unknown_fields)
 
 
 def definition_from_dict(data: dict[str, Any]) -> PipelineDefinition:
@@ -173,7 +180,18 @@ def definition_from_dict(data: dict[str, Any]) -> PipelineDefinition:
         event_time_field=data.get("event_time_field"),
         sink=Sink(**sink),
         runner=RunnerSpec(**data["runner"]),
+        unknown_fields=data.get("unknown_fields", "drop"),
     )
+
+
+def _parse_unknown_fields(raw: Any, schema: tuple[Field, ...] | None) -> str:
+    if raw not in UNKNOWN_FIELD_POLICIES or not isinstance(raw, str):
+        raise DefinitionError("unknown_fields", f"unknown_fields {raw!r} is not allowed: allowed "
+                              + ", ".join(UNKNOWN_FIELD_POLICIES))
+    if raw != "drop" and schema is None:
+        raise DefinitionError("unknown_fields", f"unknown_fields {raw!r} needs a schema: without "
+                              "one every field is kept whole; allowed drop")
+    return raw
 
 
 def _parse_sql(sql: Any) -> str:

@@ -182,7 +182,8 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         spec = EpochSpec(
             pipeline_id=pipeline_id, epoch=epoch_no, range_start=range_start,
             range_end=range_end, sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),
-            input_schema=arrow_schema(definition.schema), sink=sink, planned_at=planned_at,
+            input_schema=arrow_schema(definition.schema, definition.unknown_fields),
+            sink=sink, planned_at=planned_at,
             manifest_path=os.path.join(scratch, f"{pipeline_id}-{epoch_no}.manifest.json"),
             pipeline_options=pipeline_options(sink))  # may fail on the sink's credentials
         # An Iceberg sink appends before the store commits; a re-run adopts the

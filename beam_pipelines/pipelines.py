@@ -13,7 +13,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -121,7 +121,8 @@ class PipelineService:
             limit = params.get("limit", 100)
             if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
                 raise DefinitionError("limit", "limit must be an integer from 1 to 10000")
-            sample = self._buffer(pipeline_id).recent(limit, arrow_schema(definition.schema))
+            input_schema = arrow_schema(definition.schema, definition.unknown_fields)
+            sample = self._buffer(pipeline_id).recent(limit, input_schema)
             try:  # in a bounded child process: user SQL never runs in the API's own
                 rows = dry_run_isolated(definition.sql, sample, limit).to_pylist()
             except SqlError as err:
@@ -144,7 +145,8 @@ class PipelineService:
 
     def _plan(self, definition: PipelineDefinition, sql: str) -> list[dict[str, str]]:
         try:  # planning folds constants, so it is bounded like a run
-            schema = plan_isolated(sql, arrow_schema(definition.schema))
+            schema = plan_isolated(sql, arrow_schema(definition.schema,
+                                                     definition.unknown_fields))
         except SqlError as err:
             raise _sql_failure(err) from None
         if definition.sink.format == "parquet":
@@ -289,11 +291,15 @@ class PipelineService:
 
     # -- ingest -------------------------------------------------------------
 
-    def ingest_objects(self, ref: str, events: list[Any], *, body_bytes: int) -> dict[str, Any]:
+    def ingest_objects(self, ref: str, events: list[Any], *, body_bytes: int,
+                       too_deep: Mapping[int, str] | None = None) -> dict[str, Any]:
+        """Ingest events parsed from a JSON body; ``too_deep`` lists, by index, the
+        records left out of ``events`` as nested too deep (see ``load_json_events``)."""
         def decode(definition: PipelineDefinition) -> DecodedBatch:
             return decode_objects(events, definition.schema, definition.event_time_field,
                                   now=datetime.now(timezone.utc),
-                                  max_record_bytes=MAX_RECORD_BYTES, body_bytes=body_bytes)
+                                  max_record_bytes=MAX_RECORD_BYTES, body_bytes=body_bytes,
+                                  unknown_fields=definition.unknown_fields, too_deep=too_deep)
 
         return self._ingest(ref, decode, raw_bytes=0)
 
@@ -301,7 +307,8 @@ class PipelineService:
         def decode(definition: PipelineDefinition) -> DecodedBatch:
             return decode_json_lines(body, definition.schema, definition.event_time_field,
                                      now=datetime.now(timezone.utc),
-                                     max_record_bytes=MAX_RECORD_BYTES)
+                                     max_record_bytes=MAX_RECORD_BYTES,
+                                     unknown_fields=definition.unknown_fields)
 
         return self._ingest(ref, decode, raw_bytes=len(body))
 
@@ -324,8 +331,11 @@ class PipelineService:
                 if attempt == 2:
                     raise NotFoundError(f"no pipeline {ref!r}", {"pipeline": ref}) from None
                 continue
-            return {"accepted": decoded.table.num_rows,
-                    "rejected": [r.public() for r in decoded.rejected]}
+            reply: dict[str, Any] = {"accepted": decoded.table.num_rows,
+                                     "rejected": [r.public() for r in decoded.rejected]}
+            if decoded.unknown_fields:
+                reply["unknown_fields"] = decoded.unknown_fields
+            return reply
         raise AssertionError("unreachable")
 
     def _ingest_target(self, ref: str, *, fresh: bool) -> tuple[PipelineDefinition, str]:
@@ -369,7 +379,8 @@ def _public(row: PipelineRow) -> dict[str, Any]:
     definition = definition_from_dict(row.definition_dict()).public()
     return {"id": row.id, "name": row.name, "status": row.status, "version": row.version,
             "sql": definition["sql"], "schema": definition["schema"],
-            "event_time_field": definition["event_time_field"], "sink": definition["sink"],
+            "event_time_field": definition["event_time_field"],
+            "unknown_fields": definition["unknown_fields"], "sink": definition["sink"],
             "runner": definition["runner"], "created_at": iso(row.created_at),
             "updated_at": iso(row.updated_at)}
 

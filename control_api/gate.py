@@ -20,6 +20,7 @@ from beam_pipelines.errors import PipelineDoError, StorageError, TimeoutExceeded
 from control_api.auth import Principal, authenticate
 from control_api.errors import ApiError, validation_error
 from control_api.idempotency import claim
+from transforms.json_depth import MAX_JSON_DEPTH, depth_exceeded
 
 __all__ = ["admit", "init_app", "json_body", "run_with_retries", "timeout_seconds"]
 
@@ -42,6 +43,10 @@ def json_body() -> Any:
     raw = request.get_data(cache=True)
     if not raw:
         raise validation_error("body", "the request body must be JSON")
+    # Measured on the bytes before json.loads recurses (RecursionError past ~1000).
+    if depth_exceeded(raw, MAX_JSON_DEPTH):
+        raise validation_error("body", f"JSON nests deeper than {MAX_JSON_DEPTH} levels: "
+                               f"allowed at most {MAX_JSON_DEPTH}")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:

@@ -14,8 +14,16 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app
 
-from beam_pipelines.definition import COMPRESSIONS, FIELD_TYPES, FORMATS, RUNNER_TYPES, SINK_OPTIONS
+from beam_pipelines.definition import (
+    COMPRESSIONS,
+    FIELD_TYPES,
+    FORMATS,
+    RUNNER_TYPES,
+    SINK_OPTIONS,
+    UNKNOWN_FIELD_POLICIES,
+)
 from control_api.bodies import ALLOWED_ENCODINGS
+from transforms.decode import REJECTION_CODES
 
 __all__ = ["bp", "build_spec", "init_app"]
 
@@ -120,6 +128,7 @@ def _schemas() -> dict[str, Any]:
             "version": {"type": "integer", "minimum": 1}, "sql": {"type": "string"},
             "schema": {"type": ["array", "null"], "items": _ref("Field")},
             "event_time_field": {"type": ["string", "null"]},
+            "unknown_fields": {"enum": list(UNKNOWN_FIELD_POLICIES)},
             "sink": {"type": "object"}, "runner": {"type": "object"},
             "created_at": _time(), "updated_at": _time()},
             ("id", "name", "status", "version", "sql", "schema", "event_time_field", "sink",
@@ -130,9 +139,10 @@ def _schemas() -> dict[str, Any]:
         "IngestResult": _obj({
             "accepted": integer,
             "rejected": {"type": "array", "items": _obj({
-                "index": integer, "code": {"enum": ["missing_field", "type_mismatch",
-                                                    "parse_failure", "too_large"]},
-                "message": {"type": "string"}}, ("index", "code", "message"))}},
+                "index": integer, "code": {"enum": list(REJECTION_CODES)},
+                "message": {"type": "string"}}, ("index", "code", "message"))},
+            # Present when fields outside the schema were dropped (unknown_fields "drop").
+            "unknown_fields": {"type": "array", "items": {"type": "string"}}},
             ("accepted", "rejected")),
         "OutputSchema": {"type": "array", "items": _obj(
             {"name": {"type": "string"}, "type": {"type": "string"}}, ("name", "type"))},
@@ -208,7 +218,9 @@ def _operation_parameters() -> dict[str, dict[str, Any]]:
         "create": _obj({"name": _NAME, "sql": {"type": "string", "minLength": 1},
                         "schema": {"type": "array", "minItems": 1, "items": _ref("Field")},
                         "event_time_field": {"type": "string"}, "sink": _ref("Sink"),
-                        "runner": _ref("Runner")}, ("name",)),
+                        "runner": _ref("Runner"),
+                        "unknown_fields": {"enum": list(UNKNOWN_FIELD_POLICIES),
+                                           "default": "drop"}}, ("name",)),
         "get": _pipeline_ref(), "list": no_parameters, "pipeline": no_parameters,
         "delete": _pipeline_ref(), "start": _pipeline_ref(), "pause": _pipeline_ref(),
         "resume": _pipeline_ref(), "stop": _pipeline_ref(),

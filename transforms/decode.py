@@ -9,9 +9,27 @@ Two vectorized passes, never one Python step per event:
    record and field, whether it parses, has the right type and is present;
    the good records are kept, each bad one is reported with its index and a
    code (``parse_failure``, ``type_mismatch``, ``missing_field``,
-   ``too_large``). It also handles what the fast path cannot, such as a
-   timestamp field holding ISO strings in some events and epoch
+   ``too_large``, ``out_of_range``, ``unknown_field``; see
+   :mod:`transforms.decode_sql`). It also handles what the fast path cannot,
+   such as a timestamp field holding ISO strings in some events and epoch
    milliseconds in others.
+
+Before either pass, the raw bytes are screened so that no parser sees what
+could crash it or what could not be stored: a record nested deeper than
+``PIPELINE_DO_MAX_JSON_DEPTH`` is ``too_deep`` (:mod:`transforms.json_depth`),
+a line that is not UTF-8 is ``invalid_utf8``. Both checks run over the whole
+body at once and cost little; the bad lines are located only when they fail.
+
+Numbers: a number that cannot be stored as sent (``NaN``, ``Infinity``,
+``1e400`` which overflows to infinity, an integer past int64 in an int64
+field, a time or date outside years 0001-9999) is ``out_of_range``, never
+wrapped or clamped. (pyarrow's and DuckDB's JSON readers accept ``NaN`` and
+``Infinity``; refusing them keeps what reaches a sink finite. In a ``json``
+field or a schemaless record from NDJSON they are kept as text.)
+
+Fields not in the schema follow the definition's ``unknown_fields``:
+``drop`` (their names are reported), ``reject`` (``unknown_field``) or
+``keep`` (as a JSON object in the ``_extra`` column, NULL when none).
 
 This module imports pyarrow and DuckDB only (no Beam, no Flask): the ingest
 endpoint and the streaming job's decode step share it.
@@ -19,10 +37,9 @@ endpoint and the streaming job's decode step share it.
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -31,9 +48,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from transforms.decode_records import (
+    MAX_DEAD_LETTER_CHARS,
+    may_hold_large_record,
+    records_from_lines,
+    records_from_objects,
+    screen_lines,
+)
+from transforms.decode_sql import DATE_DAYS, TIME_MICROS, verdict_query
+from transforms.json_depth import MAX_JSON_DEPTH
+
 __all__ = [
     "EVENT_TIME",
+    "EXTRA",
     "INGESTED_AT",
+    "REJECTION_CODES",
+    "UNKNOWN_FIELD_POLICIES",
     "DecodedBatch",
     "Rejection",
     "arrow_schema",
@@ -43,6 +73,10 @@ __all__ = [
 
 INGESTED_AT = "_ingested_at"
 EVENT_TIME = "_event_time"
+EXTRA = "_extra"
+UNKNOWN_FIELD_POLICIES = ("drop", "reject", "keep")  # as beam_pipelines.definition's
+REJECTION_CODES = ("missing_field", "type_mismatch", "parse_failure", "too_large", "too_deep",
+                   "invalid_utf8", "out_of_range", "unknown_field")
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _ARROW_TYPES = {
     "string": pa.string(),
@@ -53,13 +87,13 @@ _ARROW_TYPES = {
     "date": pa.date32(),
     "json": pa.string(),
 }
-_MAX_DEAD_LETTER_CHARS = 65_536
+_MAX_REPORTED_UNKNOWN = 100
 
 
 @dataclass(frozen=True)
 class Rejection:
     index: int
-    code: str  # missing_field | type_mismatch | parse_failure | too_large
+    code: str  # one of REJECTION_CODES
     message: str
     record: str | None = None  # the raw record, kept in the dead-letter store
 
@@ -71,82 +105,84 @@ class Rejection:
 class DecodedBatch:
     table: pa.Table
     rejected: list[Rejection]
+    unknown_fields: list[str] = field(default_factory=list)  # dropped names, sorted
 
 
 class _Mismatch(Exception):
     """The fast path cannot take this batch as it is."""
 
 
-def arrow_schema(fields: Sequence[Any] | None) -> pa.Schema:
-    """The buffer's schema: the declared fields, then ingest and event time."""
+def arrow_schema(fields: Sequence[Any] | None, unknown_fields: str = "drop") -> pa.Schema:
+    """The buffer's schema: the declared fields, ``_extra`` when unknown
+    fields are kept, then ingest and event time."""
     columns = [pa.field("value", pa.string())] if fields is None else [
         pa.field(f.name, _ARROW_TYPES[f.type]) for f in fields]
+    if fields is not None and unknown_fields == "keep":
+        columns.append(pa.field(EXTRA, pa.string()))
     return pa.schema([*columns, pa.field(INGESTED_AT, TIMESTAMP), pa.field(EVENT_TIME, TIMESTAMP)])
 
 
 def decode_json_lines(body: bytes, fields: Sequence[Any] | None, event_time_field: str | None,
-                      *, now: datetime, max_record_bytes: int) -> DecodedBatch:
+                      *, now: datetime, max_record_bytes: int, unknown_fields: str = "drop",
+                      max_depth: int = MAX_JSON_DEPTH) -> DecodedBatch:
     """Decode an NDJSON body: one object per line, blank lines skipped.
 
     A record's index is its place among the non-blank lines.
     """
-    decoder = _Decoder(fields, event_time_field, now)
-    if fields is not None and not _may_hold_large_record(body, max_record_bytes):
+    decoder = _Decoder(fields, event_time_field, now, unknown_fields)
+    screened, objects = screen_lines(body, max_depth)
+    if fields is not None and screened is None and objects is not None \
+            and not may_hold_large_record(body, max_record_bytes):
         try:
-            raw = pa_json.read_json(io.BytesIO(body),
+            raw = pa_json.read_json(pa.BufferReader(body),
                                     read_options=pa_json.ReadOptions(block_size=1 << 26))
-            return DecodedBatch(decoder.fast(raw), [])
+            if raw.num_rows != objects:  # two objects on one line would shift indices
+                raise _Mismatch("records")
+            return decoder.fast(raw)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, _Mismatch):
             pass
-    records = _records_from_lines(body)
-    return decoder.thorough(records, max_record_bytes)
+    return decoder.thorough(records_from_lines(body, screened), max_record_bytes)
 
 
 def decode_objects(events: list[Any], fields: Sequence[Any] | None, event_time_field: str | None,
-                   *, now: datetime, max_record_bytes: int, body_bytes: int) -> DecodedBatch:
+                   *, now: datetime, max_record_bytes: int, body_bytes: int,
+                   unknown_fields: str = "drop",
+                   too_deep: Mapping[int, str] | None = None) -> DecodedBatch:
     """Decode events already parsed from a JSON envelope (a list of objects).
 
     ``body_bytes`` is the request's size: no record can be too large when
-    the whole request is within the record limit.
+    the whole request is within the record limit. ``too_deep`` maps the
+    index of each record left out as too deep (its place in ``events``
+    holds ``None``) to its raw text; :func:`transforms.json_depth.load_json_events`
+    makes both, and events must come from it (or be as shallow).
     """
-    decoder = _Decoder(fields, event_time_field, now)
-    if fields is not None and events and body_bytes <= max_record_bytes:
+    decoder = _Decoder(fields, event_time_field, now, unknown_fields)
+    too_deep = too_deep or {}
+    if fields is not None and events and body_bytes <= max_record_bytes and not too_deep:
         try:
             struct = pa.array(events)
             if pa.types.is_struct(struct.type):
-                return DecodedBatch(decoder.fast(pa.Table.from_struct_array(struct)), [])
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError,
-                _Mismatch):
+                return decoder.fast(pa.Table.from_struct_array(struct))
+        except (pa.ArrowException, ValueError, OverflowError, _Mismatch):
+            # ValueError: UnicodeEncodeError too (an unpaired surrogate).
             pass
-    # One serialization of the whole list; DuckDB splits it back into records.
-    text = json.dumps(events, separators=(",", ":"), default=str)
-    con = duckdb.connect()
-    try:
-        records = con.sql(
-            "SELECT unnest(range(len(x))) AS i, unnest(x)::VARCHAR AS l "
-            "FROM (SELECT json_extract(?::JSON, '$[*]') AS x)", params=[text]).to_arrow_table()
-    finally:
-        con.close()
-    return decoder.thorough(records, max_record_bytes)
+    return decoder.thorough(records_from_objects(events, too_deep), max_record_bytes)
 
 
-def _may_hold_large_record(body: bytes, max_record_bytes: int) -> bool:
-    return len(body) > max_record_bytes and max(map(len, body.split(b"\n"))) > max_record_bytes
-
-
-def _records_from_lines(body: bytes) -> pa.Table:
-    text = pc.cast(pa.array(body.split(b"\n"), pa.binary()), pa.string(), safe=False)
-    lines = text.filter(pc.not_equal(pc.utf8_trim_whitespace(text), ""))
-    return pa.table({"i": pa.array(range(len(lines)), pa.int64()), "l": lines})
+# -- the two passes -------------------------------------------------------------
 
 
 class _Decoder:
     def __init__(self, fields: Sequence[Any] | None, event_time_field: str | None,
-                 now: datetime) -> None:
+                 now: datetime, unknown_fields: str) -> None:
+        if unknown_fields not in UNKNOWN_FIELD_POLICIES:
+            raise ValueError(f"unknown_fields {unknown_fields!r}: allowed "
+                             + ", ".join(UNKNOWN_FIELD_POLICIES))
         self.fields = fields
         self.event_time_field = event_time_field
         self.now = now
-        self.schema = arrow_schema(fields)
+        self.unknown_fields = unknown_fields if fields is not None else "drop"
+        self.schema = arrow_schema(fields, self.unknown_fields)
 
     def _finish(self, columns: list[pa.Array]) -> pa.Table:
         n = len(columns[0]) if columns else 0
@@ -157,155 +193,119 @@ class _Decoder:
             event_time = pc.coalesce(columns[names.index(self.event_time_field)], ingested)
         return pa.Table.from_arrays([*columns, ingested, event_time], schema=self.schema)
 
-    # -- pass 1 ---------------------------------------------------------------
-
-    def fast(self, raw: pa.Table) -> pa.Table:
+    def fast(self, raw: pa.Table) -> DecodedBatch:
         """Cast every column at once; raise ``_Mismatch`` if any record is off."""
         assert self.fields is not None
         n = raw.num_rows
+        names = {f.name for f in self.fields}
+        unknown = sorted(set(raw.column_names) - names)
+        if unknown and self.unknown_fields != "drop":
+            raise _Mismatch("unknown fields")  # the thorough pass names them per record
+        for name in raw.column_names:
+            column = raw.column(name)
+            if pa.types.is_floating(column.type) and pc.any(pc.invert(pc.is_finite(column))).as_py():
+                raise _Mismatch(name)  # NaN, Infinity: not JSON; the thorough pass judges
         columns = [_cast_column(raw, f, n) for f in self.fields]
         for f, column in zip(self.fields, columns):
             if f.required and column.null_count:
                 raise _Mismatch(f.name)
-        return self._finish(columns)
-
-    # -- pass 2 ---------------------------------------------------------------
+        if self.unknown_fields == "keep":
+            columns.append(pa.nulls(n, pa.string()))
+        return DecodedBatch(self._finish(columns), [], unknown[:_MAX_REPORTED_UNKNOWN])
 
     def thorough(self, records: pa.Table, max_record_bytes: int) -> DecodedBatch:
         """Judge every record in one DuckDB query; keep the good, report the bad."""
+        metadata = records.schema.metadata or {}
+        raw = {int(k): v for k, v in json.loads(metadata.get(b"raw", b"{}")).items()}
+        if "pre" not in records.column_names:
+            records = records.append_column("pre", pa.nulls(records.num_rows, pa.string()))
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
-            con.register("records", records)
-            checked = con.sql(self._query(max_record_bytes)).to_arrow_table()
+            con.register("records", records.replace_schema_metadata(None))
+            checked = con.sql(verdict_query(self.fields, max_record_bytes,
+                                            self.unknown_fields)).to_arrow_table()
         finally:
             con.close()
-        code = checked.column("_code")
-        good = pc.is_null(code)
+        good = pc.is_null(checked.column("_code"))
         rejected: list[Rejection] = []
         if checked.num_rows and not pc.all(good).as_py():
             bad = checked.filter(pc.invert(good)).select(["i", "_code", "_why", "l"])
             for i, c, why, line in zip(*(bad.column(k).to_pylist() for k in bad.column_names)):
-                rejected.append(Rejection(int(i), c, why, (line or "")[:_MAX_DEAD_LETTER_CHARS]))
+                record = raw.get(int(i), line) or ""
+                rejected.append(Rejection(int(i), c, why, record[:MAX_DEAD_LETTER_CHARS]))
         kept = checked.filter(good)
+        dropped: list[str] = []
         if self.fields is None:
             columns = [kept.column("value").combine_chunks()]
         else:
             columns = [kept.column(f"v_{k}").combine_chunks().cast(_ARROW_TYPES[f.type])
                        for k, f in enumerate(self.fields)]
-        return DecodedBatch(self._finish(columns), rejected)
-
-    def _query(self, max_record_bytes: int) -> str:
-        valid = (f"CASE WHEN strlen(l) <= {int(max_record_bytes)} AND json_valid(l) "
-                 "THEN json_type(l::JSON) = 'OBJECT' ELSE false END")
-        if self.fields is None:
-            base = f"SELECT i, l, strlen(l) > {int(max_record_bytes)} AS too_large, " \
-                   f"{valid} AS is_object FROM records"
-            return f"SELECT i, l, l AS value, {_verdict([])} FROM ({base})"
-        # One parse per record: every field's JSON value in one multi-path extract,
-        # then each value's type and text once, in layers DuckDB does not re-evaluate.
-        paths = ", ".join("'$.\"" + f.name + "\"'" for f in self.fields)
-        base = (f"SELECT i, l, strlen(l) > {int(max_record_bytes)} AS too_large, {valid} AS is_object "
-                "FROM records")
-        extracted = f"SELECT *, CASE WHEN is_object THEN json_extract(l, [{paths}]) END AS e " \
-                    f"FROM ({base})"
-        elements = ", ".join(f"e[{k + 1}] AS j{k}" for k in range(len(self.fields)))
-        split = f"SELECT i, l, too_large, is_object, {elements} FROM ({extracted})"
-        typed = ", ".join(f"json_type(j{k}) AS t{k}, (j{k} ->> '$') AS s{k}"
-                          for k in range(len(self.fields)))
-        described = f"SELECT *, {typed} FROM ({split})"
-        parts, checks = [], []
-        for k, f in enumerate(self.fields):
-            value, ok = _typed(f.type, f"t{k}", f"s{k}", f"j{k}::VARCHAR")
-            ok = ok.replace("{value}", f"v_{k}")
-            parts.append(f"{value} AS v_{k}")
-            present = f"coalesce(t{k}, 'NULL') <> 'NULL'"
-            checks.append((f.name, f.type, f.required, f"({present} AND NOT ({ok}))",
-                           f"NOT ({present})"))
-        inner = f"SELECT *, {', '.join(parts)} FROM ({described})"
-        return f"SELECT *, {_verdict(checks)} FROM ({inner})"
-
-
-def _verdict(checks: list[tuple[str, str, bool, str, str]]) -> str:
-    """SQL for ``_code`` and ``_why``: NULL when the record is good."""
-    code = ["WHEN too_large THEN 'too_large'", "WHEN NOT is_object THEN 'parse_failure'"]
-    why = ["WHEN too_large THEN 'record is larger than the limit'",
-           "WHEN NOT is_object THEN 'not a JSON object'"]
-    for name, ftype, _required, wrong_type, _absent in checks:
-        code.append(f"WHEN {wrong_type} THEN 'type_mismatch'")
-        why.append(f"WHEN {wrong_type} THEN {_sql_str(f'field {name!r} must be {ftype}')}")
-    for name, _ftype, required, _wrong_type, absent in checks:
-        if required:
-            code.append(f"WHEN {absent} THEN 'missing_field'")
-            why.append(f"WHEN {absent} THEN "
-                       f"{_sql_str(f'required field {name!r} is missing or null')}")
-    return (f"CASE {' '.join(code)} END AS _code, CASE {' '.join(why)} END AS _why")
-
-
-def _typed(ftype: str, jt: str, text: str, raw_json: str) -> tuple[str, str]:
-    """(value expression, type-is-acceptable expression) for one field."""
-    numeric = f"{jt} IN ('BIGINT', 'UBIGINT', 'DOUBLE')"
-    if ftype == "string":
-        return f"CASE WHEN {jt} = 'VARCHAR' THEN {text} END", f"{jt} = 'VARCHAR'"
-    if ftype == "int64":
-        # 2.0 is 2; 2.5 is refused, as the fast path's safe cast refuses it.
-        value = (f"CASE WHEN {jt} IN ('BIGINT', 'UBIGINT') THEN TRY_CAST({text} AS BIGINT) "
-                 f"WHEN {jt} = 'DOUBLE' AND TRY_CAST({text} AS DOUBLE) = "
-                 f"floor(TRY_CAST({text} AS DOUBLE)) THEN TRY_CAST({text} AS BIGINT) END")
-        return value, "{value} IS NOT NULL"
-    if ftype == "float64":
-        return f"CASE WHEN {numeric} THEN TRY_CAST({text} AS DOUBLE) END", numeric
-    if ftype == "bool":
-        return f"CASE WHEN {jt} = 'BOOLEAN' THEN {text}::BOOLEAN END", f"{jt} = 'BOOLEAN'"
-    if ftype == "timestamp":
-        value = (f"CASE WHEN {jt} = 'VARCHAR' THEN TRY_CAST({text} AS TIMESTAMPTZ) "
-                 f"WHEN {numeric} THEN CAST(make_timestamp(CAST(TRY_CAST({text} AS DOUBLE) * 1000 "
-                 f"AS BIGINT)) AS TIMESTAMPTZ) END")
-        return value, "{value} IS NOT NULL"
-    if ftype == "date":
-        value = f"CASE WHEN {jt} = 'VARCHAR' THEN TRY_CAST({text} AS DATE) END"
-        return value, "{value} IS NOT NULL"
-    # json: any value, kept as its JSON text
-    return f"CASE WHEN coalesce({jt}, 'NULL') <> 'NULL' THEN {raw_json} END", "true"
-
-
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+            if self.unknown_fields == "keep":
+                columns.append(kept.column(EXTRA).combine_chunks().cast(pa.string()))
+            elif self.unknown_fields == "drop" and kept.num_rows:
+                names = pc.unique(pc.list_flatten(kept.column("_unknown"))).to_pylist()
+                dropped = sorted(n for n in names if n is not None)[:_MAX_REPORTED_UNKNOWN]
+        return DecodedBatch(self._finish(columns), rejected, dropped)
 
 
 def _cast_column(raw: pa.Table, field: Any, n: int) -> pa.Array:
-    """The fast path's strict cast of one column; ``_Mismatch`` when unsure."""
+    """The fast path's strict cast of one column; ``_Mismatch`` when unsure.
+
+    Every arithmetic step is checked and every time and date range-tested,
+    so nothing wraps: what does not fit goes to the thorough pass, which
+    names it ``out_of_range``.
+    """
     target = _ARROW_TYPES[field.type]
     if field.name not in raw.column_names:
         return pa.nulls(n, target)
     column = raw.column(field.name).combine_chunks()
-    source = column.type
-    if pa.types.is_null(source):
+    if pa.types.is_null(column.type):
         return pa.nulls(n, target)
     try:
-        if field.type == "timestamp":
-            if pa.types.is_timestamp(source):
-                if source.tz is None:
-                    column = pc.assume_timezone(column, "UTC")
-                return column.cast(TIMESTAMP)
-            if pa.types.is_string(source):
-                return column.cast(TIMESTAMP)  # refuses strings without an offset
-            if pa.types.is_integer(source):
-                return pc.multiply(column, 1000).cast(pa.int64()).cast(TIMESTAMP)
-        elif field.type == "date":
-            if pa.types.is_string(source) or pa.types.is_timestamp(source):
-                return column.cast(target)
-        elif field.type == "string":
-            if pa.types.is_string(source):
-                return column
-        elif field.type == "int64":
-            if pa.types.is_integer(source) or pa.types.is_floating(source):
-                return column.cast(target)  # safe cast: 1.5 is refused
-        elif field.type == "float64":
-            if pa.types.is_integer(source) or pa.types.is_floating(source):
-                return column.cast(target)
-        elif field.type == "bool" and pa.types.is_boolean(source):
-            return column
+        cast = _cast_value(column, field.type, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        pass
-    raise _Mismatch(field.name)
+        cast = None
+    if cast is None:
+        raise _Mismatch(field.name)
+    if field.type == "timestamp" and not _within(cast.view(pa.int64()), TIME_MICROS):
+        raise _Mismatch(field.name)
+    if field.type == "date" and not _within(cast.view(pa.int32()), DATE_DAYS):
+        raise _Mismatch(field.name)
+    return cast
+
+
+def _cast_value(column: pa.Array, ftype: str, target: pa.DataType) -> pa.Array | None:
+    source = column.type
+    if ftype == "timestamp":
+        if pa.types.is_timestamp(source):
+            if source.tz is None:
+                column = pc.assume_timezone(column, "UTC")
+            return column.cast(TIMESTAMP)
+        if pa.types.is_string(source):
+            return column.cast(TIMESTAMP)  # refuses strings without an offset
+        if pa.types.is_integer(source):
+            micros = pc.multiply_checked(column.cast(pa.int64()), 1000)
+            return micros.cast(TIMESTAMP)
+    elif ftype == "date":
+        if pa.types.is_string(source) or pa.types.is_timestamp(source):
+            return column.cast(target)
+    elif ftype == "string":
+        if pa.types.is_string(source):
+            return column
+    elif ftype == "int64":
+        if pa.types.is_integer(source) or pa.types.is_floating(source):
+            return column.cast(target)  # safe cast: 1.5 and 2**63 are refused
+    elif ftype == "float64":
+        if pa.types.is_integer(source) or pa.types.is_floating(source):
+            return column.cast(target)
+    elif ftype == "bool" and pa.types.is_boolean(source):
+        return column
+    return None
+
+
+def _within(values: pa.Array, bounds: tuple[int, int]) -> bool:
+    if values.null_count == len(values):
+        return True
+    low, high = pc.min_max(values).values()
+    return bool(bounds[0] <= low.as_py() and high.as_py() <= bounds[1])

@@ -2,15 +2,29 @@
 
 Time patterns are filled from ``_event_time`` when the table has it, else
 from one fallback time (the epoch's planned time, so a re-run epoch lands
-in the same place). ``{column}`` values are escaped Hive-style so no value
-can leave the sink prefix: ``/``, ``\\``, ``%``, ``=`` and control
-characters are percent-encoded, ``.`` and ``..`` become ``%2E`` runs, and
-null or empty becomes ``__null__``. All of it is vectorized with pyarrow
-compute; the number of Python steps is the number of partitions.
+in the same place). ``{column}`` values are escaped Hive-style so that
+every value, whatever it holds, becomes one path segment that any
+filesystem and object store accepts and that cannot leave the sink prefix:
+
+- ``/``, ``\\``, ``%``, ``=``, ``~``, the characters Windows and URLs reserve
+  and every control character are percent-encoded; ``.`` and ``..`` (any run
+  of dots only) become ``%2E`` runs;
+- null and the empty string become ``__null__`` (``NULL_PARTITION``); the
+  value ``__null__`` itself is encoded as ``%5F%5Fnull%5F%5F``;
+- a segment longer than ``MAX_SEGMENT_BYTES`` (100) UTF-8 bytes keeps its
+  first 64 bytes and ends with ``~`` and 16 hex digits of the SHA-256 of the
+  whole value, so a 300-character value is still writable (a filesystem
+  takes 255 bytes per name) and distinct values stay distinct: only such
+  shortened segments hold a ``~``.
+
+The mapping is deterministic: the same value lands in the same directory
+in every epoch. Values are escaped once per distinct value, vectorized with
+pyarrow compute; the number of Python steps is the number of partitions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,27 +32,48 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["NULL_PARTITION", "escape_partition_values", "split_partitions"]
+__all__ = ["MAX_SEGMENT_BYTES", "NULL_PARTITION", "escape_partition_values", "split_partitions"]
 
 NULL_PARTITION = "__null__"
+MAX_SEGMENT_BYTES = 100
+_KEPT_BYTES = 64
 _COLUMN = re.compile(r"\{([^{}]*)\}")
 _ESCAPES = [("%", "%25"), ("/", "%2F"), ("\\", "%5C"), ("=", "%3D"), (":", "%3A"),
             ("#", "%23"), ("?", "%3F"), ("*", "%2A"), ('"', "%22"), ("<", "%3C"),
-            (">", "%3E"), ("|", "%7C"), ("\n", "%0A"), ("\r", "%0D"), ("\t", "%09"),
-            ("\x00", "%00")]
+            (">", "%3E"), ("|", "%7C"), ("~", "%7E"),
+            *((chr(c), f"%{c:02X}") for c in [*range(0x20), 0x7F])]
 _EVENT_TIME = "_event_time"
 
 
 def escape_partition_values(values: pa.Array) -> pa.Array:
-    """Hive-escape a column's values for use as one path segment."""
+    """Escape a column's values for use as one path segment each (see the module doc)."""
     text = values.cast(pa.string()) if not pa.types.is_string(values.type) else values
+    encoded = text.dictionary_encode()
+    escaped = _escape_distinct(encoded.dictionary).take(encoded.indices)
+    return pc.fill_null(escaped, NULL_PARTITION)
+
+
+def _escape_distinct(text: pa.Array) -> pa.Array:
     for raw, encoded in _ESCAPES:
         text = pc.replace_substring(text, raw, encoded)
     # A segment made only of dots would walk up or stay put: encode it.
     only_dots = pc.match_substring_regex(text, r"^\.+$")
     text = pc.if_else(only_dots, pc.replace_substring(text, ".", "%2E"), text)
-    empty = pc.or_kleene(pc.is_null(text), pc.equal(text, ""))
-    return pc.if_else(empty, NULL_PARTITION, text)
+    text = pc.if_else(pc.equal(text, NULL_PARTITION), "%5F%5Fnull%5F%5F", text)
+    text = pc.if_else(pc.equal(text, ""), NULL_PARTITION, text)
+    long = pc.greater(pc.binary_length(text), MAX_SEGMENT_BYTES)
+    if not pc.any(long).as_py():
+        return text
+    # One Python step per distinct over-long value.
+    positions = pc.indices_nonzero(long)
+    shortened = pa.array([_shorten(v) for v in text.take(positions).to_pylist()], pa.string())
+    return pc.replace_with_mask(text, long, shortened)
+
+
+def _shorten(segment: str) -> str:
+    raw = segment.encode()
+    head = raw[:_KEPT_BYTES].decode("utf-8", "ignore")
+    return f"{head}~{hashlib.sha256(raw).hexdigest()[:16]}"
 
 
 def partition_keys(table: pa.Table, pattern: str, fallback_time: datetime) -> pa.Array:
