@@ -23,7 +23,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "RATE_LIMIT": _int_env("PIPELINE_DO_RATE_LIMIT", 1000),
         "MAX_CONTENT_LENGTH": _int_env("PIPELINE_DO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         "DEFAULT_TIMEOUT_MS": 30_000,
-        "RUN_JOB_MANAGER": False,
+        # Set by ``serve`` for its API workers: a job manager runs next to them,
+        # and /healthz reports it broken (503) from its supervisor's heartbeat.
+        "RUN_JOB_MANAGER": os.environ.get("PIPELINE_DO_RUN_JOB_MANAGER") == "1",
         "JOB_WORKERS": None,
     }
     config.update(overrides)

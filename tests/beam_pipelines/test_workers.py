@@ -77,9 +77,16 @@ def _holding(pool: WorkerPool, tmp_path: Any, name: str) -> tuple[Future[Any], s
     """Submit a held task; return its future, its gate, and the pid of the worker running it."""
     gate = str(tmp_path / name)
     future = pool.submit(_hold, gate)
-    pid = wait_for(lambda: os.path.exists(f"{gate}.pid") and open(f"{gate}.pid").read(),
-                   message=f"task {name} to start")
+    pid = wait_for(lambda: _read(f"{gate}.pid"), message=f"task {name} to start")
     return future, gate, int(pid)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def _release(gate: str) -> None:
