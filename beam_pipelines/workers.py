@@ -14,10 +14,10 @@ A worker runs the initializer, reports ready, runs tasks and exits after
 ``max_tasks_per_worker`` of them, or after a task that left it using most
 of its memory cap (``limit_process_memory``: DuckDB keeps the address space
 of a query that hit the cap, and every later allocation would fail); its
-replacement is started then, so memory stays flat. Tasks only go to ready workers. A worker that dies or
-hangs before it is ready is a failed start; after three in a row the pool
-reports why through :meth:`WorkerPool.problem` and tries again with
-growing pauses, since a pool that cannot start workers runs nothing.
+replacement is started then, so memory stays flat. Tasks only go to ready
+workers. A worker that dies or hangs before it is ready is a failed start;
+after three in a row the pool reports why through :meth:`WorkerPool.problem`
+and tries again with growing pauses: a pool that cannot start workers runs nothing.
 
 A running task can be cancelled (:meth:`WorkerPool.cancel`): its worker is
 killed, as nothing short of that stops code inside a C extension, and
@@ -28,12 +28,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import pickle
-import resource
 import signal
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -43,6 +40,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from beam_pipelines.errors import PipelineDoError
+from beam_pipelines.worker_process import limit_process_memory, serve_tasks
 
 __all__ = ["TaskCancelled", "WorkerDied", "WorkerPool", "limit_process_memory"]
 
@@ -77,25 +75,6 @@ class WorkerDied(PipelineDoError):
 
 class TaskCancelled(PipelineDoError):
     """The task was cancelled (its worker killed) or the pool shut down before it ran."""
-
-
-def limit_process_memory(megabytes: int) -> None:
-    """Cap this process's private writable memory (``RLIMIT_DATA``) at ``megabytes``.
-
-    Past the cap an allocation fails, and fails cleanly: DuckDB raises
-    ``OutOfMemoryException``, pyarrow ``ArrowMemoryError``, Python
-    ``MemoryError``, instead of the kernel's OOM killer taking this or any
-    other process. ``RLIMIT_DATA`` (Linux >= 4.7 counts anonymous mmaps in
-    it) rather than ``RLIMIT_AS``: a worker with Beam, DuckDB and pyarrow
-    loaded maps ~1.2 GB of address space it never touches (thread stacks,
-    allocator arenas, shared libraries), so an address-space cap would have
-    to guess at that and bound real memory ~0.8 GB below what it says.
-    """
-    limit = megabytes * 1024 * 1024
-    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 @dataclass
@@ -264,7 +243,7 @@ class WorkerPool:
         while len(self._workers) < self.size and now >= self._next_start_at:
             parent_end, child_end = self._context.Pipe(duplex=True)
             process = self._context.Process(
-                target=_serve_tasks, name=self.name, daemon=True,
+                target=serve_tasks, name=self.name, daemon=True,
                 args=(child_end, self._initializer, self._initargs, self._max_tasks, self.name))
             try:
                 process.start()
@@ -402,69 +381,3 @@ def _with_remote_traceback(err: BaseException, text: str) -> BaseException:
     if text:
         err.__cause__ = _RemoteTraceback(f'\n"""\n{text}"""')
     return err
-
-
-# -- the worker process -----------------------------------------------------------
-
-def _serve_tasks(conn: Connection, initializer: Callable[..., None], initargs: tuple[Any, ...],
-                 max_tasks: int, name: str) -> None:
-    # Ctrl-C reaches the whole process group; the parent shuts workers down in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    initializer(*initargs)
-    _set_process_name(f"{name}-idle")
-    conn.send(("ready",))
-    for _ in range(max_tasks):
-        try:
-            call = conn.recv()
-        except EOFError:
-            return  # the pool is gone
-        fn, args = call
-        _set_process_name(f"{name}-busy")
-        try:
-            reply: tuple[Any, ...] = ("ok", fn(*args), "")
-        except BaseException as err:  # noqa: BLE001 - every failure goes back to the caller
-            reply = ("error", _portable(err), traceback.format_exc())
-        _set_process_name(f"{name}-idle")
-        retiring = _near_memory_cap()
-        try:
-            conn.send((*reply, retiring))
-        except Exception as err:  # noqa: BLE001 - pickling happens before anything is sent
-            conn.send(("error", RuntimeError(f"the task's result could not be sent back: "
-                                             f"{type(err).__name__}: {err}"), "", retiring))
-        if retiring:
-            return
-
-
-# A worker whose private memory is past this share of its cap after a task retires.
-_RETIRE_AT_SHARE_OF_CAP = 0.75
-
-
-def _near_memory_cap() -> bool:
-    cap, _hard = resource.getrlimit(resource.RLIMIT_DATA)
-    if cap == resource.RLIM_INFINITY:
-        return False
-    try:
-        with open("/proc/self/status") as status:
-            used_kb = next(int(line.split()[1]) for line in status if line.startswith("VmData:"))
-    except (OSError, StopIteration, ValueError):
-        return False
-    return used_kb * 1024 >= cap * _RETIRE_AT_SHARE_OF_CAP
-
-
-def _portable(err: BaseException) -> BaseException:
-    """``err``, or a RuntimeError saying what it was when it does not survive pickling
-    (an exception whose ``__init__`` takes other arguments than ``args``)."""
-    try:
-        pickle.loads(pickle.dumps(err))
-        return err
-    except Exception:  # noqa: BLE001
-        return RuntimeError(f"{type(err).__name__}: {err}")
-
-
-def _set_process_name(name: str) -> None:
-    """Shown by ``ps``/``top`` (Linux ``comm``, 15 characters): which epoch workers are busy."""
-    try:
-        with open("/proc/self/comm", "w") as comm:
-            comm.write(name[:15])
-    except OSError:
-        pass

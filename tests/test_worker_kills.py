@@ -121,3 +121,24 @@ def test_killing_epoch_workers_again_and_again_stops_no_pipeline_and_loses_nothi
         assert _healthy(server)
     finally:
         server.kill()
+
+
+def test_healthz_answers_503_while_the_job_manager_process_is_frozen(live_server: Any) -> None:
+    """The API's workers outlive a frozen (or dead) ``serve`` process; /healthz must
+    not answer ok for a server that writes nothing."""
+    server = live_server
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)  # the manager's process only, not gunicorn
+    try:
+        body = wait_for(lambda: _unhealthy(server), timeout=120, interval=1.0,
+                        message="/healthz to notice the silent manager")
+        assert body["error"]["code"] == "SERVICE_UNAVAILABLE"
+        assert "has not reported for" in body["error"]["message"]
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    wait_for(lambda: _healthy(server), timeout=60, message="/healthz to recover")
+
+
+def _unhealthy(server: LiveServer) -> dict[str, Any] | None:
+    response = requests.get(server.url + "/healthz", timeout=10)
+    return response.json() if response.status_code == 503 else None
