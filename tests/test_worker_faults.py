@@ -142,3 +142,37 @@ def test_healthz_answers_503_while_the_job_manager_process_is_frozen(live_server
 def _unhealthy(server: LiveServer) -> dict[str, Any] | None:
     response = requests.get(server.url + "/healthz", timeout=10)
     return response.json() if response.status_code == 503 else None
+
+
+# Hours of CPU per event once there are events (see tests/beam_pipelines/test_jobs.py).
+_ENDLESS_SQL = ("SELECT e.seq, (SELECT count(*) FROM range(e.seq * 0 + 1000000000000) r(i) "
+                "WHERE hash(i) = 0) AS c FROM events e")
+
+
+def test_delete_stops_the_running_epoch_and_frees_its_worker(tmp_path: Any) -> None:
+    data_dir = tmp_path / "server"
+    data_dir.mkdir()
+    server = LiveServer(str(data_dir), args=("--job-workers", "1")).start()
+    try:
+        server.ok("create", {"name": "endless", "schema": SCHEMA, "sql": _ENDLESS_SQL,
+                             "sink": {"roll": {"interval_seconds": 0.1}}})
+        server.ok("create", {"name": "other", "schema": SCHEMA,
+                             "sink": {"roll": {"interval_seconds": 0.1}}})
+        for name in ("endless", "other"):
+            server.ok("start", {"name": name})
+        assert server.post_ndjson("endless", b'{"seq": 1}').status_code == 200
+        busy = wait_for(lambda: _busy_epoch_workers(server), timeout=120,
+                        message="the endless epoch to run")[0]
+
+        assert server.ok("delete", {"name": "endless"}) == {"deleted": True}
+        wait_for(lambda: not busy.is_running() or busy.status() == psutil.STATUS_ZOMBIE,
+                 timeout=60, message="the deleted pipeline's worker to be stopped")
+        lines = b"\n".join(b'{"seq": %d}' % i for i in range(100))
+        assert server.post_ndjson("other", lines).status_code == 200
+        # One worker: the other pipeline commits only on the worker that replaced it.
+        wait_for(lambda: server.ok("get", {"name": "other"})["events_out"] == 100,
+                 timeout=120, message="the other pipeline's commit")
+        assert not (data_dir / "lake" / "endless").exists()
+        assert _healthy(server)
+    finally:
+        server.kill()
