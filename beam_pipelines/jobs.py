@@ -23,23 +23,18 @@ A committed epoch's rows leave the buffer on the manager's own release
 thread, not in the worker: deleting ~100 MB of rows takes a worker a
 fifth of an epoch, during which it could run the next one.
 
-Workers are spawned processes (:mod:`beam_pipelines.workers`) that import
-Beam once and are recycled after ``max_epochs_per_worker`` epochs so memory
-stays flat. A worker that dies (``kill -9``, out of memory) fails only the
-epoch it ran, with :class:`WorkerDied`; a new worker takes its place and
-the epoch, still ``planned`` in the store, runs again. Each worker's memory
-is capped (``WORKER_MEMORY_MB``), so a runaway query fails its own epoch
+Workers (:mod:`beam_pipelines.workers`) import Beam once and are recycled
+after ``max_epochs_per_worker`` epochs so memory stays flat. One that dies
+(``kill -9``, out of memory) fails only its epoch, with :class:`WorkerDied`;
+a new worker takes its place and the epoch, still ``planned``, runs again.
+Memory is capped (``WORKER_MEMORY_MB``): a runaway query fails its epoch
 with an out-of-memory error instead of waking the kernel's OOM killer.
 
-``delete`` cancels: the API deletes the pipeline's row, and the next tick
-that finds a pipeline with epochs in flight gone from the store kills the
-workers running them (they are replaced) and forgets the flights, without
-counting a failure. A pipeline that is paused (or failed) keeps its row:
-its running epoch finishes and commits, and none is planned after it.
-
-:meth:`JobManager.health` says what is wrong with a manager that no longer
-schedules (its tick thread ended, no tick succeeded for a while, no worker
-can start); :mod:`beam_pipelines.supervisor` acts on it.
+``delete`` cancels: a tick that finds a pipeline with epochs in flight gone
+from the store kills their workers (replaced) and drops the flights, with no
+failure counted. A paused (or failed) pipeline keeps its row: its running
+epoch finishes and commits. :meth:`JobManager.health` says what is wrong with
+a manager that no longer schedules; :mod:`beam_pipelines.supervisor` acts on it.
 """
 
 from __future__ import annotations
@@ -93,13 +88,10 @@ def _int_env(name: str, default: int) -> int:
 
 
 # A worker's memory cap (``RLIMIT_DATA``, see ``limit_process_memory``): DuckDB's
-# share for one epoch's SQL plus room for the rest. Measured here after 1M and
-# 3M-event epochs (1M per epoch, one worker): VmData 1.5-1.7 GB at an RSS peak of
-# 0.42 GB, 1 GiB of it the arena pyarrow's mimalloc reserves on its first
-# allocation and never touches. 2 GB of headroom keeps that and the epoch's
-# batches (up to roll.max_bytes, 64 MB by default, held a few times over as
-# Arrow, DuckDB result and Parquet pages) clear of the cap, so the cap only
-# bites when SQL grows past DuckDB's own memory_limit.
+# share for one epoch's SQL plus room for the rest. Measured after 1M-event epochs:
+# VmData 1.5-1.7 GB at an RSS peak of 0.42 GB, 1 GiB of it the arena pyarrow's
+# mimalloc reserves and never touches. 2 GB of headroom keeps that and an epoch's
+# batches (roll.max_bytes, 64 MB by default, a few times over) clear of the cap.
 SQL_MEMORY_MB = _int_env("PIPELINE_DO_SQL_MEMORY_MB", 2048)
 WORKER_HEADROOM_MB = 2048
 WORKER_MEMORY_MB = SQL_MEMORY_MB + WORKER_HEADROOM_MB
