@@ -23,24 +23,30 @@ A committed epoch's rows leave the buffer on the manager's own release
 thread, not in the worker: deleting ~100 MB of rows takes a worker a
 fifth of an epoch, during which it could run the next one.
 
-Workers are spawned processes that import Beam once and are recycled
-after ``max_epochs_per_worker`` epochs so memory stays flat. A worker that
-dies (``kill -9``, out of memory) breaks the pool; the manager builds a new
-one and the epoch, still ``planned`` in the store, runs again.
+Workers (:mod:`beam_pipelines.workers`) import Beam once and are recycled
+after ``max_epochs_per_worker`` epochs so memory stays flat. One that dies
+(``kill -9``, out of memory) fails only its epoch, with :class:`WorkerDied`;
+a new worker takes its place and the epoch, still ``planned``, runs again.
+Memory is capped (``WORKER_MEMORY_MB``): a runaway query fails its epoch
+with an out-of-memory error instead of waking the kernel's OOM killer.
+
+``delete`` cancels: a tick that finds a pipeline with epochs in flight gone
+from the store kills their workers (replaced) and drops the flights, with no
+failure counted. A paused (or failed) pipeline keeps its row: its running
+epoch finishes and commits. :meth:`JobManager.health` says what is wrong with
+a manager that no longer schedules; :mod:`beam_pipelines.supervisor` acts on it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +64,9 @@ from beam_pipelines.epochs import (
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.periodic import PeriodicThread
 from beam_pipelines.store import PipelineRow, Store
+from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool, limit_process_memory
 
-__all__ = ["JobManager"]
+__all__ = ["SQL_MEMORY_MB", "WORKER_MEMORY_MB", "JobManager", "WorkerDied"]
 
 _log = logging.getLogger(__name__)
 FAILED_AFTER_ATTEMPTS = 3
@@ -68,6 +75,26 @@ _worker_store: Store | None = None
 
 # How long an epoch of a parallel flush waits for its predecessor's commit.
 PREDECESSOR_TIMEOUT_SECONDS = 120.0
+# A manager none of whose ticks succeeded for this long is broken (``health``).
+TICK_STALE_SECONDS = 60.0
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+# A worker's memory cap (``RLIMIT_DATA``, see ``limit_process_memory``): DuckDB's
+# share for one epoch's SQL plus room for the rest. Measured after 1M-event epochs:
+# VmData 1.5-1.7 GB at an RSS peak of 0.42 GB, 1 GiB of it the arena pyarrow's
+# mimalloc reserves and never touches. 2 GB of headroom keeps that and an epoch's
+# batches (roll.max_bytes, 64 MB by default, a few times over) clear of the cap.
+SQL_MEMORY_MB = _int_env("PIPELINE_DO_SQL_MEMORY_MB", 2048)
+WORKER_HEADROOM_MB = 2048
+WORKER_MEMORY_MB = SQL_MEMORY_MB + WORKER_HEADROOM_MB
 
 
 def _run_in_worker(database_url: str, data_dir: str, pipeline_id: str,
@@ -79,18 +106,16 @@ def _run_in_worker(database_url: str, data_dir: str, pipeline_id: str,
                      predecessor_timeout=predecessor_timeout)
 
 
-def _init_worker() -> None:
+def _init_worker(memory_mb: int) -> None:
     """Epoch workers are background work: ingest acks, which clients wait for,
-    win the CPU when both want it. Import Beam and every filesystem before the
-    first epoch needs them (~2-3 s)."""
+    win the CPU when both want it. Cap the worker's memory, then import Beam
+    and every filesystem before the first epoch needs them (~2-3 s); the pool
+    starts every worker at once, so this happens early."""
     os.nice(5)
+    limit_process_memory(memory_mb)
     import apache_beam.io.filesystems  # noqa: F401  (registers gs://, s3:// on import)
 
     import beam_pipelines.compiler  # noqa: F401
-
-
-def _warm_up() -> None:
-    """Occupies each worker once at start, so every one runs ``_init_worker`` early."""
 
 
 @dataclass
@@ -122,17 +147,21 @@ class JobManager:
                  tick_seconds: float = 0.1, max_epochs_per_worker: int = 100,
                  on_committed: Callable[[EpochResult], None] | None = None,
                  on_failed: Callable[[str, int, str, int], None] | None = None,
-                 on_stopped: Callable[[str], None] | None = None) -> None:
+                 on_stopped: Callable[[str], None] | None = None,
+                 worker_memory_mb: int = WORKER_MEMORY_MB) -> None:
         self.store = Store(database_url)
         self.database_url = database_url
         self.data_dir = data_dir
         self.workers = workers or os.cpu_count() or 1
         self.tick_seconds = tick_seconds
         self.max_epochs_per_worker = max_epochs_per_worker
+        self.worker_memory_mb = worker_memory_mb
         self._on_committed = on_committed or (lambda _result: None)
         self._on_failed = on_failed or (lambda *_args: None)
         self._on_stopped = on_stopped or (lambda _pipeline_id: None)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
+        self._closed = False
+        self._ticked_at = time.monotonic()  # the end of the last tick that succeeded
         self._flights: dict[str, list[_Flight]] = {}
         self._failures: dict[str, tuple[int, float]] = {}  # pipeline → (count, retry at)
         self._quiet: dict[str, _Quiet] = {}
@@ -154,14 +183,30 @@ class JobManager:
         self._loop.start()
 
     def close(self, timeout: float = 30.0) -> None:
+        """Stop scheduling, give running epochs ``timeout`` seconds, kill the rest
+        (they stay planned: the next manager runs them again)."""
+        self._closed = True  # a tick still running (hung) submits nothing more
         self._loop.stop(timeout)
         if self._releaser.is_alive():
             self._releases.put(None)
             self._releaser.join(timeout)
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(timeout)
             self._pool = None
         self._buffers.close()
+
+    def health(self) -> str | None:
+        """Why this (started) manager no longer schedules epochs, or None while it does."""
+        if self._closed:
+            return "the job manager is closed"
+        if not self._loop.is_alive():
+            return "the job manager's scheduler thread is not running"
+        stale = time.monotonic() - self._ticked_at
+        if stale > TICK_STALE_SECONDS:
+            return f"no scheduler tick of the job manager succeeded for {stale:.0f} s"
+        if self._pool is not None:
+            return self._pool.problem()
+        return None
 
     # -- scheduling ---------------------------------------------------------
 
@@ -173,6 +218,8 @@ class JobManager:
                              .where(PipelineRow.status.in_(("running", "stopping")))).all()
         now = time.time()
         active = {row[0] for row in rows}
+        if set(self._flights) - active:
+            self._cancel_deleted(set(self._flights) - active)
         self._buffers.keep_only(active)
         self._recovered &= active
         for pipeline_id in set(self._quiet) - active:
@@ -203,6 +250,26 @@ class JobManager:
                 in_flight = len(self._flights.get(pipeline_id, []))
                 self._quiet[pipeline_id] = _Quiet((status, committed_seq, definition, in_flight),
                                                   version, plan.quiet_until)
+        self._ticked_at = time.monotonic()
+
+    def _cancel_deleted(self, candidates: set[str]) -> None:
+        """Kill the epochs in flight of pipelines deleted from the store.
+
+        Only deleted ones: a pipeline that was paused (or failed) still has its
+        row, and its running epoch finishes and commits.
+        """
+        with self.store.reading() as s:
+            kept = set(s.scalars(select(PipelineRow.id).where(PipelineRow.id.in_(candidates))))
+        for pipeline_id in candidates - kept:
+            flights = self._flights.pop(pipeline_id)
+            for flight in flights:
+                if self._pool is not None:
+                    self._pool.cancel(flight.future)
+            self._failures.pop(pipeline_id, None)
+            self._recovered.discard(pipeline_id)
+            self._quiet.pop(pipeline_id, None)
+            _log.info("pipeline %s was deleted: cancelled its epochs %s", pipeline_id,
+                      [f.epoch for f in flights])
 
     def _schedule(self, pipeline_id: str, status: str, committed_seq: int, now: float, *,
                   parallel: bool = False) -> Plan:
@@ -229,13 +296,14 @@ class JobManager:
             self._mark_stopped(pipeline_id)
         return plan
 
-    def _ensure_pool(self) -> ProcessPoolExecutor:
+    def _ensure_pool(self) -> WorkerPool:
+        if self._closed:
+            raise RuntimeError("the job manager is closed")
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                max_tasks_per_child=self.max_epochs_per_worker, initializer=_init_worker)
-            for _ in range(self.workers):
-                self._pool.submit(_warm_up)
+            self._pool = WorkerPool(self.workers, initializer=_init_worker,
+                                    initargs=(self.worker_memory_mb,),
+                                    max_tasks_per_worker=self.max_epochs_per_worker,
+                                    name="pdo-epoch")
         return self._pool
 
     def _submit(self, pipeline_id: str, epoch: int, *, after_another: bool) -> None:
@@ -249,7 +317,6 @@ class JobManager:
         self._flights.setdefault(pipeline_id, []).append(_Flight(epoch, future))
 
     def _collect(self) -> None:
-        broken = False
         # Oldest first: a pipeline's commits are reported, and released, in order.
         done = sorted(((p, f) for p, flights in self._flights.items() for f in flights
                        if f.future.done()), key=lambda pf: (pf[0], pf[1].epoch))
@@ -259,11 +326,11 @@ class JobManager:
                 del self._flights[pipeline_id]
             try:
                 result = flight.future.result()
-            except BrokenProcessPool:
-                broken = True
-                self._record_failure(pipeline_id, flight.epoch, "a worker process died")
-                continue
+            except TaskCancelled:
+                continue  # the pool shut down; the epoch is still planned
             except Exception as err:  # noqa: BLE001 - any epoch failure is retried
+                if not self._exists(pipeline_id):
+                    continue  # deleted while it ran: nothing to retry, nobody to tell
                 self._record_failure(pipeline_id, flight.epoch, _describe(err))
                 continue
             self._failures.pop(pipeline_id, None)
@@ -274,9 +341,10 @@ class JobManager:
                                epoch=result.epoch)
                 self._releases.put(result)
                 self._on_committed(result)
-        if broken and self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+
+    def _exists(self, pipeline_id: str) -> bool:
+        with self.store.reading() as s:
+            return s.get(PipelineRow, pipeline_id) is not None
 
     def _release_loop(self) -> None:
         while (result := self._releases.get()) is not None:
@@ -323,7 +391,8 @@ class JobManager:
 
     def describe(self) -> dict[str, Any]:
         return {"workers": self.workers,
-                "in_flight": {p: [f.epoch for f in fs] for p, fs in self._flights.items()}}
+                "in_flight": {p: [f.epoch for f in fs] for p, fs in self._flights.items()},
+                "processes": self._pool.describe() if self._pool is not None else []}
 
 
 def _describe(err: BaseException) -> str:

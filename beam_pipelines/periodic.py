@@ -28,6 +28,9 @@ class PeriodicThread:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float) -> None:
         self._stop.set()
         if self._thread is not None:

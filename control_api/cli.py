@@ -1,7 +1,8 @@
 """``pipeline-do``: run the server, manage keys, and drive a server over HTTP.
 
 ``serve`` runs the API under gunicorn and, in this process, the local job
-manager and the webhook dispatcher: the store is created, an admin key is
+manager (watched by its supervisor, which restarts a broken one) and the
+webhook dispatcher: the store is created, an admin key is
 made on first start (or ``PIPELINE_DO_API_KEY`` registered), then gunicorn
 is started as a child and all run until SIGTERM or SIGINT. The client
 subcommands (``create``, ``ingest``, ``monitor``, ``logs``, ...) live in
@@ -41,6 +42,7 @@ def _store_for(args: argparse.Namespace) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     from beam_pipelines.jobs import JobManager
     from beam_pipelines.store import Store
+    from beam_pipelines.supervisor import ManagerSupervisor
     from control_api.auth import create_key, ensure_key, has_keys
     from control_api.webhook_delivery import WebhookDispatcher
     from control_api.webhooks import Outbox, allow_private_from_env
@@ -60,10 +62,16 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     _raise_open_file_limit()
     outbox = Outbox(Store(config["DATABASE_URL"]))
-    manager = JobManager(config["DATABASE_URL"], config["DATA_DIR"], workers=args.job_workers,
-                         on_committed=outbox.on_committed, on_failed=outbox.on_failed,
-                         on_stopped=outbox.on_stopped)
-    manager.start()
+
+    def start_manager() -> JobManager:
+        manager = JobManager(config["DATABASE_URL"], config["DATA_DIR"], workers=args.job_workers,
+                             on_committed=outbox.on_committed, on_failed=outbox.on_failed,
+                             on_stopped=outbox.on_stopped)
+        manager.start()
+        return manager
+
+    supervisor = ManagerSupervisor(start_manager, config["DATA_DIR"])
+    supervisor.start()
     dispatcher = WebhookDispatcher(
         Store(config["DATABASE_URL"]), config["DATA_DIR"], allow_private=allow_private_from_env(),
         retry_base_seconds=_float_env("PIPELINE_DO_WEBHOOK_RETRY_SECONDS", 1.0),
@@ -71,7 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
     dispatcher.start()
 
     env = dict(os.environ, PIPELINE_DO_DATA_DIR=config["DATA_DIR"],
-               PIPELINE_DO_DATABASE_URL=config["DATABASE_URL"])
+               PIPELINE_DO_DATABASE_URL=config["DATABASE_URL"], PIPELINE_DO_RUN_JOB_MANAGER="1")
     env.pop("PIPELINE_DO_API_KEY", None)  # registered above; workers need not see it
     # gunicorn serves the socket bound above (fd://), so the address it answers on is
     # the one this process checked, with no window for another process to take it.
@@ -102,7 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
     dispatcher.close()
-    manager.close()
+    supervisor.close()
     return 0 if done.is_set() else (server.returncode or 1)
 
 

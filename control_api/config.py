@@ -25,7 +25,9 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": _int_env("PIPELINE_DO_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES,
                                        minimum=1),
         "DEFAULT_TIMEOUT_MS": 30_000,
-        "RUN_JOB_MANAGER": False,
+        # Set by ``serve`` for its API workers: a job manager runs next to them,
+        # and /healthz reports it broken (503) from its supervisor's heartbeat.
+        "RUN_JOB_MANAGER": os.environ.get("PIPELINE_DO_RUN_JOB_MANAGER") == "1",
         "JOB_WORKERS": None,
         # Where local sinks may write besides <data dir>/lake.
         "LOCAL_SINK_ROOTS": _roots_env(),

@@ -1,10 +1,18 @@
-"""``GET /healthz``: 200 without auth once the store answers."""
+"""``GET /healthz``: 200 without auth once the store answers and, where the job
+manager runs next to the API (``serve``), while it works.
+
+The manager runs in another process than the API's workers; its supervisor
+writes a heartbeat file (:mod:`beam_pipelines.supervisor`), read here. An app
+without a manager (``RUN_JOB_MANAGER`` false: tests, an API-only process)
+checks the store alone.
+"""
 
 from __future__ import annotations
 
 from flask import Blueprint, Flask, current_app
 from sqlalchemy import text
 
+from beam_pipelines.supervisor import manager_problem
 from control_api.errors import ApiError, envelope
 
 __all__ = ["bp", "init_app"]
@@ -20,6 +28,11 @@ def healthz():  # type: ignore[no-untyped-def]
     except Exception:  # noqa: BLE001 - any store failure means not ready
         raise ApiError(503, "SERVICE_UNAVAILABLE", "the store is not reachable",
                        headers={"Retry-After": "1"}) from None
+    if current_app.config["RUN_JOB_MANAGER"]:
+        problem = manager_problem(current_app.config["DATA_DIR"])
+        if problem is not None:
+            raise ApiError(503, "SERVICE_UNAVAILABLE", f"the job manager is not working: {problem}",
+                           details={"reason": problem}, headers={"Retry-After": "5"})
     return envelope({"status": "ok"})
 
 

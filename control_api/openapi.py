@@ -394,7 +394,9 @@ def _paths() -> dict[str, Any]:
                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
                           **_errors(*_AUTHED)}}},
         "/healthz": {"get": {
-            "operationId": "health", "summary": "200 once the server is ready", "security": [],
+            "operationId": "health", "security": [],
+            "summary": "200 once the server is ready; 503 with the reason while the store "
+                       "does not answer or the job manager is broken",
             "responses": {"200": _success(_obj({"status": {"const": "ok"}}, ("status",))),
                           **_errors(503)}}},
         "/openapi.json": {"get": {

@@ -12,7 +12,7 @@ from beam_pipelines.epochs import plan_epoch
 from beam_pipelines.jobs import JobManager
 from beam_pipelines.pipelines import PipelineService
 from beam_pipelines.store import Epoch, Store, default_database_url
-from tests.live import wait_for
+from tests.live import query, wait_for
 
 SCHEMA = [{"name": "n", "type": "int64", "required": True}]
 
@@ -118,3 +118,53 @@ def test_a_planned_epoch_left_by_an_earlier_manager_runs_first(
         manager.tick()
     assert _committed(manager.store, pipeline_id) == [(1, "committed")]
     assert service.get("left")["events_out"] == 3
+
+
+# One hash per row of a range as long as the event's n says: ~10^12 of them, hours of
+# CPU for each event (the dry run at create, on no events, is instant).
+_SLOW_SQL = ("SELECT e.n, (SELECT count(*) FROM range(e.n * 0 + {rows}) r(i) "
+             "WHERE hash(i) = 0) AS c FROM events e")
+
+
+def _slow(service: PipelineService, name: str, rows: int, events: int) -> str:
+    created = service.create({"name": name, "schema": SCHEMA, "sql": _SLOW_SQL.format(rows=rows),
+                              "sink": {"roll": {"interval_seconds": 3600, "max_events": events}}})
+    service.transition(name, "start")
+    _ingest(service, name, events)
+    return str(created["id"])
+
+
+def _busy_worker(manager: JobManager) -> int | None:
+    busy = [p["pid"] for p in manager.describe()["processes"] if p["busy"]]
+    return busy[0] if busy else None
+
+
+def test_delete_cancels_the_running_epoch_and_its_worker_runs_other_pipelines(
+        service: PipelineService, manager: JobManager, tmp_path: Any) -> None:
+    slow_id = _slow(service, "slow", 10**12, 3)
+    fast_id = _running(service, "fast", max_events=5)
+    _tick_until(manager, lambda: _busy_worker(manager) is not None, "the slow epoch to run")
+    pid = _busy_worker(manager)
+    assert manager.describe()["in_flight"] == {slow_id: [1]}
+
+    service.delete("slow")
+    _ingest(service, "fast", 5)
+    # One worker: the fast pipeline commits only once the slow epoch is gone from it.
+    _tick_until(manager, lambda: _committed(manager.store, fast_id) == [(1, "committed")],
+                "the other pipeline's epoch, on the freed worker")
+    assert slow_id not in manager.describe()["in_flight"]
+    assert pid not in [p["pid"] for p in manager.describe()["processes"]]
+    assert not (tmp_path / "lake" / "slow").exists()
+    rows = query(f"SELECT count(*) FROM read_parquet('{tmp_path}/lake/fast/**/*.parquet')")
+    assert rows == [(5,)]
+    assert service.get("fast")["errors"] == 0
+
+
+def test_pause_lets_the_running_epoch_finish_and_commit(
+        service: PipelineService, manager: JobManager) -> None:
+    pipeline_id = _slow(service, "paused", 3 * 10**8, 2)  # a second or two per event
+    _tick_until(manager, lambda: _busy_worker(manager) is not None, "the epoch to run")
+    service.transition("paused", "pause")
+    _tick_until(manager, lambda: _committed(manager.store, pipeline_id) == [(1, "committed")],
+                "the paused pipeline's running epoch to commit")
+    assert service.get("paused")["events_out"] == 2 and service.get("paused")["errors"] == 0
