@@ -19,6 +19,11 @@ its predecessor (``run_epoch``'s ``predecessor_timeout``), so the last
 seconds of a stop use all the cores instead of one. Not for Iceberg sinks,
 whose snapshots are appended before the commit and must stay in order.
 
+A failed epoch is retried with backoff (0.5 s doubling to 60 s), each time
+with the pipeline's current SQL. After ``PIPELINE_DO_EPOCH_MAX_ATTEMPTS``
+failed attempts (``..._MAX_TRANSIENT_ATTEMPTS`` for a sink outage) the
+pipeline becomes ``failed`` and is no longer scheduled (``_record_failure``).
+
 A committed epoch's rows leave the buffer on the manager's own release
 thread, not in the worker: deleting ~100 MB of rows takes a worker a
 fifth of an epoch, during which it could run the next one.
@@ -55,15 +60,24 @@ from beam_pipelines.epochs import (
     run_epoch,
     try_plan_epoch,
 )
-from beam_pipelines.errors import NotFoundError
+from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
+from beam_pipelines.lifecycle import MANAGER_MOVES, SCHEDULED
 from beam_pipelines.periodic import PeriodicThread
-from beam_pipelines.store import PipelineRow, Store
+from beam_pipelines.store import Epoch, PipelineRow, Store
 
 __all__ = ["JobManager"]
 
 _log = logging.getLogger(__name__)
-FAILED_AFTER_ATTEMPTS = 3
 _worker_store: Store | None = None
+
+# Failed attempts of one epoch before its pipeline is ``failed``: a bad SQL
+# or an unwritable sink fails the same way every time.
+MAX_ATTEMPTS = max(1, int(os.environ.get("PIPELINE_DO_EPOCH_MAX_ATTEMPTS", "5")))
+# A sink outage heals by itself and the buffer holds the events meanwhile, so
+# it gets more: by default 10x, with the backoff's 60 s cap about 45 minutes
+# of outage before a person is asked to look (then ``resume`` after it is back).
+MAX_TRANSIENT_ATTEMPTS = max(MAX_ATTEMPTS, int(os.environ.get(
+    "PIPELINE_DO_EPOCH_MAX_TRANSIENT_ATTEMPTS", str(10 * MAX_ATTEMPTS))))
 
 
 # How long an epoch of a parallel flush waits for its predecessor's commit.
@@ -170,7 +184,7 @@ class JobManager:
         with self.store.reading() as s:
             rows = s.execute(select(PipelineRow.id, PipelineRow.status, PipelineRow.definition,
                                     PipelineRow.committed_seq)
-                             .where(PipelineRow.status.in_(("running", "stopping")))).all()
+                             .where(PipelineRow.status.in_(SCHEDULED))).all()
         now = time.time()
         active = {row[0] for row in rows}
         self._buffers.keep_only(active)
@@ -259,12 +273,12 @@ class JobManager:
                 del self._flights[pipeline_id]
             try:
                 result = flight.future.result()
-            except BrokenProcessPool:
+            except BrokenProcessPool as err:
                 broken = True
-                self._record_failure(pipeline_id, flight.epoch, "a worker process died")
+                self._record_failure(pipeline_id, flight.epoch, err)
                 continue
             except Exception as err:  # noqa: BLE001 - any epoch failure is retried
-                self._record_failure(pipeline_id, flight.epoch, _describe(err))
+                self._record_failure(pipeline_id, flight.epoch, err)
                 continue
             self._failures.pop(pipeline_id, None)
             if not result.already_committed:
@@ -290,32 +304,52 @@ class JobManager:
                 _log.debug("releasing epoch %s of %s failed", result.epoch, result.pipeline_id,
                            exc_info=True)
 
-    def _record_failure(self, pipeline_id: str, epoch: int, message: str) -> None:
+    def _record_failure(self, pipeline_id: str, epoch: int, err: BaseException) -> None:
+        """Count a failed attempt; retry with backoff, or fail the pipeline for good.
+
+        The attempts are the epoch row's (``run_epoch`` counts them), so a
+        restart does not give a poisoned epoch a new budget. An epoch that
+        failed ``MAX_ATTEMPTS`` times makes the pipeline ``failed``, once, and
+        announces it; the manager then leaves it alone until the user resumes it.
+        A sink outage (``transient``) has ``MAX_TRANSIENT_ATTEMPTS``: waiting
+        heals it, and the buffer holds the events meanwhile.
+        """
         self._recovered.discard(pipeline_id)  # the epoch is still planned: run it again
         self._quiet.pop(pipeline_id, None)
-        count = self._failures.get(pipeline_id, (0, 0.0))[0] + 1
-        delay = min(60.0, 0.5 * 2 ** (count - 1))
-        self._failures[pipeline_id] = (count, time.time() + delay)
+        error = _epoch_error(epoch, err)
+        budget = MAX_TRANSIENT_ATTEMPTS if error.transient else MAX_ATTEMPTS
+        failed = False
         with self.store.session() as s:
             row = s.get(PipelineRow, pipeline_id)
             if row is None:
                 return
+            attempts = max(1, s.scalar(select(Epoch.attempts).where(
+                Epoch.pipeline_id == pipeline_id, Epoch.epoch == epoch)) or 0)
+            message = f"{error.message} (attempt {attempts} of {budget})"
             row.errors += 1
             row.last_error = message
-        self.store.log(pipeline_id, "error",
-                       f"epoch {epoch} failed (attempt {count}, retry in {delay:.1f}s): {message}",
-                       epoch=epoch)
-        if count == FAILED_AFTER_ATTEMPTS or (count > FAILED_AFTER_ATTEMPTS and count % 10 == 0):
-            # Announce repeated failure, not every retry: a flaky request that
-            # succeeds on its second try is a log line, not a page.
-            self._on_failed(pipeline_id, epoch, message, count)
+            allowed, failed_status = MANAGER_MOVES["fail"]
+            if attempts >= budget and row.status in allowed:
+                row.status = failed_status
+                row.updated_at = time.time()
+                failed = True
+        if failed:
+            self._failures.pop(pipeline_id, None)
+            self.store.log(pipeline_id, "error", f"{message}: the pipeline is failed and no "
+                           "longer retried; fix the cause (transform), then resume", epoch=epoch)
+            self._on_failed(pipeline_id, epoch, message, attempts)  # once: on the transition
+            return
+        delay = min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
+        self._failures[pipeline_id] = (attempts, time.time() + delay)
+        self.store.log(pipeline_id, "error", f"{message}, retry in {delay:.1f}s", epoch=epoch)
 
     def _mark_stopped(self, pipeline_id: str) -> None:
+        allowed, stopped = MANAGER_MOVES["flushed"]
         with self.store.session() as s:
             row = s.get(PipelineRow, pipeline_id)
-            if row is None or row.status != "stopping":
+            if row is None or row.status not in allowed:
                 return
-            row.status = "stopped"
+            row.status = stopped
             row.updated_at = time.time()
         self.store.log(pipeline_id, "info", "pipeline stopped: every buffered event is written")
         # Announced here, where the flush ends: a stop whose caller timed out still stops.
@@ -326,10 +360,13 @@ class JobManager:
                 "in_flight": {p: [f.epoch for f in fs] for p, fs in self._flights.items()}}
 
 
-def _describe(err: BaseException) -> str:
-    from beam_pipelines.errors import PipelineDoError
-
-    if isinstance(err, PipelineDoError):
-        return err.message
-    return f"{type(err).__name__}: {str(err)[:300]}"
-
+def _epoch_error(epoch: int, err: BaseException) -> EpochError:
+    """What an attempt's failure tells users. ``run_epoch`` classifies what it
+    catches (``storage_paths.classify_epoch_error``); this adds what it cannot."""
+    if isinstance(err, EpochError):
+        return err
+    if isinstance(err, BrokenProcessPool):
+        return EpochError("WORKER_DIED", "the worker process running the epoch died (out of "
+                          "memory or killed)", epoch=epoch)
+    _log.error("epoch %s failed", epoch, exc_info=err)  # the details: server log only
+    return EpochError("INTERNAL_ERROR", EPOCH_ERROR_CODES["INTERNAL_ERROR"], epoch=epoch)
