@@ -5,8 +5,10 @@
 3. commit: one transaction marks the epoch committed, stores its file
    manifest and advances the pipeline's offset to ``b``.
 4. recovery: a planned epoch that is not committed is re-run with the same
-   range before any new epoch is planned, with the pipeline's *current* SQL
-   version (a ``transform`` is how a user fixes an epoch that keeps failing).
+   range before any new epoch is planned. A first attempt runs the SQL
+   version it was planned under; a retry after a failure runs the pipeline's
+   *current* version (``transform`` is how a user fixes an epoch that keeps
+   failing; ``resume`` from ``failed`` re-plans the epoch with it too).
    Each attempt first discards what an earlier one left in the sink (its
    ``_tmp/epoch-N/`` scratch and any file it moved into place, as its
    manifest names them), so a new version's files never sit beside the old
@@ -159,9 +161,11 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
             return EpochResult(pipeline_id, epoch_no, epoch.events, epoch.rows_out, [],
                                already_committed=True)
         retried = epoch.attempts > 0
-        if epoch.sql_version != row.version:
-            # A transform since the epoch was planned: this attempt runs the
-            # current SQL, with a fresh budget of attempts. Its range stays.
+        if retried and epoch.sql_version != row.version:
+            # An earlier attempt failed, and a transform came since: the retry
+            # runs the current SQL (the user's fix) with a fresh budget of
+            # attempts; the range stays. A first attempt runs the version it
+            # was planned under: a new version applies from the next epoch.
             epoch.sql_version = row.version
             epoch.attempts = 0
         epoch.attempts += 1
@@ -176,6 +180,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     # The manifest of the epoch's latest attempt stays until the epoch commits
     # or the attempt is discarded: it names the files a failed attempt left.
     manifest_path = os.path.join(scratch, f"{pipeline_id}-{epoch_no}.manifest.json")
+    retried = retried or os.path.exists(manifest_path)
     if retried:  # an earlier attempt may have died without cleaning up (kill -9)
         _discard_attempt(sink, epoch_no, manifest_path)
     failure: EpochError | None = None

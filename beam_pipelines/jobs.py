@@ -114,6 +114,15 @@ class _Flight:
 
 
 @dataclass(frozen=True)
+class _Failures:
+    """A pipeline's failing epoch: its failures that waiting cannot heal, and the next try."""
+
+    epoch: int
+    terminal: int
+    retry_at: float
+
+
+@dataclass(frozen=True)
 class _Quiet:
     """A look at a pipeline that found nothing to plan, and what that rested on.
 
@@ -148,7 +157,7 @@ class JobManager:
         self._on_stopped = on_stopped or (lambda _pipeline_id: None)
         self._pool: ProcessPoolExecutor | None = None
         self._flights: dict[str, list[_Flight]] = {}
-        self._failures: dict[str, tuple[int, float]] = {}  # pipeline → (count, retry at)
+        self._failures: dict[str, _Failures] = {}
         self._quiet: dict[str, _Quiet] = {}
         # Pipelines with no planned epoch outside this manager's flights: a
         # pipeline is checked for one (recovery) when the manager first sees
@@ -196,8 +205,8 @@ class JobManager:
             parallel = status == "stopping" and not json.loads(definition)["sink"].get("table")
             if len(flights) >= (self.workers if parallel else 1):
                 continue
-            failures, retry_at = self._failures.get(pipeline_id, (0, 0.0))
-            if failures and now < retry_at:
+            failures = self._failures.get(pipeline_id)
+            if failures is not None and now < failures.retry_at:
                 continue
             try:
                 # Read before planning looks: a commit after this read changes it.
@@ -307,17 +316,22 @@ class JobManager:
     def _record_failure(self, pipeline_id: str, epoch: int, err: BaseException) -> None:
         """Count a failed attempt; retry with backoff, or fail the pipeline for good.
 
-        The attempts are the epoch row's (``run_epoch`` counts them), so a
-        restart does not give a poisoned epoch a new budget. An epoch that
-        failed ``MAX_ATTEMPTS`` times makes the pipeline ``failed``, once, and
-        announces it; the manager then leaves it alone until the user resumes it.
-        A sink outage (``transient``) has ``MAX_TRANSIENT_ATTEMPTS``: waiting
-        heals it, and the buffer holds the events meanwhile.
+        An epoch that failed ``MAX_ATTEMPTS`` times in a way waiting cannot heal
+        (bad SQL, an unwritable sink, a dead worker) makes the pipeline
+        ``failed``, once, and announces it; the manager then leaves it alone
+        until the user resumes it. A sink outage (``transient``) heals by
+        itself while the buffer holds the events, so those failures count
+        against ``MAX_TRANSIENT_ATTEMPTS``, the epoch row's count of all its
+        attempts (``run_epoch`` keeps it), which a restart does not reset.
+        One non-transient failure after an outage's many attempts therefore
+        does not fail the pipeline at once (a bucket being re-created).
         """
         self._recovered.discard(pipeline_id)  # the epoch is still planned: run it again
         self._quiet.pop(pipeline_id, None)
         error = _epoch_error(epoch, err)
-        budget = MAX_TRANSIENT_ATTEMPTS if error.transient else MAX_ATTEMPTS
+        previous = self._failures.get(pipeline_id)
+        terminal = 0 if previous is None or previous.epoch != epoch else previous.terminal
+        terminal += 0 if error.transient else 1
         failed = False
         with self.store.session() as s:
             row = s.get(PipelineRow, pipeline_id)
@@ -325,11 +339,17 @@ class JobManager:
                 return
             attempts = max(1, s.scalar(select(Epoch.attempts).where(
                 Epoch.pipeline_id == pipeline_id, Epoch.epoch == epoch)) or 0)
-            message = f"{error.message} (attempt {attempts} of {budget})"
+            if error.transient:
+                used, budget = attempts, MAX_TRANSIENT_ATTEMPTS
+            else:
+                used, budget = terminal, MAX_ATTEMPTS
+            message = f"{error.message} (attempt {used} of {budget})"
             row.errors += 1
             row.last_error = message
             allowed, failed_status = MANAGER_MOVES["fail"]
-            if attempts >= budget and row.status in allowed:
+            # ``terminal`` starts again after a restart; the epoch row's count does not.
+            exhausted = used >= budget or attempts >= MAX_TRANSIENT_ATTEMPTS
+            if exhausted and row.status in allowed:
                 row.status = failed_status
                 row.updated_at = time.time()
                 failed = True
@@ -340,7 +360,7 @@ class JobManager:
             self._on_failed(pipeline_id, epoch, message, attempts)  # once: on the transition
             return
         delay = min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
-        self._failures[pipeline_id] = (attempts, time.time() + delay)
+        self._failures[pipeline_id] = _Failures(epoch, terminal, time.time() + delay)
         self.store.log(pipeline_id, "error", f"{message}, retry in {delay:.1f}s", epoch=epoch)
 
     def _mark_stopped(self, pipeline_id: str) -> None:

@@ -221,9 +221,11 @@ class PipelineService:
             if target == "stopping" and previous != "stopping":
                 row.stop_from_epoch = row.next_epoch  # the flush's first epoch
             if previous == "failed":
-                # The user fixed the cause: the failed epoch gets a fresh budget.
+                # The user fixed the cause: the failed epoch is re-planned with the
+                # current SQL (same range; it committed nothing) and a fresh budget.
                 s.execute(update(Epoch).where(Epoch.pipeline_id == row.id,
-                                              Epoch.status == "planned").values(attempts=0))
+                                              Epoch.status == "planned")
+                          .values(attempts=0, sql_version=row.version))
             public = _public(row)
         if previous == target:
             return public  # stop while stopping: the same flush, waited for again
