@@ -70,9 +70,9 @@ class TimeoutExceeded(PipelineDoError):
 # What an epoch attempt's failure is, in one word, and what the user can do.
 EPOCH_ERROR_CODES: dict[str, str] = {
     "SQL_ERROR": "the SQL failed on the epoch's events; fix it with transform, then resume",
-    "SINK_UNAVAILABLE": "the sink could not be reached; retried with backoff",
+    "SINK_UNAVAILABLE": "the sink could not be reached (transient, retried with backoff)",
     "SINK_WRITE_FAILED": "the sink refused the write",
-    "WORKER_DIED": "the worker process running the epoch died (out of memory or killed)",
+    "WORKER_DIED": "the worker process died while running the epoch (out of memory or killed)",
     "INTERNAL_ERROR": "the epoch failed unexpectedly; the server log has the details",
 }
 

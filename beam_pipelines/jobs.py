@@ -386,7 +386,6 @@ def _epoch_error(epoch: int, err: BaseException) -> EpochError:
     if isinstance(err, EpochError):
         return err
     if isinstance(err, BrokenProcessPool):
-        return EpochError("WORKER_DIED", "the worker process running the epoch died (out of "
-                          "memory or killed)", epoch=epoch)
+        return EpochError("WORKER_DIED", EPOCH_ERROR_CODES["WORKER_DIED"], epoch=epoch)
     _log.error("epoch %s failed", epoch, exc_info=err)  # the details: server log only
     return EpochError("INTERNAL_ERROR", EPOCH_ERROR_CODES["INTERNAL_ERROR"], epoch=epoch)

@@ -114,7 +114,8 @@ class PipelineService:
             s.add(SqlVersion(pipeline_id=row.id, version=row.version, sql=definition.sql,
                              output_schema=json.dumps(output_schema), created_at=now))
             version = row.version
-        self.store.log(pipeline_id, "info", f"sql version {version} takes effect at the next epoch")
+        self.store.log(pipeline_id, "info", f"sql version {version} takes effect at the next epoch "
+                       "and at the next attempt of an epoch that failed")
         result = {"version": version, "output_schema": output_schema}
         self._on_event("pipeline.transformed", {"id": pipeline_id, **result})
         return result

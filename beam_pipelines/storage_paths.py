@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from beam_pipelines.definition import Sink
-from beam_pipelines.errors import EpochError, SinkError
+from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, SinkError
 
 __all__ = ["classify_epoch_error", "discard_attempt", "file_sizes", "join_uri",
            "pipeline_options", "remove_scratch"]
@@ -78,11 +78,11 @@ def classify_epoch_error(epoch: int, sink: Sink, err: BaseException) -> EpochErr
         text = _user_text(redact_secrets(sql, sink.options, secrets)) or "the query failed"
         return EpochError("SQL_ERROR", text, epoch=epoch)  # the sink played no part
     if is_transient_storage_error(err):
-        return SinkError("SINK_UNAVAILABLE", "the sink could not be reached (transient, "
-                          "retried with backoff)", epoch=epoch, transient=True, where=where)
+        return SinkError("SINK_UNAVAILABLE", EPOCH_ERROR_CODES["SINK_UNAVAILABLE"], epoch=epoch,
+                         transient=True, where=where)
     reason = _user_text(redact_secrets(_first_line(err), sink.options, secrets))
-    return SinkError("SINK_WRITE_FAILED", "the sink refused the write"
-                      + (f": {reason}" if reason else ""), epoch=epoch, where=where)
+    return SinkError("SINK_WRITE_FAILED", EPOCH_ERROR_CODES["SINK_WRITE_FAILED"]
+                     + (f": {reason}" if reason else ""), epoch=epoch, where=where)
 
 
 def _sql_failure(err: BaseException) -> str | None:
