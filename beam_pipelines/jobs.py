@@ -118,6 +118,7 @@ class _Failures:
     """A pipeline's failing epoch: its failures that waiting cannot heal, and the next try."""
 
     epoch: int
+    attempts: int  # the epoch row's count at the last failure
     terminal: int
     retry_at: float
 
@@ -330,8 +331,6 @@ class JobManager:
         self._quiet.pop(pipeline_id, None)
         error = _epoch_error(epoch, err)
         previous = self._failures.get(pipeline_id)
-        terminal = 0 if previous is None or previous.epoch != epoch else previous.terminal
-        terminal += 0 if error.transient else 1
         failed = False
         with self.store.session() as s:
             row = s.get(PipelineRow, pipeline_id)
@@ -339,6 +338,12 @@ class JobManager:
                 return
             attempts = max(1, s.scalar(select(Epoch.attempts).where(
                 Epoch.pipeline_id == pipeline_id, Epoch.epoch == epoch)) or 0)
+            # The count starts again for another epoch, and when the epoch's own
+            # count did (a retry with a transform's new SQL: a fresh budget).
+            terminal = 0 if error.transient else 1
+            if previous is not None and previous.epoch == epoch \
+                    and attempts > previous.attempts:
+                terminal += previous.terminal
             if error.transient:
                 used, budget = attempts, MAX_TRANSIENT_ATTEMPTS
             else:
@@ -360,7 +365,7 @@ class JobManager:
             self._on_failed(pipeline_id, epoch, message, attempts)  # once: on the transition
             return
         delay = min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
-        self._failures[pipeline_id] = _Failures(epoch, terminal, time.time() + delay)
+        self._failures[pipeline_id] = _Failures(epoch, attempts, terminal, time.time() + delay)
         self.store.log(pipeline_id, "error", f"{message}, retry in {delay:.1f}s", epoch=epoch)
 
     def _mark_stopped(self, pipeline_id: str) -> None:
