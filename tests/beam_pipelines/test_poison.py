@@ -116,6 +116,31 @@ def test_a_poisoned_epoch_fails_the_pipeline_once_then_transform_and_resume_writ
     assert rows == [(i, i) for i in range(11)] + [(11, None)]  # each event once
 
 
+def test_failed_attempts_leave_nothing_in_tmp_and_a_fixed_sink_takes_every_event_once(
+        service: PipelineService, manager: JobManager, tmp_path: Path) -> None:
+    """A file where a partition directory must be (a failure that holds as root): the
+    partition before it was already written to ``_tmp/`` when the attempt fails."""
+    service.create({"name": "p", "schema": SCHEMA, "sql": "SELECT i, s AS k FROM events",
+                    "sink": {"partition_by": "k={k}", "roll": {"interval_seconds": 0.1}}})
+    lake = tmp_path / "lake" / "p"
+    lake.mkdir(parents=True)
+    (lake / "k=b").write_text("in the way")
+    _ingest(service, ["a", "b", "a"])
+    service.transition("p", "start")
+    _tick_until(manager, lambda: _status(service) == "failed", "the pipeline to fail")
+    info = service.get("p")
+    assert info["last_error"] == ("epoch 1 failed (sink local): SINK_WRITE_FAILED: the sink "
+                                  "refused the write: File exists (attempt 2 of 2)")
+    assert _scratch(tmp_path) == [] and list(lake.rglob("*.parquet")) == []
+
+    (lake / "k=b").unlink()  # the fix
+    service.transition("p", "resume")
+    _tick_until(manager, lambda: service.get("p")["backlog_events"] == 0, "the epoch to commit")
+    assert not (lake / "_tmp").exists()
+    assert query(f"SELECT i, k FROM read_parquet('{lake}/*/*.parquet', hive_partitioning=false) "
+                 "ORDER BY i") == [(0, "a"), (1, "b"), (2, "a")]
+
+
 def test_a_running_pipeline_retries_with_the_sql_of_a_transform_made_meanwhile(
         service: PipelineService, manager: JobManager, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
