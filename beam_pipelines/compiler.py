@@ -243,5 +243,4 @@ def run_epoch_pipeline(spec: EpochSpec) -> list[dict[str, Any]]:
         return []  # the SQL kept no row
     with open(spec.manifest_path) as fh:
         entries: list[dict[str, Any]] = json.load(fh)
-    os.remove(spec.manifest_path)
-    return entries
+    return entries  # the manifest file stays: run_epoch removes it once committed

@@ -5,15 +5,23 @@
 3. commit: one transaction marks the epoch committed, stores its file
    manifest and advances the pipeline's offset to ``b``.
 4. recovery: a planned epoch that is not committed is re-run with the same
-   range and SQL version before any new epoch is planned.
-5. buffer rows are deleted only after the commit.
+   range before any new epoch is planned. A first attempt runs the SQL
+   version it was planned under; a retry after a failure runs the pipeline's
+   *current* version (``transform`` is how a user fixes an epoch that keeps
+   failing; ``resume`` from ``failed`` re-plans the epoch with it too).
+   Each attempt first discards what an earlier one left in the sink (its
+   ``_tmp/epoch-N/`` scratch and any file it moved into place, as its
+   manifest names them), so a new version's files never sit beside the old
+   one's; a failed attempt discards its own at once.
+5. buffer rows are deleted only after the commit; a committed epoch leaves
+   nothing in ``_tmp/``.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
-import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,11 +30,12 @@ from typing import Any
 from sqlalchemy import func, select
 
 from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
-from beam_pipelines.definition import PipelineDefinition, definition_from_dict
-from beam_pipelines.errors import StorageError
-from beam_pipelines.layout import is_local, scratch_directory
+from beam_pipelines.definition import PipelineDefinition, Sink, definition_from_dict
+from beam_pipelines.errors import EpochError
+from beam_pipelines.layout import is_local
 from beam_pipelines.sealing import SecretBox
 from beam_pipelines.sink_roots import allowed_local_roots, check_local_catalog, check_local_sink
+from beam_pipelines.storage_paths import discard_attempt, remove_scratch
 from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from transforms.decode import arrow_schema
 
@@ -145,10 +154,9 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     """
     from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
     from beam_pipelines.storage_paths import (
-        epoch_write_error,
+        classify_epoch_error,
         file_sizes,
         pipeline_options,
-        remove_remote_scratch,
         sync_local_files,
     )
 
@@ -157,20 +165,31 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
                                               Epoch.epoch == epoch_no)).one()
         row = s.get(PipelineRow, pipeline_id)
         assert row is not None
+        if epoch.status == "committed":
+            return EpochResult(pipeline_id, epoch_no, epoch.events, epoch.rows_out, [],
+                               already_committed=True)
+        retried = epoch.attempts > 0
+        if retried and epoch.sql_version != row.version:
+            # An earlier attempt failed, and a transform came since: the retry
+            # runs the current SQL (the user's fix) with a fresh budget of
+            # attempts; the range stays. A first attempt runs the version it
+            # was planned under: a new version applies from the next epoch.
+            epoch.sql_version = row.version
+            epoch.attempts = 0
+        epoch.attempts += 1
         sql = s.scalars(select(SqlVersion.sql).where(
             SqlVersion.pipeline_id == pipeline_id,
             SqlVersion.version == epoch.sql_version)).one()
         definition = definition_from_dict(row.definition_dict())
-        if epoch.status == "committed":
-            return EpochResult(pipeline_id, epoch_no, epoch.events, epoch.rows_out, [],
-                               already_committed=True)
-        epoch.attempts += 1
         range_start, range_end, planned_at = epoch.range_start, epoch.range_end, epoch.planned_at
-        retried = epoch.attempts > 1
     sink = definition.sink
     scratch = os.path.join(data_dir, "tmp")
     os.makedirs(scratch, exist_ok=True)
-    failure: StorageError | None = None
+    # The manifest of the epoch's latest attempt stays until the epoch commits
+    # or the attempt is discarded: it names the files a failed attempt left.
+    manifest_path = os.path.join(scratch, f"{pipeline_id}-{epoch_no}.manifest.json")
+    retried = retried or os.path.exists(manifest_path)
+    failure: EpochError | None = None
     try:
         # The stored secrets are sealed: open them here, where the epoch writes.
         sink = SecretBox.for_data_dir(data_dir).open_sink(sink)
@@ -179,12 +198,13 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
             check_local_sink(sink.uri, roots)
         if sink.table:
             check_local_catalog(sink.table.get("catalog_uri"), roots)
+        if retried:  # an earlier attempt may have died without cleaning up (kill -9)
+            _discard_attempt(sink, pipeline_id, epoch_no, manifest_path)
         spec = EpochSpec(
             pipeline_id=pipeline_id, epoch=epoch_no, range_start=range_start,
             range_end=range_end, sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),
             input_schema=arrow_schema(definition.schema, definition.unknown_fields),
-            sink=sink, planned_at=planned_at,
-            manifest_path=os.path.join(scratch, f"{pipeline_id}-{epoch_no}.manifest.json"),
+            sink=sink, planned_at=planned_at, manifest_path=manifest_path,
             pipeline_options=pipeline_options(sink))  # may fail on the sink's credentials
         # An Iceberg sink appends before the store commits; a re-run adopts the
         # files its snapshot already holds (see beam_pipelines.iceberg).
@@ -197,24 +217,48 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         if table is not None and appended is None:
             table.append(epoch_no, files)
     except Exception as err:  # noqa: BLE001 - every failure is reported, then retried
-        # The message goes to last_error, the logs and webhooks: no secrets,
-        # and no chained original whose text could carry them.
-        failure = epoch_write_error(epoch_no, sink, err)
+        # The message goes to last_error, the logs and webhooks: a code and a
+        # short reason; no secrets, no server path, no chained original.
+        failure = classify_epoch_error(epoch_no, sink, err)
     if failure is not None:
         # Writers the failed run left open are closed when collected, and closing
-        # uploads a gs:// or s3:// object: let that happen now, before the retry
-        # (whose cleanup removes it), not in the middle of a later epoch.
+        # uploads a gs:// or s3:// object: let that happen now, then clean up.
         gc.collect()
+        _discard_attempt(sink, pipeline_id, epoch_no, manifest_path)
         raise failure from None
     if predecessor_timeout > 0:
         _await_commit_through(store, pipeline_id, range_start, predecessor_timeout)
     result = commit_epoch(store, pipeline_id, epoch_no, files)
     if release:
         release_epoch(data_dir, result)
-    _remove_scratch(sink.uri, pipeline_id, epoch_no)
-    if retried:
-        remove_remote_scratch(sink, pipeline_id, epoch_no)
+    _remove_file(manifest_path)
+    # After a retry, gs:// and s3:// may hold what a failed attempt could not delete.
+    remove_scratch(sink, pipeline_id, epoch_no, remote=retried)
     return result
+
+
+def _discard_attempt(sink: Sink, pipeline_id: str, epoch_no: int, manifest_path: str) -> None:
+    """Remove an uncommitted attempt's scratch and final files, as its manifest names them.
+
+    An Iceberg sink keeps its files: a snapshot may already hold them, and the
+    next attempt adopts them (files no snapshot holds are invisible to readers).
+    """
+    paths: list[str] = []
+    if not sink.table:
+        try:
+            with open(manifest_path) as fh:
+                paths = [entry["path"] for entry in json.load(fh)]
+        except (OSError, ValueError, KeyError, TypeError):
+            paths = []  # no manifest: the attempt never got to its files
+    discard_attempt(sink, pipeline_id, epoch_no, paths)
+    _remove_file(manifest_path)
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _await_commit_through(store: Store, pipeline_id: str, seq: int, timeout: float) -> None:
@@ -289,15 +333,3 @@ def commit_epoch(store: Store, pipeline_id: str, epoch_no: int,
                "max_event_time": f.get("max_event_time")} for f in files]
     return EpochResult(pipeline_id, epoch_no, events, rows_out, public,
                        range_start=range_start, range_end=range_end, committed_at=now)
-
-
-def _remove_scratch(root: str, pipeline_id: str, epoch_no: int) -> None:
-    if not is_local(root):
-        return
-    directory = scratch_directory(root, pipeline_id, epoch_no)
-    shutil.rmtree(directory, ignore_errors=True)
-    for parent in (os.path.dirname(directory), os.path.join(root, "_tmp")):
-        try:
-            os.rmdir(parent)  # only once empty: another epoch or pipeline may be using it
-        except OSError:
-            pass

@@ -11,8 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "EPOCH_ERROR_CODES",
     "ConflictError",
     "DefinitionError",
+    "EpochError",
+    "SinkError",
     "NotFoundError",
     "PipelineDoError",
     "StorageError",
@@ -62,3 +65,51 @@ class Unavailable(PipelineDoError):
 
 class TimeoutExceeded(PipelineDoError):
     """The caller's ``options.timeout`` ran out before the work finished."""
+
+
+# What an epoch attempt's failure is, in one word, and what the user can do.
+EPOCH_ERROR_CODES: dict[str, str] = {
+    "SQL_ERROR": "the SQL failed on the epoch's events; fix it with transform, then resume",
+    "SINK_UNAVAILABLE": "the sink could not be reached (transient, retried with backoff)",
+    "SINK_WRITE_FAILED": "the sink refused the write",
+    "WORKER_DIED": "the worker process died while running the epoch (out of memory or killed)",
+    "INTERNAL_ERROR": "the epoch failed unexpectedly; the server log has the details",
+}
+
+
+class EpochError(PipelineDoError):
+    """One failed attempt of an epoch, as users see it: a code and a short message.
+
+    The message reads ``epoch 7 failed (sink gs://b/p): SQL_ERROR: <reason>``;
+    it never holds a server path, an exception class or a chain: those go to
+    the server log only. ``transient`` says whether waiting can help (a sink
+    outage) or only a fix can (bad SQL, an unwritable sink).
+    """
+
+    def __init__(self, code: str, reason: str, *, epoch: int, transient: bool = False,
+                 where: str = "") -> None:
+        if code not in EPOCH_ERROR_CODES:
+            raise ValueError(f"unknown epoch error code {code!r}: allowed "
+                             + ", ".join(EPOCH_ERROR_CODES))
+        sink = f" (sink {where})" if where else ""
+        super().__init__(f"epoch {epoch} failed{sink}: {code}: {reason}",
+                         {"code": code, "epoch": epoch, "transient": transient})
+        self.code = code
+        self.reason = reason
+        self.epoch = epoch
+        self.where = where
+        self.transient = transient
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in an epoch worker and pickled back to the job manager.
+        return (_rebuild, (type(self), self.code, self.reason, self.epoch, self.transient,
+                           self.where))
+
+
+class SinkError(EpochError, StorageError):
+    """An epoch attempt that failed writing to its sink (``SINK_*`` codes)."""
+
+
+def _rebuild(cls: type[EpochError], code: str, reason: str, epoch: int, transient: bool,
+             where: str) -> EpochError:
+    return cls(code, reason, epoch=epoch, transient=transient, where=where)

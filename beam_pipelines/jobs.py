@@ -19,6 +19,11 @@ its predecessor (``run_epoch``'s ``predecessor_timeout``), so the last
 seconds of a stop use all the cores instead of one. Not for Iceberg sinks,
 whose snapshots are appended before the commit and must stay in order.
 
+A failed epoch is retried with backoff (0.5 s doubling to 60 s), each time
+with the pipeline's current SQL. After ``PIPELINE_DO_EPOCH_MAX_ATTEMPTS``
+failed attempts (``..._MAX_TRANSIENT_ATTEMPTS`` for a sink outage) the
+pipeline becomes ``failed`` and is no longer scheduled (``_record_failure``).
+
 A committed epoch's rows leave the buffer on the manager's own release
 thread, not in the worker: deleting ~100 MB of rows takes a worker a
 fifth of an epoch, during which it could run the next one.
@@ -61,16 +66,25 @@ from beam_pipelines.epochs import (
     run_epoch,
     try_plan_epoch,
 )
-from beam_pipelines.errors import NotFoundError
+from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
+from beam_pipelines.lifecycle import MANAGER_MOVES, SCHEDULED
 from beam_pipelines.periodic import PeriodicThread
-from beam_pipelines.store import PipelineRow, Store
+from beam_pipelines.store import Epoch, PipelineRow, Store
 from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool, limit_process_memory
 
 __all__ = ["SQL_MEMORY_MB", "WORKER_MEMORY_MB", "JobManager", "WorkerDied"]
 
 _log = logging.getLogger(__name__)
-FAILED_AFTER_ATTEMPTS = 3
 _worker_store: Store | None = None
+
+# Failed attempts of one epoch before its pipeline is ``failed``: a bad SQL
+# or an unwritable sink fails the same way every time.
+MAX_ATTEMPTS = max(1, int(os.environ.get("PIPELINE_DO_EPOCH_MAX_ATTEMPTS", "5")))
+# A sink outage heals by itself and the buffer holds the events meanwhile, so
+# it gets more: by default 10x, with the backoff's 60 s cap about 45 minutes
+# of outage before a person is asked to look (then ``resume`` after it is back).
+MAX_TRANSIENT_ATTEMPTS = max(MAX_ATTEMPTS, int(os.environ.get(
+    "PIPELINE_DO_EPOCH_MAX_TRANSIENT_ATTEMPTS", str(10 * MAX_ATTEMPTS))))
 
 
 # How long an epoch of a parallel flush waits for its predecessor's commit.
@@ -125,6 +139,16 @@ class _Flight:
 
 
 @dataclass(frozen=True)
+class _Failures:
+    """A pipeline's failing epoch: its failures that waiting cannot heal, and the next try."""
+
+    epoch: int
+    attempts: int  # the epoch row's count at the last failure
+    terminal: int
+    retry_at: float
+
+
+@dataclass(frozen=True)
 class _Quiet:
     """A look at a pipeline that found nothing to plan, and what that rested on.
 
@@ -163,7 +187,7 @@ class JobManager:
         self._closed = False
         self._ticked_at = time.monotonic()  # the end of the last tick that succeeded
         self._flights: dict[str, list[_Flight]] = {}
-        self._failures: dict[str, tuple[int, float]] = {}  # pipeline → (count, retry at)
+        self._failures: dict[str, _Failures] = {}
         self._quiet: dict[str, _Quiet] = {}
         # Pipelines with no planned epoch outside this manager's flights: a
         # pipeline is checked for one (recovery) when the manager first sees
@@ -215,7 +239,7 @@ class JobManager:
         with self.store.reading() as s:
             rows = s.execute(select(PipelineRow.id, PipelineRow.status, PipelineRow.definition,
                                     PipelineRow.committed_seq)
-                             .where(PipelineRow.status.in_(("running", "stopping")))).all()
+                             .where(PipelineRow.status.in_(SCHEDULED))).all()
         now = time.time()
         active = {row[0] for row in rows}
         if set(self._flights) - active:
@@ -229,8 +253,8 @@ class JobManager:
             parallel = status == "stopping" and not json.loads(definition)["sink"].get("table")
             if len(flights) >= (self.workers if parallel else 1):
                 continue
-            failures, retry_at = self._failures.get(pipeline_id, (0, 0.0))
-            if failures and now < retry_at:
+            failures = self._failures.get(pipeline_id)
+            if failures is not None and now < failures.retry_at:
                 continue
             try:
                 # Read before planning looks: a commit after this read changes it.
@@ -331,7 +355,7 @@ class JobManager:
             except Exception as err:  # noqa: BLE001 - any epoch failure is retried
                 if not self._exists(pipeline_id):
                     continue  # deleted while it ran: nothing to retry, nobody to tell
-                self._record_failure(pipeline_id, flight.epoch, _describe(err))
+                self._record_failure(pipeline_id, flight.epoch, err)
                 continue
             self._failures.pop(pipeline_id, None)
             if not result.already_committed:
@@ -358,32 +382,67 @@ class JobManager:
                 _log.debug("releasing epoch %s of %s failed", result.epoch, result.pipeline_id,
                            exc_info=True)
 
-    def _record_failure(self, pipeline_id: str, epoch: int, message: str) -> None:
+    def _record_failure(self, pipeline_id: str, epoch: int, err: BaseException) -> None:
+        """Count a failed attempt; retry with backoff, or fail the pipeline for good.
+
+        An epoch that failed ``MAX_ATTEMPTS`` times in a way waiting cannot heal
+        (bad SQL, an unwritable sink, a dead worker) makes the pipeline
+        ``failed``, once, and announces it; the manager then leaves it alone
+        until the user resumes it. A sink outage (``transient``) heals by
+        itself while the buffer holds the events, so those failures count
+        against ``MAX_TRANSIENT_ATTEMPTS``, the epoch row's count of all its
+        attempts (``run_epoch`` keeps it), which a restart does not reset.
+        One non-transient failure after an outage's many attempts therefore
+        does not fail the pipeline at once (a bucket being re-created).
+        """
         self._recovered.discard(pipeline_id)  # the epoch is still planned: run it again
         self._quiet.pop(pipeline_id, None)
-        count = self._failures.get(pipeline_id, (0, 0.0))[0] + 1
-        delay = min(60.0, 0.5 * 2 ** (count - 1))
-        self._failures[pipeline_id] = (count, time.time() + delay)
+        error = _epoch_error(epoch, err)
+        previous = self._failures.get(pipeline_id)
+        failed = False
         with self.store.session() as s:
             row = s.get(PipelineRow, pipeline_id)
             if row is None:
                 return
+            attempts = max(1, s.scalar(select(Epoch.attempts).where(
+                Epoch.pipeline_id == pipeline_id, Epoch.epoch == epoch)) or 0)
+            # The count starts again for another epoch, and when the epoch's own
+            # count did (a retry with a transform's new SQL: a fresh budget).
+            terminal = 0 if error.transient else 1
+            if previous is not None and previous.epoch == epoch \
+                    and attempts > previous.attempts:
+                terminal += previous.terminal
+            if error.transient:
+                used, budget = attempts, MAX_TRANSIENT_ATTEMPTS
+            else:
+                used, budget = terminal, MAX_ATTEMPTS
+            message = f"{error.message} (attempt {used} of {budget})"
             row.errors += 1
             row.last_error = message
-        self.store.log(pipeline_id, "error",
-                       f"epoch {epoch} failed (attempt {count}, retry in {delay:.1f}s): {message}",
-                       epoch=epoch)
-        if count == FAILED_AFTER_ATTEMPTS or (count > FAILED_AFTER_ATTEMPTS and count % 10 == 0):
-            # Announce repeated failure, not every retry: a flaky request that
-            # succeeds on its second try is a log line, not a page.
-            self._on_failed(pipeline_id, epoch, message, count)
+            allowed, failed_status = MANAGER_MOVES["fail"]
+            # ``terminal`` starts again after a restart; the epoch row's count does not.
+            exhausted = used >= budget or attempts >= MAX_TRANSIENT_ATTEMPTS
+            if exhausted and row.status in allowed:
+                row.status = failed_status
+                row.updated_at = time.time()
+                failed = True
+        if failed:
+            self._failures.pop(pipeline_id, None)
+            self.store.log(pipeline_id, "error", f"{message}: the pipeline is failed and no "
+                           "longer retried; fix the cause (transform), then resume", epoch=epoch)
+            self._on_failed(pipeline_id, epoch, message, attempts)  # once: on the transition
+            return
+        delay = min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
+        self._failures[pipeline_id] = _Failures(epoch, attempts, terminal, time.time() + delay)
+        self.store.log(pipeline_id, "error", f"{message}, retry in {delay:.1f}s", epoch=epoch)
 
     def _mark_stopped(self, pipeline_id: str) -> None:
+        allowed, stopped = MANAGER_MOVES["flushed"]
         with self.store.session() as s:
             row = s.get(PipelineRow, pipeline_id)
-            if row is None or row.status != "stopping":
+            if row is None or row.status not in allowed:
                 return
-            row.status = "stopped"
+            row.status = stopped
             row.updated_at = time.time()
         self.store.log(pipeline_id, "info", "pipeline stopped: every buffered event is written")
         # Announced here, where the flush ends: a stop whose caller timed out still stops.
@@ -395,10 +454,12 @@ class JobManager:
                 "processes": self._pool.describe() if self._pool is not None else []}
 
 
-def _describe(err: BaseException) -> str:
-    from beam_pipelines.errors import PipelineDoError
-
-    if isinstance(err, PipelineDoError):
-        return err.message
-    return f"{type(err).__name__}: {str(err)[:300]}"
-
+def _epoch_error(epoch: int, err: BaseException) -> EpochError:
+    """What an attempt's failure tells users. ``run_epoch`` classifies what it
+    catches (``storage_paths.classify_epoch_error``); this adds what it cannot."""
+    if isinstance(err, EpochError):
+        return err
+    if isinstance(err, WorkerDied):  # only the epoch whose worker died (see workers.py)
+        return EpochError("WORKER_DIED", err.message, epoch=epoch)
+    _log.error("epoch %s failed", epoch, exc_info=err)  # the details: server log only
+    return EpochError("INTERNAL_ERROR", EPOCH_ERROR_CODES["INTERNAL_ERROR"], epoch=epoch)

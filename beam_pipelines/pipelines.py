@@ -1,9 +1,9 @@
-"""Pipeline operations: the state machine and the ingest path, with no HTTP in it.
+"""Pipeline operations: the lifecycle's operations and the ingest path, with no HTTP in it.
 
-Statuses move ``created → running ⇄ paused → stopped``; ``stopping`` is the
-transient state in which the job manager flushes every buffered event
-before marking the pipeline ``stopped``. ``start`` restarts a stopped
-pipeline. Ingest is accepted in every status. Each transition is one store
+The statuses and every move between them are one table in
+``beam_pipelines.lifecycle`` (``created → running ⇄ paused``, ``stopping`` while the
+job manager flushes, ``stopped``, and ``failed`` when an epoch used up its
+attempts). Ingest is accepted in every status. Each transition is one store
 transaction, so the API's processes and the job manager agree on it.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from beam_pipelines.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.definition import (
@@ -34,6 +34,7 @@ from beam_pipelines.errors import (
     TimeoutExceeded,
     Unavailable,
 )
+from beam_pipelines.lifecycle import OPERATIONS
 from beam_pipelines.sealing import SecretBox
 from beam_pipelines.sink_roots import allowed_local_roots
 from beam_pipelines.store import (
@@ -49,15 +50,7 @@ from transforms.decode import DecodedBatch, arrow_schema, decode_json_lines, dec
 from transforms.isolation import dry_run_isolated, plan_isolated
 from transforms.sandbox import SqlError
 
-__all__ = ["TRANSITIONS", "PipelineService", "summarize_stop"]
-
-# operation → (allowed from, to)
-TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "start": (("created", "stopped"), "running"),
-    "pause": (("running",), "paused"),
-    "resume": (("paused",), "running"),
-    "stop": (("created", "running", "paused"), "stopping"),
-}
+__all__ = ["PipelineService", "summarize_stop"]
 MAX_RECORD_BYTES = 1024 * 1024
 _TARGET_TTL_SECONDS = 5.0
 RECENT_FILES = 100  # files in a ``get`` reply: the manifest of the latest epochs
@@ -138,7 +131,8 @@ class PipelineService:
             s.add(SqlVersion(pipeline_id=row.id, version=row.version, sql=definition.sql,
                              output_schema=json.dumps(output_schema), created_at=now))
             version = row.version
-        self.store.log(pipeline_id, "info", f"sql version {version} takes effect at the next epoch")
+        self.store.log(pipeline_id, "info", f"sql version {version} takes effect at the next epoch "
+                       "and at the next attempt of an epoch that failed")
         result = {"version": version, "output_schema": output_schema}
         self._on_event("pipeline.transformed", {"id": pipeline_id, **result})
         return result
@@ -226,7 +220,7 @@ class PipelineService:
     # -- lifecycle ----------------------------------------------------------
 
     def transition(self, ref: str, operation: str) -> dict[str, Any]:
-        allowed, target = TRANSITIONS[operation]
+        allowed, target = OPERATIONS[operation]
         now = time.time()
         with self.store.session() as s:
             row = self._row(s, ref)
@@ -240,11 +234,20 @@ class PipelineService:
                 raise DefinitionError("runner.type", f"runner {runner!r} is not available on this "
                                       "server: it runs the 'direct' runner only (no Dataflow or "
                                       "Flink launcher is configured)")
+            previous = row.status
             row.status = target
             row.updated_at = now
-            if operation == "stop":
+            if target == "stopping" and previous != "stopping":
                 row.stop_from_epoch = row.next_epoch  # the flush's first epoch
+            if previous == "failed":
+                # The user fixed the cause: the failed epoch is re-planned with the
+                # current SQL (same range; it committed nothing) and a fresh budget.
+                s.execute(update(Epoch).where(Epoch.pipeline_id == row.id,
+                                              Epoch.status == "planned")
+                          .values(attempts=0, sql_version=row.version))
             public = _public(row)
+        if previous == target:
+            return public  # stop while stopping: the same flush, waited for again
         self.store.log(public["id"], "info", f"pipeline {operation}: status {target}")
         if target != "stopping":
             self._on_event(f"pipeline.{_PAST[operation]}", public)
@@ -254,7 +257,10 @@ class PipelineService:
         """Ask for a flush, then wait until the job manager reports ``stopped``.
 
         ``pipeline.stopped`` is announced by the job manager when the flush
-        ends, so a stop whose caller timed out is still announced.
+        ends, so a stop whose caller timed out is still announced. A timed-out
+        stop leaves ``stopping``: ``stop`` waits again, ``resume`` goes back to
+        ``running``. An epoch that fails for good during the flush makes the
+        pipeline ``failed``, which ends the wait with a conflict.
         """
         pipeline_id = self.transition(ref, "stop")["id"]
         deadline = time.monotonic() + timeout_s
@@ -265,6 +271,10 @@ class PipelineService:
                 raise NotFoundError(f"pipeline {ref!r} was deleted while stopping")
             if status == "stopped":
                 return summarize_stop(self.store, pipeline_id)
+            if status != "stopping":  # failed while flushing, or resumed meanwhile
+                raise ConflictError(f"the pipeline is {status}: the stop's flush did not finish"
+                                    + (" (see last_error; fix the cause, then stop again)"
+                                       if status == "failed" else ""), {"status": status})
             if time.monotonic() > deadline:
                 raise TimeoutExceeded("the pipeline is still flushing; it will stop by itself",
                                       {"status": status})

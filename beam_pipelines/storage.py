@@ -129,6 +129,7 @@ __all__ = [
     "sink_filesystems",
     "sink_scheme",
     "split_bucket",
+    "walk_exceptions",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -955,7 +956,7 @@ def _classify_text(text: str) -> bool | None:
 _EXCEPTION_GROUP: Any = getattr(builtins, "BaseExceptionGroup", ())  # Python >= 3.11
 
 
-def _walk(exc: BaseException) -> Iterator[BaseException]:
+def walk_exceptions(exc: BaseException) -> Iterator[BaseException]:
     """The exception, then what it wraps, breadth first."""
     seen: set[int] = set()
     stack = collections.deque([exc])
@@ -987,7 +988,7 @@ def is_transient_storage_error(exc: BaseException) -> bool:
     (a runner's re-raised traceback) are classified by well-known phrases.
     Unknown errors are not transient.
     """
-    chain = list(_walk(exc))
+    chain = list(walk_exceptions(exc))
     for e in chain:
         explicit = getattr(e, "transient", None)
         if isinstance(explicit, bool):

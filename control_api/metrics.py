@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from beam_pipelines.errors import NotFoundError
+from beam_pipelines.lifecycle import STATUSES
 from beam_pipelines.pipelines import PipelineService
 from beam_pipelines.store import PipelineRow, WebhookDelivery
 from control_api.auth import require_scope
@@ -40,7 +41,6 @@ _COUNTERS = {
     "backlog_events": ("pipeline_do_backlog_events", "Accepted events not yet committed.",
                        "gauge"),
 }
-_STATUSES = ("created", "running", "paused", "stopping", "stopped")
 
 
 class StoreCollector(Collector):
@@ -83,7 +83,7 @@ class StoreCollector(Collector):
             labels = [name, pipeline_id]
             for key, family in families.items():
                 family.add_metric(labels, float(snapshot[key] or 0))
-            for state in _STATUSES:
+            for state in STATUSES:
                 status.add_metric([*labels, state], 1.0 if state == current else 0.0)
             if committed_at is not None:
                 last_commit.add_metric(labels, committed_at)
@@ -97,7 +97,7 @@ class StoreCollector(Collector):
         yield from (status, last_commit, throughput, latency)
         pipelines_total = GaugeMetricFamily("pipeline_do_pipelines", "Pipelines by status.",
                                             labels=["status"])
-        for state in _STATUSES:
+        for state in STATUSES:
             pipelines_total.add_metric([state], sum(1 for p in pipelines if p[2] == state))
         yield pipelines_total
         webhook = GaugeMetricFamily("pipeline_do_webhook_deliveries",

@@ -22,6 +22,8 @@ from beam_pipelines.definition import (
     SINK_OPTIONS,
     UNKNOWN_FIELD_POLICIES,
 )
+from beam_pipelines.errors import EPOCH_ERROR_CODES
+from beam_pipelines.lifecycle import STATUSES
 from control_api.bodies import ALLOWED_ENCODINGS
 from transforms.decode import REJECTION_CODES
 
@@ -124,7 +126,7 @@ def _schemas() -> dict[str, Any]:
                        extra=False),
         "Pipeline": _obj({
             "id": {"type": "string"}, "name": {"type": "string"},
-            "status": {"enum": ["created", "running", "paused", "stopping", "stopped"]},
+            "status": {"enum": list(STATUSES)},
             "version": {"type": "integer", "minimum": 1}, "sql": {"type": "string"},
             "schema": {"type": ["array", "null"], "items": _ref("Field")},
             "event_time_field": {"type": ["string", "null"]},
@@ -153,13 +155,17 @@ def _schemas() -> dict[str, Any]:
                               "rows": {"type": "array", "items": {"type": "object"}}},
                              ("dry_run", "output_schema", "rows")),
         "Monitor": _obj({
-            "status": {"type": "string"}, "events_in": integer, "events_rejected": integer,
+            "status": {"enum": list(STATUSES)}, "events_in": integer, "events_rejected": integer,
             "events_out": integer, "bytes_in": integer, "bytes_out": integer,
             "files_written": integer, "epochs": integer, "backlog_events": integer,
             "throughput": _obj({"in_eps": number, "out_eps": number}, ("in_eps", "out_eps")),
             "latency_ms": _obj({"p50": latency, "p95": latency, "p99": latency},
                                ("p50", "p95", "p99")),
-            "errors": integer, "last_error": {"type": ["string", "null"]},
+            "errors": integer, "last_error": {
+                "type": ["string", "null"],
+                "description": "The latest failed epoch attempt: 'epoch N failed (sink S): CODE: "
+                               "reason (attempt a of n)', CODE one of "
+                               + ", ".join(EPOCH_ERROR_CODES) + ". No server paths."},
             "last_commit_at": _time(nullable=True), "window_seconds": number},
             ("status", "events_in", "events_rejected", "events_out", "bytes_in", "bytes_out",
              "files_written", "epochs", "backlog_events", "throughput", "latency_ms", "errors",

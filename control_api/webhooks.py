@@ -142,6 +142,7 @@ class Outbox:
         emit(self.store, "pipeline.stopped", summarize_stop(self.store, pipeline_id))
 
     def on_failed(self, pipeline_id: str, epoch: int, message: str, attempts: int) -> None:
+        """``pipeline.failed``: once, when the job manager makes the pipeline ``failed``."""
         emit(self.store, "pipeline.failed", {"id": pipeline_id, "name": self._name(pipeline_id),
                                              "epoch": epoch, "error": message,
                                              "attempts": attempts})

@@ -42,6 +42,8 @@ def server(tmp_path_factory: Any) -> Iterator[LiveServer]:
     data_dir = tmp_path_factory.mktemp("object-stores")
     live = LiveServer(str(data_dir), api_key=ADMIN_KEY,
                       extra_env={**NO_STORAGE_ENV, "PIPELINE_DO_STORAGE_RETRY_DEADLINE": "2",
+                                 # a dead endpoint fails its pipeline after 2 attempts
+                                 "PIPELINE_DO_EPOCH_MAX_TRANSIENT_ATTEMPTS": "2",
                                  "PIPELINE_DO_WEBHOOK_ALLOW_PRIVATE": "1",
                                  "PIPELINE_DO_WEBHOOK_RETRY_SECONDS": "0.2"})
     live.start()

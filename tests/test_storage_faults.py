@@ -88,8 +88,10 @@ def test_gcs_down_mid_stream_then_back_loses_and_doubles_nothing(tmp_path: Path)
         assert "failed" in down["last_error"] and "transient" in down["last_error"]
         failures = server.ok("logs", {"name": "faults", "level": "error"})["logs"]
         assert len(failures) >= 3 and all("retry in" in e["message"] for e in failures)
-        wait_for(lambda: receiver.events("pipeline.failed", pipeline_id), timeout=30,
-                 message="pipeline.failed")
+        # An outage is transient: it has PIPELINE_DO_EPOCH_MAX_TRANSIENT_ATTEMPTS (50 by
+        # default) before the pipeline is failed, so it keeps running and heals by itself.
+        assert get()["status"] == "running"
+        assert not receiver.events("pipeline.failed", pipeline_id)
         time.sleep(1.0)
         assert get()["epochs"] == before["epochs"]  # still nothing committed
 
