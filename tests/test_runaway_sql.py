@@ -129,7 +129,7 @@ def test_an_epoch_of_runaway_sql_fails_cleanly_while_another_pipeline_writes(
     server.ok("start", {"name": "steady"})
     failed = wait_for(lambda: server.ok("monitor", {"name": "exploding"})["last_error"],
                       timeout=120, message="the runaway epoch's error")
-    assert "SqlError: the SQL's result is larger than its 64 MB limit" in failed, failed
+    assert "SQL_ERROR: the SQL's result is larger than its 64 MB limit" in failed, failed
     stopped = server.ok("stop", {"name": "steady"}, options={"timeout": 120_000})
     assert stopped["status"] == "stopped"
     lake = f"{server.data_dir}/lake/steady/**/*.parquet"

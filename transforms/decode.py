@@ -294,6 +294,10 @@ def _cast_value(column: pa.Array, ftype: str, target: pa.DataType) -> pa.Array |
         if pa.types.is_string(source):
             return column
     elif ftype == "int64":
+        if pa.types.is_floating(source) and not _within(pc.abs(column), (0, _EXACT_FLOAT_INT)):
+            # Past 2^53 a float no longer holds every integer: the reader may have
+            # rounded an out-of-range literal into range. The thorough pass reads its text.
+            return None
         if pa.types.is_integer(source) or pa.types.is_floating(source):
             return column.cast(target)  # safe cast: 1.5 and 2**63 are refused
     elif ftype == "float64":
@@ -302,6 +306,9 @@ def _cast_value(column: pa.Array, ftype: str, target: pa.DataType) -> pa.Array |
     elif ftype == "bool" and pa.types.is_boolean(source):
         return column
     return None
+
+
+_EXACT_FLOAT_INT = 2 ** 53
 
 
 def _within(values: pa.Array, bounds: tuple[int, int]) -> bool:

@@ -125,9 +125,13 @@ def _typed(ftype: str, jt: str, text: str, number: str, raw_json: str) -> tuple[
         return f"CASE WHEN {jt} = 'VARCHAR' THEN {text} END", "false"
     if ftype == "int64":
         # 2.0 is 2; 2.5 is refused, as the fast path's safe cast refuses it.
-        integral = f"{jt} = 'DOUBLE' AND {finite} AND {number} = floor({number})"
+        # An integer literal past int64 is parsed as a DOUBLE, rounded: judge its
+        # text, not the rounded number (-2^63 - 1 would round into range).
+        literal = f"regexp_full_match({text}, '-?[0-9]+')"
+        integral = (f"{jt} = 'DOUBLE' AND NOT {literal} AND {finite} "
+                    f"AND {number} = floor({number})")
         fits = f"{number} >= {_INT64_SQL[0]} AND {number} < {_INT64_SQL[1]}"
-        whole = f"{jt} IN ('BIGINT', 'UBIGINT')"
+        whole = f"({jt} IN ('BIGINT', 'UBIGINT') OR ({jt} = 'DOUBLE' AND {literal}))"
         value = (f"CASE WHEN {whole} THEN TRY_CAST({text} AS BIGINT) "
                  f"WHEN {integral} AND {fits} THEN TRY_CAST({number} AS BIGINT) END")
         return value, (f"({whole} AND TRY_CAST({text} AS BIGINT) IS NULL) "

@@ -21,6 +21,7 @@ from beam_pipelines.definition import definition_from_dict
 from beam_pipelines.epochs import plan_epoch, run_epoch
 from beam_pipelines.errors import ConflictError, EpochError, TimeoutExceeded
 from beam_pipelines.jobs import JobManager
+from beam_pipelines.layout import part_file_name
 from beam_pipelines.pipelines import PipelineService
 from beam_pipelines.storage_paths import classify_epoch_error
 from beam_pipelines.store import Epoch, PipelineRow, Store, default_database_url
@@ -192,7 +193,8 @@ def test_a_retry_with_new_sql_discards_the_files_a_killed_attempt_left(
     result = run_epoch(service.store, str(tmp_path), pipeline_id, 1)
     lake = tmp_path / "lake" / "p"
     assert sorted(str(p.relative_to(lake)) for p in lake.rglob("*.parquet")) == [
-        "k=A/part-0000000001-00000.parquet", "k=B/part-0000000001-00000.parquet"]
+        part_file_name(pipeline_id, 1, 0, "parquet", "k=A"),
+        part_file_name(pipeline_id, 1, 0, "parquet", "k=B")]
     assert sorted(f["path"] for f in result.files) == sorted(
         str(p) for p in lake.rglob("*.parquet"))
     assert query(f"SELECT count(*) FROM read_parquet('{lake}/**/*.parquet')") == [(3,)]
