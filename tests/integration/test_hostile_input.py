@@ -383,8 +383,9 @@ def test_invalid_utf8_is_rejected_per_record(server: LiveServer, ledger: Ledger,
 def test_an_escaped_lone_surrogate_never_reaches_the_lake_unreadable(
         server: LiveServer, ledger: Ledger, outcomes: OutcomeLog, kind: str,
         content_type: str) -> None:
-    """``"\\ud800"`` is legal JSON but no UTF-8 string: rejected, or replaced if the
-    server chooses; either way the lake stays readable (checked at the end)."""
+    """``"\\ud800"`` is JSON text no UTF-8 string can hold: rejected (as invalid UTF-8
+    or a parse failure), or replaced if the server chooses; either way the lake stays
+    readable (checked at the end)."""
     name = (_schema_pipeline(server, ledger, "utf8_schema") if kind == "schema"
             else _raw_pipeline(server, ledger, "utf8_raw"))
     ids = ledger.ids(4)
@@ -393,11 +394,12 @@ def test_an_escaped_lone_surrogate_never_reaches_the_lake_unreadable(
     body = ("[" + ",".join(records) + "]" if content_type == JSON else "\n".join(records)).encode()
     status, reply = send(server, f"/pipelines/{name}/events", body, content_type=content_type)
     case = f"escaped lone surrogate in a {kind} pipeline, {content_type.split('/')[1]}"
-    outcomes.record(case, "invalid_utf8 (or replaced), the others accepted",
+    outcomes.record(case, "invalid_utf8 or parse_failure (or replaced), the others accepted",
                     _observed(status, reply))
     assert status == 200, reply
     replaced = reply["data"]["rejected"] == []
-    _assert_per_record(status, reply, ids, {} if replaced else {2: {"invalid_utf8"}}, ledger, case)
+    _assert_per_record(status, reply, ids, {} if replaced else {2: {"invalid_utf8", "parse_failure"}},
+                       ledger, case)
     _assert_healthy(server, ledger)
 
 
@@ -471,9 +473,10 @@ def test_numbers_that_do_not_fit_are_rejected_per_record(
     field, literal = BAD_NUMBERS[value]
     records = [f'{{"id":{i},"x":{x},"f":{f!r}}}' for i, (x, f) in zip(ids, extremes)]
     records[1] = f'{{"id":{ids[1]},"{field}":{literal}}}'
-    for k, i in enumerate(ids):
-        if k != 1:
-            ledger.values[i] = extremes[k]
+    ledger.values.update(zip(ids, extremes))
+    # Were the bad record accepted anyway, the lake would have to hold what was sent.
+    sent = json.loads(literal)
+    ledger.values[ids[1]] = (sent, None) if field == "x" else (None, sent)
     status, reply = send(server, "/pipelines/numbers/events", "\n".join(records).encode())
     case = f"number {value}"
     codes = {"out_of_range"} if field == "f" or "e" not in literal else {"out_of_range",
