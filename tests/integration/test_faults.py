@@ -7,6 +7,7 @@
   ends) in one pipeline while another ingests: the other keeps committing, the
   runaway one ends ``failed`` with a clean ``last_error`` after
   ``PIPELINE_DO_EPOCH_MAX_ATTEMPTS`` attempts, and resumes after a ``transform``.
+  As a ``transform`` dry run, a query that spends memory or time is a clean error.
   A watchdog kills the server if any of its processes passes ``RSS_CEILING``,
   so an unbounded query fails the test instead of the machine.
 - A poisoned epoch (SQL that errors on one value) reaches ``failed``, a
@@ -119,7 +120,8 @@ def sql_server(tmp_path_factory: Any, _sql_servers: list[tuple[LiveServer, RssWa
         return _sql_servers[-1]
     server = _start(tmp_path_factory, "sql", {
         **WEBHOOK_ENV, "PIPELINE_DO_EPOCH_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-        "PIPELINE_DO_SQL_MEMORY_MB": "512", "PIPELINE_DO_SQL_TIMEOUT_SECONDS": "5"})
+        "PIPELINE_DO_SQL_MEMORY_MB": "512", "PIPELINE_DO_SQL_TIMEOUT_SECONDS": "5",
+        "PIPELINE_DO_DRY_RUN_TIMEOUT_SECONDS": "5"})
     _sql_servers.append((server, RssWatchdog(server, RSS_CEILING)))
     return _sql_servers[-1]
 
@@ -134,7 +136,7 @@ def receiver() -> Iterator[Receiver]:
 class Client(threading.Thread):
     """Posts batches of fresh ids to one pipeline until stopped; remembers what was acknowledged."""
 
-    def __init__(self, server: LiveServer, name: str, first_id: int, batch: int = 500) -> None:
+    def __init__(self, server: LiveServer, name: str, first_id: int, batch: int = 200) -> None:
         super().__init__(daemon=True)
         self.server, self.name, self.next_id, self.batch = server, name, first_id, batch
         self.acked: list[int] = []
@@ -385,27 +387,38 @@ def test_a_runaway_sql_fails_its_own_pipeline_while_the_neighbour_commits(
     assert watchdog.killed is None and watchdog.peak < RSS_CEILING
 
 
+# A dry run returns at most ``limit`` rows, so a plain cross join ends early there:
+# these cannot, one spends memory, the other time.
+RUNAWAY_DRY_RUNS = {
+    "memory: list() over a cross join": "SELECT e.id, list(r.range) AS big "
+                                        "FROM events e, range(100000000) r GROUP BY e.id",
+    "time: count(*) over a cross join": "SELECT count(*) AS n FROM events e, range(1000000000) r",
+}
+
+
+@pytest.mark.parametrize("runaway", sorted(RUNAWAY_DRY_RUNS))
 def test_a_runaway_dry_run_is_a_clean_error_and_the_api_stays_up(
-        sql_server: tuple[LiveServer, RssWatchdog], outcomes: OutcomeLog) -> None:
+        sql_server: tuple[LiveServer, RssWatchdog], outcomes: OutcomeLog, runaway: str) -> None:
     server, watchdog = sql_server
-    _create(server, "dry")
-    status, reply = send(server, "/pipelines/dry/events", b"".join(
+    name = "dry_" + str(sorted(RUNAWAY_DRY_RUNS).index(runaway))
+    _create(server, name)
+    status, reply = send(server, f"/pipelines/{name}/events", b"".join(
         b'{"id":%d,"payload":"x","country":"42"}\n' % i for i in range(1000)))
     assert status == 200, reply
     try:
-        response = server.call("transform", {"name": "dry", "dry_run": True,
-                                             "sql": RUNAWAY_SQL["cross join with range(1e9)"]},
-                               timeout=120)
+        response = server.call("transform", {"name": name, "dry_run": True,
+                                             "sql": RUNAWAY_DRY_RUNS[runaway]}, timeout=120)
         observed = f"{response.status_code} {response.json().get('error', {}).get('code')}"
     except requests.RequestException as err:
         response, observed = None, f"no answer ({type(err).__name__})"
     observed += f"; peak RSS {watchdog.peak / 1024**2:.0f} MB"
-    outcomes.record("runaway SQL as a transform dry run", "a clean 4xx/504 error, memory bounded",
+    outcomes.record(f"runaway SQL as a transform dry run ({runaway})",
+                    "a clean 400/504 error, memory bounded",
                     observed + (f"; watchdog killed {watchdog.killed}" if watchdog.killed else ""))
     assert response is not None and response.status_code in (400, 504), observed
     error = response.json()["error"]
     assert error["code"] in ("VALIDATION_ERROR", "TIMEOUT"), error
     _assert_clean_error(error["message"], server)
     assert requests.get(server.url + "/healthz", timeout=30).status_code == 200
-    assert server.ok("get", {"name": "dry"})["version"] == 1  # a dry run changes nothing
+    assert server.ok("get", {"name": name})["version"] == 1  # a dry run changes nothing
     assert watchdog.killed is None and watchdog.peak < RSS_CEILING
