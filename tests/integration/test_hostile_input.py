@@ -18,21 +18,33 @@ import os
 import random
 from collections import Counter
 from collections.abc import Iterator
-from functools import cache
 from typing import Any
 
 import pytest
 import requests
-import zstandard
 
 from tests.conftest import ADMIN_KEY
+from tests.integration.hostile import (
+    AROUND,
+    ENCODERS,
+    SEED,
+    assert_error,
+    assert_per_record,
+    bomb,
+    chunks,
+    extra_fields,
+    invalid_utf8,
+    nested,
+    observed,
+    partition_values,
+    sized_records,
+)
 from tests.integration.lake import Ledger, lake_files, ndjson, read_lake, send, sink_dir
 from tests.integration.outcomes import OutcomeLog
 from tests.live import LiveServer
 
 LIMIT = 262_144  # PIPELINE_DO_MAX_BODY_BYTES
 DEPTH = 32  # PIPELINE_DO_MAX_JSON_DEPTH
-SEED = 6
 NDJSON, JSON = "application/x-ndjson", "application/json"
 SCHEMA = [{"name": "id", "type": "int64", "required": True}, {"name": "s", "type": "string"},
           {"name": "j", "type": "json"}]
@@ -78,18 +90,6 @@ def _raw_pipeline(server: LiveServer, ledger: Ledger, name: str) -> str:
     return name
 
 
-def _observed(status: int | None, body: dict[str, Any]) -> str:
-    if status == 200 and body.get("success"):
-        data = body["data"]
-        if "accepted" not in data:
-            return "200 OK"
-
-        codes = Counter(r["code"] for r in data.get("rejected", []))
-        rejected = ", ".join(f"{n} {code}" for code, n in sorted(codes.items()))
-        return f"200: {data['accepted']} accepted" + (f", rejected {rejected}" if rejected else "")
-    return f"{status} {body.get('error', {}).get('code')}"
-
-
 def _assert_healthy(server: LiveServer, ledger: Ledger) -> None:
     """``/healthz`` answers 200 and a normal ingest is accepted whole."""
     assert requests.get(server.url + "/healthz", timeout=30).status_code == 200
@@ -98,47 +98,6 @@ def _assert_healthy(server: LiveServer, ledger: Ledger) -> None:
     status, body = send(server, f"/pipelines/{name}/events", ndjson({"id": i, "s": "ok"} for i in ids))
     assert status == 200 and body["data"]["accepted"] == 2, body
     ledger.ack("server healthy after each attack (canary)", ids)
-
-
-def _assert_per_record(status: int | None, body: dict[str, Any], ids: list[int],
-                       bad: dict[int, set[str]], ledger: Ledger, case: str) -> None:
-    """200; exactly the records at ``bad``'s indexes rejected, with one of the codes given."""
-    assert status == 200, body
-    data = body["data"]
-    got = {r["index"]: r["code"] for r in data["rejected"]}
-    ledger.refuse(ids[i] for i in got)
-    ledger.ack(case, (ids[i] for i in range(len(ids)) if i not in got))
-    assert set(got) == set(bad), data["rejected"]
-    for index, code in got.items():
-        assert code in bad[index], (index, code, bad[index])
-    assert data["accepted"] == len(ids) - len(bad)
-
-
-def _assert_error(status: int | None, body: dict[str, Any], want_status: int, want_code: str,
-                  field: str | None = None) -> dict[str, Any]:
-    assert (status, body.get("error", {}).get("code")) == (want_status, want_code), body
-    assert body["success"] is False
-    error: dict[str, Any] = body["error"]
-    if field is not None:
-        assert error.get("details", {}).get("field") == field, error
-    return error
-
-
-def _chunks(body: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
-    return (body[i:i + size] for i in range(0, len(body), size))
-
-
-def _sized_records(ids: list[int], size: int, head: bytes, sep: bytes, tail: bytes) -> bytes:
-    """``head + records joined by sep + tail``, exactly ``size`` bytes long."""
-    bare = [json.dumps({"id": i, "s": ""}, separators=(",", ":")).encode() for i in ids]
-    spare = size - len(head) - len(sep.join(bare)) - len(tail)
-    assert spare >= 0
-    per, extra = divmod(spare, len(ids))
-    records = [json.dumps({"id": i, "s": "x" * (per + (k < extra))}, separators=(",", ":")).encode()
-               for k, i in enumerate(ids)]
-    body = head + sep.join(records) + tail
-    assert len(body) == size
-    return body
 
 
 # -- bodies: limits hold for Content-Length and chunked bodies ------------------------
@@ -162,34 +121,23 @@ def test_body_size_limit_holds_for_every_transfer(server: LiveServer, ledger: Le
     nbytes = SIZES[size]
     ids = ledger.ids(max(1, nbytes // 1024))
     head, sep, tail = ROUTES[route]
-    body = _sized_records(ids, nbytes, head, sep, tail)
+    body = sized_records(ids, nbytes, head, sep, tail)
     path = "/pipeline" if route == "/pipeline ingest" else f"/pipelines/{name}/events"
-    status, reply = send(server, path, _chunks(body) if transfer == "chunked" else body,
+    status, reply = send(server, path, chunks(body) if transfer == "chunked" else body,
                          content_type=NDJSON if route == "ndjson" else JSON)
     over = nbytes > LIMIT
     case = f"body {size}, {route}, {transfer}"
     outcomes.record(case, "413 PAYLOAD_TOO_LARGE" if over else "200, all accepted",
-                    _observed(status, reply))
+                    observed(status, reply))
     if over:
         ledger.refuse(ids)
-        _assert_error(status, reply, 413, "PAYLOAD_TOO_LARGE")
+        assert_error(status, reply, 413, "PAYLOAD_TOO_LARGE")
     else:
-        _assert_per_record(status, reply, ids, {}, ledger, case)
+        assert_per_record(status, reply, ids, {}, ledger, case)
     _assert_healthy(server, ledger)
 
 
 # -- encodings: gzip and zstd decoded under the limit, anything else 415 ---------------
-
-
-ENCODERS = {"gzip": gzip.compress, "zstd": zstandard.ZstdCompressor(level=10).compress,
-            "identity": lambda data: data}
-
-
-@cache
-def _bomb(encoding: str) -> bytes:
-    """64 MB of valid NDJSON once decoded, a few kB on the wire."""
-    line = b'{"id":0,"s":"' + b"a" * 1000 + b'"}\n'
-    return ENCODERS[encoding](line * 64_000)
 
 
 ENCODING_CASES = [(enc, size, "Content-Length") for enc in ENCODERS
@@ -205,24 +153,24 @@ def test_compressed_bodies_are_limited_by_their_decoded_size(
     name = _schema_pipeline(server, ledger, "encodings")
     if size == "64 MB bomb":
         ids = ledger.ids(1)
-        wire = _bomb(encoding)
+        wire = bomb(encoding)
         assert len(wire) < LIMIT  # only the decoded size is over the limit
     else:
         nbytes = {"20 kB": 20_000, "limit - 1": LIMIT - 1, "limit + 1": LIMIT + 1}[size]
         ids = ledger.ids(nbytes // 1024)
-        wire = ENCODERS[encoding](_sized_records(ids, nbytes, b"", b"\n", b"\n"))
+        wire = ENCODERS[encoding](sized_records(ids, nbytes, b"", b"\n", b"\n"))
     status, reply = send(server, f"/pipelines/{name}/events",
-                         _chunks(wire) if transfer == "chunked" else wire,
+                         chunks(wire) if transfer == "chunked" else wire,
                          headers={"Content-Encoding": encoding})
     case = f"Content-Encoding {encoding}, decoded {size}, {transfer}"
     over = size in ("limit + 1", "64 MB bomb")
     outcomes.record(case, "413 PAYLOAD_TOO_LARGE" if over else "200, all accepted",
-                    _observed(status, reply))
+                    observed(status, reply))
     if over:
         ledger.refuse(ids)
-        _assert_error(status, reply, 413, "PAYLOAD_TOO_LARGE")
+        assert_error(status, reply, 413, "PAYLOAD_TOO_LARGE")
     else:
-        _assert_per_record(status, reply, ids, {}, ledger, case)
+        assert_per_record(status, reply, ids, {}, ledger, case)
     _assert_healthy(server, ledger)
 
 
@@ -235,8 +183,8 @@ def test_unknown_content_encoding_is_415_naming_the_allowed_ones(
     status, reply = send(server, f"/pipelines/{name}/events", ndjson({"id": i} for i in ids),
                          headers={"Content-Encoding": encoding})
     outcomes.record(f"Content-Encoding {encoding}", "415 UNSUPPORTED_MEDIA_TYPE, allowed listed",
-                    _observed(status, reply))
-    error = _assert_error(status, reply, 415, "UNSUPPORTED_MEDIA_TYPE")
+                    observed(status, reply))
+    error = assert_error(status, reply, 415, "UNSUPPORTED_MEDIA_TYPE")
     assert "gzip" in error["details"]["allowed"], error
     _assert_healthy(server, ledger)
 
@@ -254,19 +202,13 @@ def test_a_corrupt_compressed_body_is_a_clean_client_error(
     status, reply = send(server, f"/pipelines/{name}/events", wire,
                          headers={"Content-Encoding": encoding})
     outcomes.record(f"Content-Encoding {encoding}, {damage}", "4xx with a code, nothing accepted",
-                    _observed(status, reply))
+                    observed(status, reply))
     assert status is not None and 400 <= status < 500, reply
     assert reply["success"] is False and reply["error"]["code"], reply
     _assert_healthy(server, ledger)
 
 
 # -- nesting depth: per record on the fast path, 400 on /pipeline ----------------------
-
-
-def _nested(container: str, depth: int) -> str:
-    if container == "arrays":
-        return "[" * depth + "]" * depth
-    return '{"a":' * depth + "1" + "}" * depth
 
 
 DEPTH_CASES = [(kind, container, depth, ctype) for kind in ("schema json field", "unstructured")
@@ -283,7 +225,7 @@ def test_nesting_past_the_limit_is_rejected_per_record(
     ids = ledger.ids(5)
     bad = random.Random(f"{SEED}{depth}{container}").randrange(5)
     field = "j" if kind == "schema json field" else "deep"
-    records = [f'{{"id":{i},"s":"ok","{field}":{_nested(container, depth) if k == bad else "[1]"}}}'
+    records = [f'{{"id":{i},"s":"ok","{field}":{nested(container, depth) if k == bad else "[1]"}}}'
                for k, i in enumerate(ids)]
     body = ("[" + ",".join(records) + "]" if content_type == JSON
             else "\n".join(records) + "\n").encode()
@@ -291,8 +233,8 @@ def test_nesting_past_the_limit_is_rejected_per_record(
     case = f"{container} {depth} deep in a {kind}, {content_type.split('/')[1]}"
     too_deep = depth > DEPTH
     outcomes.record(case, "per record: too_deep, the others accepted" if too_deep
-                    else "200, all accepted", _observed(status, reply))
-    _assert_per_record(status, reply, ids, {bad: {"too_deep"}} if too_deep else {}, ledger, case)
+                    else "200, all accepted", observed(status, reply))
+    assert_per_record(status, reply, ids, {bad: {"too_deep"}} if too_deep else {}, ledger, case)
     _assert_healthy(server, ledger)
 
 
@@ -305,7 +247,7 @@ PIPELINE_DEPTH_CASES = [(where, container, depth) for where in ("whole body", "p
 def test_a_too_deep_pipeline_body_is_400_on_body(server: LiveServer, ledger: Ledger,
                                                  outcomes: OutcomeLog, where: str,
                                                  container: str, depth: int) -> None:
-    deep = _nested(container, depth)
+    deep = nested(container, depth)
     [event_id] = ledger.ids(1)
     ledger.refuse([event_id])
     body = {"whole body": deep,
@@ -315,8 +257,8 @@ def test_a_too_deep_pipeline_body_is_400_on_body(server: LiveServer, ledger: Led
     _schema_pipeline(server, ledger, "depth_schema")
     status, reply = send(server, "/pipeline", body.encode(), content_type=JSON)
     outcomes.record(f"/pipeline body, {container} {depth} deep in {where}",
-                    "400 VALIDATION_ERROR on body", _observed(status, reply))
-    _assert_error(status, reply, 400, "VALIDATION_ERROR", field="body")
+                    "400 VALIDATION_ERROR on body", observed(status, reply))
+    assert_error(status, reply, 400, "VALIDATION_ERROR", field="body")
     assert server.call("get", {"name": "deep"}).status_code == 404
     _assert_healthy(server, ledger)
 
@@ -324,28 +266,7 @@ def test_a_too_deep_pipeline_body_is_400_on_body(server: LiveServer, ledger: Led
 # -- invalid UTF-8: generated byte patterns, rejected per record -----------------------
 
 
-def _invalid_utf8(rng: random.Random) -> dict[str, bytes]:
-    def cont() -> int:
-        return rng.randint(0x80, 0xBF)
-
-    return {
-        "lone continuation byte": bytes([cont()]),
-        "run of continuation bytes": bytes(cont() for _ in range(rng.randint(2, 6))),
-        "overlong 2-byte": bytes([rng.choice([0xC0, 0xC1]), cont()]),
-        "overlong 3-byte": bytes([0xE0, rng.randint(0x80, 0x9F), cont()]),
-        "overlong 4-byte": bytes([0xF0, rng.randint(0x80, 0x8F), cont(), cont()]),
-        "encoded surrogate": chr(rng.randint(0xD800, 0xDFFF)).encode("utf-8", "surrogatepass"),
-        "truncated 2-byte": bytes([rng.randint(0xC2, 0xDF)]),
-        "truncated 3-byte": bytes([rng.randint(0xE1, 0xEC), cont()]),
-        "truncated 4-byte": bytes([0xF0, rng.randint(0x90, 0xBF), cont()]),
-        "above U+10FFFF": bytes([0xF4, rng.randint(0x90, 0xBF), cont(), cont()]),
-        "lead byte F5-F7": bytes([rng.randint(0xF5, 0xF7), cont(), cont(), cont()]),
-        "byte FE or FF": bytes([rng.choice([0xFE, 0xFF])]),
-    }
-
-
-_AROUND = ["", "abc", "é", "日本", "😀", "x" * 40]
-UTF8_PATTERNS = _invalid_utf8(random.Random(SEED))
+UTF8_PATTERNS = invalid_utf8(random.Random(SEED))
 UTF8_PLACES = ("schema string field", "schema json field", "unstructured value", "unstructured key")
 
 
@@ -354,7 +275,7 @@ UTF8_PLACES = ("schema string field", "schema json field", "unstructured value",
 def test_invalid_utf8_is_rejected_per_record(server: LiveServer, ledger: Ledger,
                                              outcomes: OutcomeLog, pattern: str, place: str) -> None:
     rng = random.Random(f"{SEED}{pattern}{place}")
-    raw = (rng.choice(_AROUND).encode() + UTF8_PATTERNS[pattern] + rng.choice(_AROUND).encode())
+    raw = (rng.choice(AROUND).encode() + UTF8_PATTERNS[pattern] + rng.choice(AROUND).encode())
     schema = place.startswith("schema")
     name = (_schema_pipeline(server, ledger, "utf8_schema") if schema
             else _raw_pipeline(server, ledger, "utf8_raw"))
@@ -373,8 +294,8 @@ def test_invalid_utf8_is_rejected_per_record(server: LiveServer, ledger: Ledger,
             lines.append(b'{"id":%d,"' % i + raw + b'":1}')
     status, reply = send(server, f"/pipelines/{name}/events", b"\n".join(lines) + b"\n")
     case = f"invalid UTF-8 ({pattern}) in {place}"
-    outcomes.record(case, "per record: invalid_utf8, the others accepted", _observed(status, reply))
-    _assert_per_record(status, reply, ids, {bad: {"invalid_utf8"}}, ledger, case)
+    outcomes.record(case, "per record: invalid_utf8, the others accepted", observed(status, reply))
+    assert_per_record(status, reply, ids, {bad: {"invalid_utf8"}}, ledger, case)
     _assert_healthy(server, ledger)
 
 
@@ -395,11 +316,11 @@ def test_an_escaped_lone_surrogate_never_reaches_the_lake_unreadable(
     status, reply = send(server, f"/pipelines/{name}/events", body, content_type=content_type)
     case = f"escaped lone surrogate in a {kind} pipeline, {content_type.split('/')[1]}"
     outcomes.record(case, "invalid_utf8 or parse_failure (or replaced), the others accepted",
-                    _observed(status, reply))
+                    observed(status, reply))
     assert status == 200, reply
     replaced = reply["data"]["rejected"] == []
-    _assert_per_record(status, reply, ids, {} if replaced else {2: {"invalid_utf8", "parse_failure"}},
-                       ledger, case)
+    assert_per_record(status, reply, ids, {} if replaced else {2: {"invalid_utf8", "parse_failure"}},
+                      ledger, case)
     _assert_healthy(server, ledger)
 
 
@@ -439,8 +360,8 @@ def test_timestamps_out_of_range_are_rejected_per_record(
     case = f"timestamp {value}, {content_type.split('/')[1]}"
     codes = {"out_of_range"} if value in STRICTLY_OUT_OF_RANGE else {
         "out_of_range", "parse_failure", "type_mismatch"}
-    outcomes.record(case, "per record: " + " or ".join(sorted(codes)), _observed(status, reply))
-    _assert_per_record(status, reply, ids, {bad: codes}, ledger, case)
+    outcomes.record(case, "per record: " + " or ".join(sorted(codes)), observed(status, reply))
+    assert_per_record(status, reply, ids, {bad: codes}, ledger, case)
     _assert_healthy(server, ledger)
 
 
@@ -451,8 +372,8 @@ def test_timestamps_in_range_are_stored_exactly(server: LiveServer, ledger: Ledg
     ledger.values.update((i, ms) for i, (_sent, ms) in zip(ids, GOOD_TIMES.values()))
     status, reply = send(server, "/pipelines/times/events", ndjson(records))
     case = "timestamps in range (" + ", ".join(GOOD_TIMES) + ")"
-    outcomes.record(case, "200, stored to the millisecond", _observed(status, reply))
-    _assert_per_record(status, reply, ids, {}, ledger, case)
+    outcomes.record(case, "200, stored to the millisecond", observed(status, reply))
+    assert_per_record(status, reply, ids, {}, ledger, case)
 
 
 BAD_NUMBERS = {"int64 field 2^63": ("x", "9223372036854775808"),
@@ -482,22 +403,12 @@ def test_numbers_that_do_not_fit_are_rejected_per_record(
     codes = {"out_of_range"} if field == "f" or "e" not in literal else {"out_of_range",
                                                                          "type_mismatch"}
     outcomes.record(case, "per record: out_of_range; extremes that fit stored exactly",
-                    _observed(status, reply))
-    _assert_per_record(status, reply, ids, {1: codes}, ledger, case)
+                    observed(status, reply))
+    assert_per_record(status, reply, ids, {1: codes}, ledger, case)
     _assert_healthy(server, ledger)
 
 
 # -- unknown fields under each policy --------------------------------------------------
-
-
-def _extras(variant: str, rng: random.Random) -> dict[str, Any]:
-    variants: dict[str, dict[str, Any]] = {
-            "plain": {"extra": rng.randint(0, 10**6)},
-            "unicode name": {"名前_" + rng.choice("αβγ"): "値"},
-            "nested value": {"meta": {"a": [1, 2, {"b": None}], "c": rng.random()}},
-            "200-char name": {"z" * 200: True},
-            "several": {f"u{rng.randint(0, 99)}_{k}": k for k in range(3)}}
-    return variants[variant]
 
 
 POLICIES = ("default", "drop", "reject", "keep")
@@ -522,7 +433,7 @@ def test_unknown_fields_follow_the_schema_policy(server: LiveServer, ledger: Led
     rng = random.Random(f"{SEED}{policy}{variant}{content_type}")
     ids = ledger.ids(5)
     with_extras = set(rng.sample(range(5), 2))
-    extras = _extras(variant, rng)
+    extras = extra_fields(variant, rng)
     records = [{"id": i, "s": "ok", **(extras if k in with_extras else {})} for k, i in enumerate(ids)]
     if policy == "keep":
         ledger.values.update((i, extras if k in with_extras else {}) for k, i in enumerate(ids))
@@ -533,9 +444,9 @@ def test_unknown_fields_follow_the_schema_policy(server: LiveServer, ledger: Led
     expected = {"default": "200, all accepted, unknown_fields named", "drop": "200, all accepted, "
                 "unknown_fields named", "reject": "per record: unknown_field",
                 "keep": "200, all accepted, kept in _extra"}[policy]
-    outcomes.record(case, expected, _observed(status, reply))
-    _assert_per_record(status, reply, ids, {k: {"unknown_field"} for k in with_extras}
-                       if policy == "reject" else {}, ledger, case)
+    outcomes.record(case, expected, observed(status, reply))
+    assert_per_record(status, reply, ids, {k: {"unknown_field"} for k in with_extras}
+                      if policy == "reject" else {}, ledger, case)
     if policy in ("default", "drop"):
         assert set(reply["data"].get("unknown_fields", [])) == set(extras), reply["data"]
     _assert_healthy(server, ledger)
@@ -544,17 +455,7 @@ def test_unknown_fields_follow_the_schema_policy(server: LiveServer, ledger: Led
 # -- partition values the filesystem cannot hold as they are ---------------------------
 
 
-def _partition_values() -> dict[str, str]:
-    rng = random.Random(SEED)
-    return {"300 chars": "x" * 300, "253 chars": "x" * 253, "254 chars": "x" * 254,
-            "1000 chars": "y" * 1000, "200 x é (400 bytes)": "é" * 200, "70 emoji": "😀" * 70,
-            "random unicode": "".join(chr(rng.randint(0x100, 0x2FFF)) for _ in range(40)),
-            "..": "..", ".": ".", "../..": "../..", "/": "/", "a/b": "a/b",
-            "../../../etc/passwd": "../../../etc/passwd", "empty": "", "%2e%2e": "%2e%2e",
-            "backslashes": "a\\..\\..\\b", "NUL": "a\x00b", "newline": "a\nb", "space": " "}
-
-
-PARTITION_VALUES = _partition_values()
+PARTITION_VALUES = partition_values()
 
 
 @pytest.mark.parametrize("label", list(PARTITION_VALUES))
@@ -572,12 +473,12 @@ def test_partition_values_never_block_or_escape(server: LiveServer, ledger: Ledg
                          ndjson({"id": i, "k": v} for i, v in zip(ids, values)))
     case = f"partition value {label}"
     outcomes.record(case, "accepted under a bounded name, or rejected; never blocks the epoch",
-                    _observed(status, reply))
+                    observed(status, reply))
     assert status == 200, reply
     rejected = {r["index"] for r in reply["data"]["rejected"]}
     assert rejected <= {1}, reply["data"]
-    _assert_per_record(status, reply, ids, {1: {r["code"] for r in reply["data"]["rejected"]}}
-                       if rejected else {}, ledger, case)
+    assert_per_record(status, reply, ids, {1: {r["code"] for r in reply["data"]["rejected"]}}
+                      if rejected else {}, ledger, case)
     for k, i in enumerate(ids):
         if k not in rejected:
             ledger.values[i] = values[k]
@@ -601,8 +502,8 @@ def test_local_sinks_outside_the_roots_are_refused(server: LiveServer, outcomes:
     if response.status_code == 200:  # never leave a pipeline that could write there
         server.ok("delete", {"name": "outside"})
     outcomes.record(f"sink.uri {uri}", "400 VALIDATION_ERROR on sink.uri",
-                    _observed(response.status_code, body))
-    _assert_error(response.status_code, body, 400, "VALIDATION_ERROR", field="sink.uri")
+                    observed(response.status_code, body))
+    assert_error(response.status_code, body, 400, "VALIDATION_ERROR", field="sink.uri")
     assert not os.path.exists(os.path.join(server.data_dir, "outside"))
 
 
@@ -617,8 +518,8 @@ def test_local_sinks_under_the_roots_are_accepted(server: LiveServer, ledger: Le
     ids = ledger.ids(3)
     status, reply = send(server, f"/pipelines/{name}/events", ndjson({"id": i} for i in ids))
     case = f"sink.uri {uri}"
-    outcomes.record(case, "200, events delivered there", _observed(status, reply))
-    _assert_per_record(status, reply, ids, {}, ledger, case)
+    outcomes.record(case, "200, events delivered there", observed(status, reply))
+    assert_per_record(status, reply, ids, {}, ledger, case)
 
 
 # -- a name reused after delete --------------------------------------------------------
