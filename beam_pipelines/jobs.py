@@ -70,7 +70,8 @@ from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
 from beam_pipelines.lifecycle import MANAGER_MOVES, SCHEDULED
 from beam_pipelines.periodic import PeriodicThread
 from beam_pipelines.store import Epoch, PipelineRow, Store
-from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool, limit_process_memory
+from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool
+from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
 
 __all__ = ["SQL_MEMORY_MB", "WORKER_MEMORY_MB", "JobManager", "WorkerDied"]
 
@@ -93,20 +94,12 @@ PREDECESSOR_TIMEOUT_SECONDS = 120.0
 TICK_STALE_SECONDS = 60.0
 
 
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
-
-
-# A worker's memory cap (``RLIMIT_DATA``, see ``limit_process_memory``): DuckDB's
-# share for one epoch's SQL plus room for the rest. Measured after 1M-event epochs:
-# VmData 1.5-1.7 GB at an RSS peak of 0.42 GB, 1 GiB of it the arena pyarrow's
-# mimalloc reserves and never touches. 2 GB of headroom keeps that and an epoch's
-# batches (roll.max_bytes, 64 MB by default, a few times over) clear of the cap.
-SQL_MEMORY_MB = _int_env("PIPELINE_DO_SQL_MEMORY_MB", 2048)
+# A worker's memory cap (``RLIMIT_DATA``, see ``limit_process_memory``): what the
+# worker uses before Beam is imported, plus DuckDB's share for one epoch's SQL and
+# room for the rest. Measured after 1M-event epochs: VmData 1.5-1.7 GB at an RSS
+# peak of 0.42 GB, 1 GiB of it the arena pyarrow's mimalloc reserves and never
+# touches. 2 GB of headroom keeps that and an epoch's batches (roll.max_bytes,
+# 64 MB by default, a few times over) clear of the cap.
 WORKER_HEADROOM_MB = 2048
 WORKER_MEMORY_MB = SQL_MEMORY_MB + WORKER_HEADROOM_MB
 

@@ -17,30 +17,10 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["limit_process_memory", "serve_tasks"]
+__all__ = ["serve_tasks"]
 
 
-def limit_process_memory(megabytes: int) -> None:
-    """Cap this process's private writable memory (``RLIMIT_DATA``) at ``megabytes``.
-
-    Past the cap an allocation fails, and fails cleanly: DuckDB raises
-    ``OutOfMemoryException``, pyarrow ``ArrowMemoryError``, Python
-    ``MemoryError``, instead of the kernel's OOM killer taking this or any
-    other process. ``RLIMIT_DATA`` (Linux >= 4.7 counts anonymous mmaps in
-    it) rather than ``RLIMIT_AS``: measured here, a worker that ran epochs
-    maps 2.7 GB of address space (VmSize) for 1.5 GB of private writable
-    memory (VmData) and an RSS of 0.3-0.4 GB; the difference (shared
-    libraries, reservations never written) would have to be guessed into an
-    address-space cap. Both caps made DuckDB, pyarrow and Python fail cleanly.
-    """
-    limit = megabytes * 1024 * 1024
-    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-
-
-def serve_tasks(conn: Connection, initializer: Callable[..., None], initargs: tuple[Any, ...],
+def serve_tasks(conn: Connection, initializer: Callable[..., object], initargs: tuple[Any, ...],
                 max_tasks: int, name: str) -> None:
     # Ctrl-C reaches the whole process group; the parent shuts workers down in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -12,7 +12,7 @@ the dead one's place, and every other worker's task goes on.
 
 A worker runs the initializer, reports ready, runs tasks and exits after
 ``max_tasks_per_worker`` of them, or after a task that left it using most
-of its memory cap (``limit_process_memory``: DuckDB keeps the address space
+of its memory cap (``transforms.sandbox.limit_process_memory``: DuckDB keeps the address space
 of a query that hit the cap, and every later allocation would fail); its
 replacement is started then, so memory stays flat. Tasks only go to ready
 workers. A worker that dies or hangs before it is ready is a failed start;
@@ -40,9 +40,9 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from beam_pipelines.errors import PipelineDoError
-from beam_pipelines.worker_process import limit_process_memory, serve_tasks
+from beam_pipelines.worker_process import serve_tasks
 
-__all__ = ["TaskCancelled", "WorkerDied", "WorkerPool", "limit_process_memory"]
+__all__ = ["TaskCancelled", "WorkerDied", "WorkerPool"]
 
 _log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class _Worker:
 class WorkerPool:
     """``size`` spawned worker processes running submitted calls one at a time each."""
 
-    def __init__(self, size: int, *, initializer: Callable[..., None],
+    def __init__(self, size: int, *, initializer: Callable[..., object],
                  initargs: tuple[Any, ...] = (), max_tasks_per_worker: int = 100,
                  name: str = "pdo-worker") -> None:
         if size < 1 or max_tasks_per_worker < 1:

@@ -37,7 +37,7 @@ from transforms.sql_policy import INPUT_TABLE, SqlError, check_sql, clean_messag
 
 __all__ = ["DRY_RUN_TIMEOUT_SECONDS", "SQL_MAX_OUTPUT_MB", "SQL_MEMORY_MB", "SQL_TIMEOUT_SECONDS",
            "SqlError", "borrow_connection", "check_select", "duckdb_memory_limit",
-           "limit_epoch_worker_memory", "limit_process_memory", "memory_budget_error", "plan_sql",
+           "limit_process_memory", "memory_budget_error", "plan_sql",
            "return_connection", "run_sql", "sandboxed_connection"]
 
 
@@ -100,7 +100,12 @@ def limit_process_memory(budget_mb: int | None = None) -> int:
     ``RLIMIT_DATA`` counts the heap and private writable mappings (what
     DuckDB, Arrow and Python allocate), not reserved address space, so it
     holds for the whole process whatever allocates. Past it, allocations
-    fail: DuckDB raises an out-of-memory error, Python a ``MemoryError``.
+    fail: DuckDB raises an out-of-memory error, pyarrow ``ArrowMemoryError``,
+    Python a ``MemoryError``, instead of the kernel's OOM killer taking this
+    or another process. Not ``RLIMIT_AS``: measured here, an epoch worker maps
+    2.7 GB of address space (VmSize) for 1.5 GB of private writable memory
+    (VmData) and an RSS of 0.3-0.4 GB, and a bare Python with DuckDB already
+    reserves ~1 GB; that difference would have to be guessed into the cap.
     Call it once, early, in a process that runs user SQL (the dry-run child,
     an epoch worker's initializer); it returns the limit in bytes.
     """
@@ -111,20 +116,6 @@ def limit_process_memory(budget_mb: int | None = None) -> int:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
     return limit
-
-
-# What an epoch worker's Beam runner (FnApiRunner: its threads' stacks, gRPC
-# and bundle buffers) adds to the data segment beyond its imports: ~330 MB
-# measured on the first epoch, before any SQL ran.
-EPOCH_RUNTIME_MB = 512
-
-
-def limit_epoch_worker_memory() -> int:
-    """``limit_process_memory`` for an epoch worker: the SQL budget plus Beam's own.
-
-    For the job manager's pool initializer, after ``apache_beam`` is imported.
-    """
-    return limit_process_memory(SQL_MEMORY_MB + EPOCH_RUNTIME_MB)
 
 
 def _data_segment_bytes() -> int:

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool, limit_process_memory
+from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool
 from tests.live import wait_for
+from transforms.sandbox import limit_process_memory
 
 # -- tasks: module level, so a spawned worker imports them by name ------------------
 

@@ -142,15 +142,16 @@ def test_a_query_cannot_spill_to_disk_or_show_a_directory() -> None:
 
 
 def test_an_epoch_worker_capped_for_its_budget_runs_sql_and_stops_runaways() -> None:
-    """The job manager's hook: ``limit_epoch_worker_memory`` in a Beam worker process."""
+    """An epoch worker's cap (the job manager's ``WORKER_MEMORY_MB``) in a Beam worker process."""
     script = textwrap.dedent("""
         import apache_beam as beam
         import pyarrow as pa
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-        from transforms.sandbox import limit_epoch_worker_memory
+        from beam_pipelines.jobs import WORKER_MEMORY_MB
+        from transforms.sandbox import limit_process_memory
         from transforms.sql import DuckDbSql
 
-        limit_epoch_worker_memory()
+        limit_process_memory(WORKER_MEMORY_MB)
         events = pa.table({"i": pa.array(range(1000), pa.int64())})
         for sql in ["SELECT sum(i) AS s FROM events",
                     "SELECT a.i, b.i AS j, c.i AS k FROM events a, events b, events c",
