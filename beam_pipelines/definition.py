@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from beam_pipelines.errors import DefinitionError
-from beam_pipelines.sink_roots import check_local_catalog, check_local_sink, local_sink_path
+from beam_pipelines.storage.roots import check_local_catalog, check_local_sink, local_sink_path
 
 __all__ = [
     "COMPRESSIONS",
@@ -147,7 +147,7 @@ def parse_definition(params: dict[str, Any], *, default_sink_uri: str,
 
     ``default_sink_uri`` is where files go when the sink names no ``uri``
     (``<data dir>/lake/<name>``); it may contain ``{name}``. A local sink
-    must lie under one of ``local_sink_roots`` (see ``beam_pipelines.sink_roots``).
+    must lie under one of ``local_sink_roots`` (see ``beam_pipelines.storage.roots``).
     """
     if not isinstance(params, dict):
         raise DefinitionError("parameters", "parameters must be an object")
@@ -289,7 +289,7 @@ def _parse_sink(raw: Any, default_uri: str, local_roots: Sequence[str]) -> Sink:
 
 
 def _check_table(table: Any, fmt: str) -> None:
-    from beam_pipelines.iceberg import check_table_spec, pyiceberg_missing
+    from beam_pipelines.storage.iceberg import check_table_spec, pyiceberg_missing
 
     try:
         check_table_spec(table)

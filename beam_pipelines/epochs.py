@@ -33,9 +33,16 @@ from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
 from beam_pipelines.definition import PipelineDefinition, Sink, definition_from_dict
 from beam_pipelines.errors import EpochError
 from beam_pipelines.layout import is_local
-from beam_pipelines.sealing import SecretBox
-from beam_pipelines.sink_roots import allowed_local_roots, check_local_catalog, check_local_sink
-from beam_pipelines.storage_paths import discard_attempt, remove_scratch
+from beam_pipelines.storage.errors import classify_epoch_error
+from beam_pipelines.storage.files import (
+    discard_attempt,
+    file_sizes,
+    remove_scratch,
+    sync_local_files,
+)
+from beam_pipelines.storage.process import apply_epoch_sink_environment
+from beam_pipelines.storage.roots import allowed_local_roots, check_local_catalog, check_local_sink
+from beam_pipelines.storage.sealing import SecretBox
 from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from transforms.decode import arrow_schema
 
@@ -153,12 +160,6 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     made since ``create`` must not lead the epoch's files elsewhere.
     """
     from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
-    from beam_pipelines.storage_paths import (
-        classify_epoch_error,
-        file_sizes,
-        pipeline_options,
-        sync_local_files,
-    )
 
     with store.session() as s:
         epoch = s.scalars(select(Epoch).where(Epoch.pipeline_id == pipeline_id,
@@ -205,9 +206,9 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
             range_end=range_end, sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),
             input_schema=arrow_schema(definition.schema, definition.unknown_fields),
             sink=sink, planned_at=planned_at, manifest_path=manifest_path,
-            pipeline_options=pipeline_options(sink))  # may fail on the sink's credentials
+            pipeline_options=apply_epoch_sink_environment(sink))  # may fail on the sink's credentials
         # An Iceberg sink appends before the store commits; a re-run adopts the
-        # files its snapshot already holds (see beam_pipelines.iceberg).
+        # files its snapshot already holds (see beam_pipelines.storage.iceberg).
         table = _iceberg_table(sink, data_dir, pipeline_id)
         appended = table.appended_files(epoch_no) if table is not None else None
         entries = run_epoch_pipeline(spec) if appended is None else appended
@@ -290,7 +291,7 @@ def release_epoch(data_dir: str, result: EpochResult, *, pause: float = 0.0) -> 
 def _iceberg_table(sink: Any, data_dir: str, pipeline_id: str) -> Any:
     if not sink.table:
         return None
-    from beam_pipelines.iceberg import EpochTable
+    from beam_pipelines.storage.iceberg import EpochTable
 
     return EpochTable(sink, data_dir, pipeline_id)
 

@@ -449,7 +449,7 @@ class JobManager:
 
 def _epoch_error(epoch: int, err: BaseException) -> EpochError:
     """What an attempt's failure tells users. ``run_epoch`` classifies what it
-    catches (``storage_paths.classify_epoch_error``); this adds what it cannot."""
+    catches (``storage.errors.classify_epoch_error``); this adds what it cannot."""
     if isinstance(err, EpochError):
         return err
     if isinstance(err, WorkerDied):  # only the epoch whose worker died (see workers.py)

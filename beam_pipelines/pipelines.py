@@ -35,8 +35,8 @@ from beam_pipelines.errors import (
     Unavailable,
 )
 from beam_pipelines.lifecycle import OPERATIONS
-from beam_pipelines.sealing import SecretBox
-from beam_pipelines.sink_roots import allowed_local_roots
+from beam_pipelines.storage.roots import allowed_local_roots
+from beam_pipelines.storage.sealing import SecretBox
 from beam_pipelines.store import (
     Epoch,
     EpochFile,
@@ -65,7 +65,7 @@ class PipelineService:
                  on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         """``local_sink_roots``: where local sinks may write besides ``<data dir>/lake``
         (default: ``PIPELINE_DO_LOCAL_SINK_ROOTS``); ``secret_box`` seals sink secrets
-        before they are stored (default: the data dir's, see ``beam_pipelines.sealing``)."""
+        before they are stored (default: the data dir's, see ``beam_pipelines.storage.sealing``)."""
         self.store = store
         self.data_dir = data_dir
         self.default_sink_uri = default_sink_uri

@@ -12,7 +12,7 @@ __all__ = ["create_app"]
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     from beam_pipelines.pipelines import PipelineService
-    from beam_pipelines.sealing import SecretBox
+    from beam_pipelines.storage.sealing import SecretBox
     from beam_pipelines.store import Store
     from control_api import (
         auth,

@@ -163,7 +163,7 @@ def _answering(address: tuple[Any, ...], server: subprocess.Popen[bytes],
 def _seal_secrets(config: dict[str, Any]) -> bool:
     """Load (or make) the secret key, seal secrets stored in plain text, and say which
     pipelines' secrets the key cannot open. False: the key itself is malformed."""
-    from beam_pipelines.sealing import (
+    from beam_pipelines.storage.sealing import (
         SECRET_KEY_ENV,
         SecretBox,
         SecretKeyError,

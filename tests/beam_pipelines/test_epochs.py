@@ -14,7 +14,7 @@ from beam_pipelines.buffer import EventBuffer, buffer_path
 from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
 from beam_pipelines.epochs import commit_epoch, pending_epoch, plan_epoch, run_epoch
 from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.storage_paths import file_sizes
+from beam_pipelines.storage.files import file_sizes
 from beam_pipelines.store import Epoch, EpochFile, Store, default_database_url
 from tests.live import query
 from transforms.decode import arrow_schema

@@ -23,7 +23,7 @@ from beam_pipelines.errors import ConflictError, EpochError, TimeoutExceeded
 from beam_pipelines.jobs import JobManager
 from beam_pipelines.layout import part_file_name
 from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.storage_paths import classify_epoch_error
+from beam_pipelines.storage.errors import classify_epoch_error
 from beam_pipelines.store import Epoch, PipelineRow, Store, default_database_url
 from tests.live import query, wait_for
 from transforms.decode import arrow_schema

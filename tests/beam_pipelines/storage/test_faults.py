@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import requests
 
-from beam_pipelines import storage
 from beam_pipelines.buffer import EventBuffer, buffer_path
 from beam_pipelines.epochs import plan_epoch, run_epoch
 from beam_pipelines.errors import StorageError
 from beam_pipelines.pipelines import PipelineService
+from beam_pipelines.storage import process, redaction
 from beam_pipelines.store import Epoch, EpochFile, Store, default_database_url
 from tests import servers
 from tests.conftest import ADMIN_KEY
@@ -131,7 +131,7 @@ def s3() -> Iterator[servers.S3Server]:
 @pytest.fixture(autouse=True, scope="module")
 def _restore_process_state() -> Iterator[None]:
     yield
-    storage.reset_process_state()
+    process.reset_process_state()
 
 
 @pytest.fixture
@@ -190,7 +190,7 @@ def test_failure_messages_carry_no_secrets(service: PipelineService, tmp_path: P
             "access_key_id": "AKIALEAKCHECK0000001", "secret_access_key": "LEAKCHECK-SECRET"}},
         "gs-bad-key": {"uri": "gs://b/p", "options": {"credentials_file": str(credentials)}},
     }
-    storage.configure_retries(1.0)
+    process.configure_retries(1.0)
     try:
         for name, sink in sinks.items():
             pipeline_id = service.create({"name": name, "sink": sink})["id"]
@@ -203,7 +203,7 @@ def test_failure_messages_carry_no_secrets(service: PipelineService, tmp_path: P
             assert info.value.__cause__ is None and info.value.__suppress_context__
             assert text.startswith(f"epoch {epoch} failed (sink {sink['uri']}")
     finally:
-        storage.configure_retries(storage.DEFAULT_RETRY_DEADLINE)
+        process.configure_retries(process.DEFAULT_RETRY_DEADLINE)
 
 
 def test_redaction_of_what_storage_errors_quote() -> None:
@@ -220,12 +220,12 @@ def test_redaction_of_what_storage_errors_quote() -> None:
         "token AKIAABCDEFGHIJKLMNOP used": "token *** used",
     }
     for text, kept in samples.items():
-        clean = storage.redact_secrets(text)
+        clean = redaction.redact_secrets(text)
         assert kept in clean, clean
         for secret in ("deadbeef", "hunter2", "AKIAABCDEFGHIJKLMNOP", "MIIE", "Signature=ff",
                        "X-Goog-Signature=abc"):
             assert secret not in clean, clean
-    assert storage.redact_secrets("key VERYSECRET here", {"secret_access_key": "VERYSECRET"}) \
+    assert redaction.redact_secrets("key VERYSECRET here", {"secret_access_key": "VERYSECRET"}) \
         == "key *** here"
     assert BUCKET  # the shared bucket name stays a plain word
 
@@ -234,7 +234,7 @@ def test_log_records_of_the_worker_are_redacted() -> None:
     import io
     import logging
 
-    storage.protect_secrets(["LEAKCHECK-LOGGED"])
+    process.protect_secrets(["LEAKCHECK-LOGGED"])
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     logger = logging.getLogger("tests.redaction")

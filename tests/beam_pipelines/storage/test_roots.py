@@ -23,7 +23,7 @@ from beam_pipelines.epochs import plan_epoch, run_epoch
 from beam_pipelines.errors import DefinitionError, StorageError
 from beam_pipelines.layout import part_file_name
 from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.sink_roots import allowed_local_roots, parse_local_roots
+from beam_pipelines.storage.roots import allowed_local_roots, parse_local_roots
 from beam_pipelines.store import Store, default_database_url
 from tests.live import query
 

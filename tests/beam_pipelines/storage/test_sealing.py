@@ -16,7 +16,7 @@ from beam_pipelines.buffer import EventBuffer, buffer_path
 from beam_pipelines.epochs import plan_epoch, run_epoch
 from beam_pipelines.errors import StorageError
 from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.sealing import (
+from beam_pipelines.storage.sealing import (
     KEY_FILE,
     SecretBox,
     SecretKeyError,

@@ -23,18 +23,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipelines import storage
 from beam_pipelines.errors import StorageError
+from beam_pipelines.storage import errors, files, process, settings
 
 try:
     import servers  # tests/ is on sys.path (conftest)
 except ImportError:
     from tests import servers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 BUCKET = "pdo-test"
 FAST_DEADLINE = 2.0  # seconds of retries allowed against a dead server
-ORIGINAL_EMULATOR_HOST = os.environ.get("STORAGE_EMULATOR_HOST")  # before any activate_sink
+ORIGINAL_EMULATOR_HOST = os.environ.get("STORAGE_EMULATOR_HOST")  # before any apply_sink_environment
 ORIGINAL_ENV = dict(os.environ)
 
 
@@ -56,9 +56,9 @@ def s3_server():
 
 @pytest.fixture(scope="module", autouse=True)
 def _restore_process_state():
-    """activate_sink changes env, Beam's credential cache and retry clock: undo after."""
+    """apply_sink_environment changes env, Beam's credential cache and retry clock: undo after."""
     yield
-    storage.reset_process_state()
+    process.reset_process_state()
 
 
 @dataclass
@@ -100,9 +100,9 @@ def store(request, gcs_server, s3_server) -> Store:
 
 @pytest.fixture
 def fast_failures():
-    storage.configure_retries(FAST_DEADLINE)
+    process.configure_retries(FAST_DEADLINE)
     yield FAST_DEADLINE
-    storage.configure_retries(storage.DEFAULT_RETRY_DEADLINE)
+    process.configure_retries(process.DEFAULT_RETRY_DEADLINE)
 
 
 def _dead_endpoint(server_cls: type) -> str:
@@ -155,11 +155,11 @@ def write_parquet(uri: str, options: dict[str, str], tables: list[pa.Table],
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     start = time.perf_counter()
-    popts = storage.beam_options_for_sink(uri, options)
+    popts = process.beam_options_for_sink(uri, options)
     with beam.Pipeline(runner=FnApiRunner(), options=popts) as p:
         _ = (p
              | beam.Create(tables, reshuffle=False)
-             | fileio.WriteToFiles(storage.beam_path(uri), sink=lambda dest: _parquet_sink(),
+             | fileio.WriteToFiles(settings.beam_path(uri), sink=lambda dest: _parquet_sink(),
                                    file_naming=_naming(epoch)))
     return time.perf_counter() - start
 
@@ -174,15 +174,15 @@ def _table(start: int, n: int) -> pa.Table:
 
 @pytest.mark.parametrize("uri", ["ftp://x/y", "hdfs://nn/p", "/tmp/no-scheme", "azfs://a/b"])
 def test_unknown_scheme_names_allowed_schemes(uri):
-    for fn in (storage.sink_scheme, storage.pipeline_options_for_sink,
-               storage.check_sink_reachable, storage.filesystem_for):
+    for fn in (settings.sink_scheme, settings.pipeline_options_for_sink,
+               files.check_sink_reachable, files.filesystem_for):
         with pytest.raises(ValueError) as info:
             fn(uri)
         assert "file, gs, s3" in str(info.value)
 
 
 def test_s3_options_map_onto_beam_s3_options():
-    opts = storage.pipeline_options_for_sink("s3://b/p", {
+    opts = settings.pipeline_options_for_sink("s3://b/p", {
         "endpoint_url": "http://127.0.0.1:9000", "region": "eu-west-1",
         "access_key_id": "AK", "secret_access_key": "SK"}, env={})
     assert opts == {"s3_endpoint_url": "http://127.0.0.1:9000", "s3_disable_ssl": True,
@@ -197,34 +197,34 @@ def test_s3_options_map_onto_beam_s3_options():
 def test_s3_options_fall_back_to_aws_env():
     env = {"AWS_ENDPOINT_URL": "https://minio.local", "AWS_DEFAULT_REGION": "us-west-2",
            "AWS_ACCESS_KEY_ID": "EK", "AWS_SECRET_ACCESS_KEY": "ES", "AWS_SESSION_TOKEN": "T"}
-    assert storage.pipeline_options_for_sink("s3://b", {}, env=env) == {
+    assert settings.pipeline_options_for_sink("s3://b", {}, env=env) == {
         "s3_endpoint_url": "https://minio.local", "s3_region_name": "us-west-2",
         "s3_access_key_id": "EK", "s3_secret_access_key": "ES", "s3_session_token": "T"}
     # sink keys win, and the env session token does not go with them
-    got = storage.pipeline_options_for_sink(
+    got = settings.pipeline_options_for_sink(
         "s3://b", {"access_key_id": "AK", "secret_access_key": "SK",
                    "endpoint_url": "http://h:1"}, env=env)
     assert got["s3_access_key_id"] == "AK" and "s3_session_token" not in got
     assert got["s3_endpoint_url"] == "http://h:1"
     with pytest.raises(ValueError, match="both"):
-        storage.pipeline_options_for_sink("s3://b", {"access_key_id": "AK"}, env={})
+        settings.pipeline_options_for_sink("s3://b", {"access_key_id": "AK"}, env={})
 
 
 def test_gs_and_file_options():
-    assert storage.pipeline_options_for_sink("gs://b/p", {"project": "p1"}, env={}) == \
+    assert settings.pipeline_options_for_sink("gs://b/p", {"project": "p1"}, env={}) == \
         {"project": "p1"}
-    assert storage.pipeline_options_for_sink(
+    assert settings.pipeline_options_for_sink(
         "gs://b/p", {}, env={"GOOGLE_CLOUD_PROJECT": "p2"}) == {"project": "p2"}
-    assert storage.pipeline_options_for_sink("file:///tmp/x", {}) == {}
-    s = storage.resolve_settings("gs://b/p", {}, env={"STORAGE_EMULATOR_HOST": "http://e:1",
+    assert settings.pipeline_options_for_sink("file:///tmp/x", {}) == {}
+    s = settings.resolve_settings("gs://b/p", {}, env={"STORAGE_EMULATOR_HOST": "http://e:1",
                                                       "GOOGLE_APPLICATION_CREDENTIALS": "/c"})
     assert (s.endpoint_url, s.credentials_file) == ("http://e:1", "/c")
     with pytest.raises(ValueError, match="unknown storage options"):
-        storage.pipeline_options_for_sink("gs://b", {"token": "x"})
+        settings.pipeline_options_for_sink("gs://b", {"token": "x"})
 
 
 def test_settings_repr_hides_secrets():
-    s = storage.resolve_settings("s3://b/p", {"access_key_id": "AKIDSECRET",
+    s = settings.resolve_settings("s3://b/p", {"access_key_id": "AKIDSECRET",
                                               "secret_access_key": "VERYSECRET",
                                               "endpoint_url": "http://u:pw@h:1"}, env={})
     assert "SECRET" not in repr(s)
@@ -232,7 +232,9 @@ def test_settings_repr_hides_secrets():
 
 
 def test_import_is_cheap():
-    code = ("import sys, beam_pipelines.storage as s; "
+    code = ("import sys, beam_pipelines.storage.settings, beam_pipelines.storage.redaction, "
+            "beam_pipelines.storage.process, beam_pipelines.storage.errors, "
+            "beam_pipelines.storage.files; "
             "bad = [m for m in ('apache_beam', 'boto3', 'botocore', 'flask', "
             "'google.cloud.storage') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
@@ -263,43 +265,43 @@ def test_write_parquet_with_beam_and_read_back(store, capsys):
 
 def test_filesystem_helpers_match_and_delete(store):
     prefix = f"fs-{store.scheme}"
-    fs = storage.filesystem_for(store.uri(prefix), store.options)
+    fs = files.filesystem_for(store.uri(prefix), store.options)
     for name in ("a.txt", "sub/b.txt", "sub/c.txt"):
         with fs.create(store.uri(f"{prefix}/{name}")) as f:
             f.write(name.encode())
     assert store.keys(prefix) == [f"{prefix}/a.txt", f"{prefix}/sub/b.txt",
                                   f"{prefix}/sub/c.txt"]
 
-    listed = storage.list_files(store.uri(prefix), store.options)
+    listed = files.list_files(store.uri(prefix), store.options)
     assert listed == [(store.uri(f"{prefix}/a.txt"), 5), (store.uri(f"{prefix}/sub/b.txt"), 9),
                       (store.uri(f"{prefix}/sub/c.txt"), 9)]
     match = fs.match([store.uri(f"{prefix}/sub/*")])[0]
     assert sorted(m.path for m in match.metadata_list) == [store.uri(f"{prefix}/sub/b.txt"),
                                                            store.uri(f"{prefix}/sub/c.txt")]
-    with storage.sink_filesystems(store.uri(prefix), store.options) as FileSystems:
+    with process.sink_filesystems(store.uri(prefix), store.options) as FileSystems:
         assert FileSystems.exists(store.uri(f"{prefix}/a.txt"))
         with FileSystems.open(store.uri(f"{prefix}/a.txt")) as f:
             assert f.read() == b"a.txt"
 
-    storage.delete_files([store.uri(f"{prefix}/a.txt"), store.uri(f"{prefix}/sub/b.txt"),
+    files.delete_files([store.uri(f"{prefix}/a.txt"), store.uri(f"{prefix}/sub/b.txt"),
                           store.uri(f"{prefix}/missing.txt")], store.options)
     assert store.keys(prefix) == [f"{prefix}/sub/c.txt"]
-    storage.delete_files([store.uri(f"{prefix}/sub/c.txt")], store.options)
-    assert storage.list_files(store.uri(prefix), store.options) == []
-    assert storage.list_files(store.uri("never-written"), store.options) == []
+    files.delete_files([store.uri(f"{prefix}/sub/c.txt")], store.options)
+    assert files.list_files(store.uri(prefix), store.options) == []
+    assert files.list_files(store.uri("never-written"), store.options) == []
 
 
 def test_file_scheme_helpers(tmp_path):
     uri = f"file://{tmp_path}/out"
     write_parquet(uri, {}, [_table(0, 10)], epoch=1)
-    listed = storage.list_files(uri)
+    listed = files.list_files(uri)
     assert [p for p, _ in listed] == [f"{uri}/part-0000000001-00000.parquet"]
     assert pq.read_table(f"{tmp_path}/out/part-0000000001-00000.parquet").num_rows == 10
-    storage.delete_files([p for p, _ in listed])
-    assert storage.list_files(uri) == []
-    storage.check_sink_reachable(f"file://{tmp_path}/not/yet/made")
-    assert storage.beam_path(uri) == f"{tmp_path}/out"
-    assert storage.beam_path("gs://b/p") == "gs://b/p"
+    files.delete_files([p for p, _ in listed])
+    assert files.list_files(uri) == []
+    files.check_sink_reachable(f"file://{tmp_path}/not/yet/made")
+    assert settings.beam_path(uri) == f"{tmp_path}/out"
+    assert settings.beam_path("gs://b/p") == "gs://b/p"
 
 
 def test_file_scheme_unwritable(tmp_path):
@@ -310,7 +312,7 @@ def test_file_scheme_unwritable(tmp_path):
         if os.access(target, os.W_OK):
             pytest.skip("running as a user that can write anywhere")
         with pytest.raises(StorageError) as info:
-            storage.check_sink_reachable(f"file://{target}/x")
+            files.check_sink_reachable(f"file://{target}/x")
         assert "not writable" in str(info.value) and info.value.transient is False
     finally:
         target.chmod(0o700)
@@ -318,27 +320,28 @@ def test_file_scheme_unwritable(tmp_path):
 
 def test_gcs_endpoint_env_is_set_and_restored(gcs_server):
     before = ORIGINAL_EMULATOR_HOST
-    storage.activate_sink(f"gs://{BUCKET}/x", gcs_server.sink_options())
+    process.apply_sink_environment(f"gs://{BUCKET}/x", gcs_server.sink_options())
     assert os.environ["STORAGE_EMULATOR_HOST"] == gcs_server.endpoint_url
     # a sink without endpoint falls back to the process's own setting, not ours
-    assert storage.resolve_settings(f"gs://{BUCKET}/x").endpoint_url == (before or None)
-    storage.activate_sink(f"gs://{BUCKET}/x", {})
+    assert settings.resolve_settings(f"gs://{BUCKET}/x", env=process.sink_environment()) \
+        .endpoint_url == (before or None)
+    process.apply_sink_environment(f"gs://{BUCKET}/x", {})
     assert os.environ.get("STORAGE_EMULATOR_HOST") == before
-    storage.activate_sink(f"gs://{BUCKET}/x", gcs_server.sink_options())
-    storage.reset_process_state()
+    process.apply_sink_environment(f"gs://{BUCKET}/x", gcs_server.sink_options())
+    process.reset_process_state()
     assert os.environ.get("STORAGE_EMULATOR_HOST") == before
-    assert "sleep" not in vars(storage._beam_retry_clock())
+    assert "sleep" not in vars(process.beam_retry_clock())
     assert os.environ.get("AWS_MAX_ATTEMPTS") != "2" or "AWS_MAX_ATTEMPTS" in ORIGINAL_ENV
 
 
 def test_gcs_no_credential_backoff_in_fresh_process(gcs_server, tmp_path):
-    """Without any Google credentials Beam alone backs off ~25 s; activate_sink does not."""
+    """Without any Google credentials Beam alone backs off ~25 s; apply_sink_environment does not."""
     script = textwrap.dedent(f"""
         import time, json
-        from beam_pipelines import storage
+        from beam_pipelines.storage import files
         uri = "gs://{BUCKET}/fresh/x.txt"
         t = time.perf_counter()
-        fs = storage.filesystem_for(uri, {{"endpoint_url": "{gcs_server.endpoint_url}"}})
+        fs = files.filesystem_for(uri, {{"endpoint_url": "{gcs_server.endpoint_url}"}})
         t_import = time.perf_counter() - t
         t = time.perf_counter()
         with fs.create(uri) as f:
@@ -362,18 +365,18 @@ def test_gcs_no_credential_backoff_in_fresh_process(gcs_server, tmp_path):
 
 def test_check_sink_reachable_ok(store):
     t = time.perf_counter()
-    storage.check_sink_reachable(store.uri("any/prefix"), store.options)
+    files.check_sink_reachable(store.uri("any/prefix"), store.options)
     assert time.perf_counter() - t < 2
 
 
 def test_check_sink_missing_bucket_is_terminal(store):
     uri = f"{store.scheme}://no-such-bucket-xyz/p"
     with pytest.raises(StorageError) as info:
-        storage.check_sink_reachable(uri, store.options)
+        files.check_sink_reachable(uri, store.options)
     err = info.value
     assert err.transient is False and err.details["reason"] == "bucket_not_found"
     assert "no-such-bucket-xyz" in str(err) and "does not exist" in str(err)
-    assert not storage.is_transient_storage_error(err)
+    assert not errors.is_transient_storage_error(err)
 
 
 @pytest.mark.parametrize("server_cls", [servers.GcsServer, servers.S3Server],
@@ -387,7 +390,7 @@ def test_check_sink_unreachable_is_transient_and_fast(server_cls):
                        region="us-east-1")
     t = time.perf_counter()
     with pytest.raises(StorageError) as info:
-        storage.check_sink_reachable(f"{scheme}://{BUCKET}/p", options, timeout=2)
+        files.check_sink_reachable(f"{scheme}://{BUCKET}/p", options, timeout=2)
     elapsed = time.perf_counter() - t
     err = info.value
     assert err.transient is True and err.details["reason"] == "unreachable"
@@ -400,7 +403,7 @@ def test_check_s3_access_denied_is_terminal():
     with servers.S3Server(env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as server:
         opts = {**server.sink_options(), "secret_access_key": "SECRETLEAKCHECK"}
         with pytest.raises(StorageError) as info:
-            storage.check_sink_reachable(f"s3://{BUCKET}/p", opts)
+            files.check_sink_reachable(f"s3://{BUCKET}/p", opts)
     err = info.value
     assert err.transient is False and err.details["reason"] == "access_denied"
     assert "LEAKCHECK" not in str(err)
@@ -412,7 +415,7 @@ def test_check_gcs_bad_credentials_file_is_terminal(tmp_path):
     garbage.write_text('{"type": "service_account", "private_key": "SECRETLEAKCHECK"}')
     for path, why in ((missing, "No such file"), (garbage, "")):
         with pytest.raises(StorageError) as info:
-            storage.check_sink_reachable("gs://b/p", {"credentials_file": str(path)})
+            files.check_sink_reachable("gs://b/p", {"credentials_file": str(path)})
         err = info.value
         assert err.transient is False and err.details["reason"] == "bad_credentials"
         assert "credentials_file" in str(err) and why in str(err)
@@ -438,7 +441,7 @@ def test_write_to_dead_server_fails_fast_and_transient(server_cls, fast_failures
     with capsys.disabled():
         print(f"\n[timing] {uri.split(':')[0]}:// write to a stopped server failed after "
               f"{elapsed:.2f}s: {type(info.value).__name__}")
-    assert storage.is_transient_storage_error(info.value), repr(info.value)
+    assert errors.is_transient_storage_error(info.value), repr(info.value)
     assert elapsed < 6 * fast_failures + 5, f"took {elapsed:.1f}s to fail"
 
 
@@ -451,18 +454,18 @@ def test_filesystem_calls_on_dead_server_fail_fast(server_cls, fast_failures):
     if scheme == "s3":
         options.update(access_key_id="k", secret_access_key="s", region="us-east-1")
     base = f"{scheme}://{BUCKET}/p"
-    fs = storage.filesystem_for(base, options)
+    fs = files.filesystem_for(base, options)
     calls = {"match": lambda: fs.match([base + "/**"]),
              "exists": lambda: fs.exists(base + "/x"),
              "delete": lambda: fs.delete([base + "/x"]),
              "rename": lambda: fs.rename([base + "/x"], [base + "/y"]),
-             "list_files": lambda: storage.list_files(base, options)}
+             "list_files": lambda: files.list_files(base, options)}
     for name, call in calls.items():
         t = time.perf_counter()
         with pytest.raises(Exception) as info:
             call()
         elapsed = time.perf_counter() - t
-        assert storage.is_transient_storage_error(info.value), (name, repr(info.value))
+        assert errors.is_transient_storage_error(info.value), (name, repr(info.value))
         assert elapsed < 6 * fast_failures + 5, f"{scheme} {name} took {elapsed:.1f}s"
 
 
@@ -523,6 +526,6 @@ def test_error_classification():
         ValueError("bad"), KeyError("x"), DefinitionError("sink", "bad"),
     ]
     for exc in transient:
-        assert storage.is_transient_storage_error(exc), repr(exc)
+        assert errors.is_transient_storage_error(exc), repr(exc)
     for exc in terminal:
-        assert not storage.is_transient_storage_error(exc), repr(exc)
+        assert not errors.is_transient_storage_error(exc), repr(exc)

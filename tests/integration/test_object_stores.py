@@ -339,7 +339,7 @@ def test_an_iceberg_table_on_object_storage(scheme: str, stores: dict[str, Store
     pytest.importorskip("pyiceberg")
     from pyiceberg.catalog.sql import SqlCatalog
 
-    from beam_pipelines.iceberg import CATALOG_NAME, EPOCH_PROPERTY, default_catalog_uri
+    from beam_pipelines.storage.iceberg import CATALOG_NAME, EPOCH_PROPERTY, default_catalog_uri
 
     store = stores[scheme]
     name = f"iceberg-{scheme}"
@@ -364,7 +364,7 @@ def test_an_iceberg_table_on_object_storage(scheme: str, stores: dict[str, Store
         io = {"s3.endpoint": s3.endpoint_url, "s3.region": s3.region,
               "s3.access-key-id": s3.access_key_id, "s3.secret-access-key": s3.secret_access_key}
     else:
-        io = {"py-io-impl": "beam_pipelines.iceberg.BeamFileIO",
+        io = {"py-io-impl": "beam_pipelines.storage.iceberg.BeamFileIO",
               "pipeline-do.sink-options": json.dumps(store.options)}
     catalog = SqlCatalog(CATALOG_NAME, uri=default_catalog_uri(server.data_dir), **io)
     table = catalog.load_table(("lake", name))

@@ -46,6 +46,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from beam_pipelines.storage.files import filesystem_for
+from beam_pipelines.storage.process import protect_secrets
+from beam_pipelines.storage.redaction import url_password
+from beam_pipelines.storage.settings import beam_path, sink_scheme
+
 if TYPE_CHECKING:  # the definition model validates sink.table with this module
     from beam_pipelines.definition import Sink
 
@@ -254,14 +259,7 @@ class EpochTable:
 
 
 def _protect_catalog_password(catalog_uri: str) -> None:
-    from urllib.parse import urlsplit
-
-    from beam_pipelines.storage import protect_secrets
-
-    try:
-        password = urlsplit(catalog_uri).password
-    except ValueError:
-        return
+    password = url_password(catalog_uri)
     if password:
         protect_secrets([password])
 
@@ -352,7 +350,7 @@ class BeamFileIO(_file_io_base()):  # type: ignore[misc]
     """pyiceberg ``FileIO`` through Beam's file://, gs:// and s3:// filesystems.
 
     The catalog passes the sink's options (property
-    ``pipeline-do.sink-options``); :func:`beam_pipelines.storage.filesystem_for`
+    ``pipeline-do.sink-options``); :func:`beam_pipelines.storage.files.filesystem_for`
     applies them exactly as for the epoch's own writes.
     """
 
@@ -362,8 +360,6 @@ class BeamFileIO(_file_io_base()):  # type: ignore[misc]
         self._filesystems: dict[str, Any] = {}
 
     def _file(self, location: Any) -> _BeamFile:
-        from beam_pipelines.storage import beam_path, filesystem_for, sink_scheme
-
         location = location if isinstance(location, str) else location.location
         uri = _location(location)
         scheme = sink_scheme(uri)
