@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from beam_pipelines.layout import is_local
 from beam_pipelines.storage.files import filesystem_for
 from beam_pipelines.storage.process import protect_secrets
 from beam_pipelines.storage.redaction import url_password
@@ -134,7 +135,7 @@ def pyiceberg_missing() -> str | None:
 
 def _location(uri: str) -> str:
     """Iceberg wants URIs: local sinks are plain absolute paths here."""
-    return uri if "://" in uri else "file://" + uri
+    return "file://" + uri if is_local(uri) else uri
 
 
 # -- the table of one pipeline's sink -------------------------------------------

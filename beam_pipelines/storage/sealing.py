@@ -35,6 +35,7 @@ from typing import Any
 
 from beam_pipelines.definition import SECRET_OPTIONS, Sink
 from beam_pipelines.errors import PipelineDoError
+from beam_pipelines.store import PipelineRow
 
 __all__ = ["KEY_FILE", "SECRET_KEY_ENV", "SecretBox", "SecretKeyError", "seal_stored_definitions",
            "unreadable_pipelines"]
@@ -166,8 +167,6 @@ def _secret_texts(data: dict[str, Any]) -> list[str]:
 
 def seal_stored_definitions(store: Any, box: SecretBox) -> int:
     """Seal the secrets of definitions stored in plain text; return how many rows changed."""
-    from beam_pipelines.store import PipelineRow
-
     changed = 0
     with store.session() as s:
         for row in s.query(PipelineRow).all():
@@ -180,8 +179,6 @@ def seal_stored_definitions(store: Any, box: SecretBox) -> int:
 
 def unreadable_pipelines(store: Any, box: SecretBox) -> list[str]:
     """Names of the pipelines whose stored secrets ``box`` cannot open."""
-    from beam_pipelines.store import PipelineRow
-
     names = []
     with store.reading() as s:
         for row in s.query(PipelineRow).order_by(PipelineRow.name).all():
