@@ -58,8 +58,11 @@ def filesystem_for(uri: str, options: Mapping[str, Any] | None = None) -> Any:
     safe next to running pipelines; it applies the sink environment
     (:func:`~beam_pipelines.storage.process.beam_options_for_sink`).
     """
+    return _filesystem(uri, beam_options_for_sink(uri, options))
+
+
+def _filesystem(uri: str, popts: Any) -> Any:
     scheme = sink_scheme(uri)
-    popts = beam_options_for_sink(uri, options)
     if scheme == "file":
         from apache_beam.io.localfilesystem import LocalFileSystem
 
@@ -124,7 +127,8 @@ def _matcher(sink: Sink) -> Any:
         from apache_beam.io.filesystems import FileSystems
 
         return FileSystems.match
-    return filesystem_for(sink.uri, sink.options).match
+    # flags=[]: never parse this process's command line as Beam options.
+    return _filesystem(sink.uri, beam_options_for_sink(sink.uri, sink.options, flags=[])).match
 
 
 def file_sizes(sink: Sink, relative_paths: list[str], epoch: int,
