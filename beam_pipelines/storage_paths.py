@@ -20,9 +20,9 @@ import shutil
 from typing import Any
 from urllib.parse import urlsplit
 
-from beam_pipelines.definition import Sink
 from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, SinkError
-from beam_pipelines.layout import is_local, join_uri, part_file_name, scratch_directory
+from beam_pipelines.model.definition import Sink
+from beam_pipelines.model.layout import is_local, join_uri, part_file_name, scratch_directory
 
 __all__ = ["classify_epoch_error", "discard_attempt", "file_sizes", "join_uri",
            "pipeline_options", "remove_scratch"]
