@@ -24,6 +24,13 @@ class FileFormat:
     # Parquet compresses column chunks inside the file: its name stays ``.parquet``.
     compressed_inside: bool = False
 
+    def check_compression(self, compression: Any) -> str:
+        """``compression`` if this format allows it; ValueError naming what it allows otherwise."""
+        if compression not in self.compressions:
+            raise ValueError(f"unknown compression {compression!r} for {self.name}: allowed "
+                             + ", ".join(self.compressions))
+        return str(compression)
+
     def extension(self, compression: str | None = None) -> str:
         """``parquet``, ``jsonl`` / ``jsonl.gz``, ``csv`` / ``csv.gz``."""
         compression = compression or self.default_compression
@@ -48,9 +55,8 @@ def file_format(name: Any, compression: Any = None) -> FileFormat:
     if not isinstance(name, str) or name not in FILE_FORMATS:
         raise ValueError(f"unknown format {name!r}: allowed " + ", ".join(FILE_FORMATS))
     found = FILE_FORMATS[name]
-    if compression is not None and compression not in found.compressions:
-        raise ValueError(f"unknown compression {compression!r} for {name}: allowed "
-                         + ", ".join(found.compressions))
+    if compression is not None:
+        found.check_compression(compression)
     return found
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "Roll",
     "RunnerSpec",
     "Sink",
+    "definition_from_dict",
     "parse_definition",
 ]
 
@@ -264,7 +265,7 @@ def _parse_sink(raw: Any, default_uri: str, local_roots: Sequence[str]) -> Sink:
         raise DefinitionError("sink.format", str(err)) from None
     compression = raw.get("compression", file_type.default_compression)
     try:
-        file_format(fmt, compression)
+        file_type.check_compression(compression)  # null too: absent means the default, null not
     except ValueError as err:
         raise DefinitionError("sink.compression", str(err)) from None
     partition_by = raw.get("partition_by")

@@ -29,3 +29,9 @@ def test_an_unknown_name_fails_with_the_allowed_names(name: object, compression:
     with pytest.raises(ValueError) as caught:
         file_format(name, compression)
     assert str(caught.value) == message
+
+
+def test_a_null_compression_is_not_the_default() -> None:
+    with pytest.raises(ValueError, match="unknown compression None for parquet"):
+        FILE_FORMATS["parquet"].check_compression(None)
+    assert FILE_FORMATS["parquet"].check_compression("lz4") == "lz4"
