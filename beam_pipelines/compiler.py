@@ -6,7 +6,7 @@ The local runner builds one bounded pipeline per epoch:
 
 Every element is an Arrow table (the whole epoch, then one per partition),
 never a single event. Output names are deterministic and carry the
-pipeline id (:mod:`beam_pipelines.layout`), so re-running an epoch rewrites
+pipeline id (:mod:`beam_pipelines.model.layout`), so re-running an epoch rewrites
 the same objects with the same rows, and no other pipeline's.
 """
 
@@ -32,8 +32,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import environments
 
 from beam_pipelines.buffer import EventBuffer
-from beam_pipelines.definition import Sink
-from beam_pipelines.layout import is_local, part_file_name, scratch_directory
+from beam_pipelines.model.definition import Sink
+from beam_pipelines.model.layout import is_local, part_file_name, scratch_directory
+from beam_pipelines.model.manifest import FileEntry, read_manifest, write_manifest
 from transforms.decode import EVENT_TIME
 from transforms.partition import split_partitions
 from transforms.sinks import file_extension, make_sink
@@ -117,24 +118,22 @@ class _SplitPartitionsFn(beam.DoFn):
                 # Beam's local rename does not create directories and only logs
                 # a failed move; make the partition directory first.
                 os.makedirs(os.path.join(sink.uri, partition), exist_ok=True)
-            entries.append({
-                "partition": partition,
-                "path": part_file_name(spec.pipeline_id, spec.epoch, 0, extension, partition),
-                "rows": rows.num_rows,
-                **_event_time_range(rows),
-            })
+            first, last = _event_time_range(rows)
+            entries.append(FileEntry(
+                path=part_file_name(spec.pipeline_id, spec.epoch, 0, extension, partition),
+                partition=partition, rows=rows.num_rows,
+                min_event_time=first, max_event_time=last))
             yield partition, rows
-        with open(spec.manifest_path, "w") as fh:
-            json.dump(entries, fh)
+        write_manifest(spec.manifest_path, entries)
 
 
-def _event_time_range(rows: pa.Table) -> dict[str, float | None]:
+def _event_time_range(rows: pa.Table) -> tuple[float | None, float | None]:
+    """The rows' smallest and largest event time, in unix seconds."""
     if EVENT_TIME not in rows.column_names or rows.num_rows == 0:
-        return {"min_event_time": None, "max_event_time": None}
+        return None, None
     bounds = pc.min_max(rows.column(EVENT_TIME).cast(pa.int64()))
     low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    return {"min_event_time": None if low is None else low / 1e6,
-            "max_event_time": None if high is None else high / 1e6}
+    return (None if low is None else low / 1e6), (None if high is None else high / 1e6)
 
 
 class _EpochFileNaming:
@@ -228,7 +227,7 @@ def _plan_for(spec: EpochSpec) -> tuple[str, _CompiledPlan]:
     return token, plan
 
 
-def run_epoch_pipeline(spec: EpochSpec) -> list[dict[str, Any]]:
+def run_epoch_pipeline(spec: EpochSpec) -> list[FileEntry]:
     """Run one epoch's pipeline; return its manifest (partition, path, rows, times)."""
     if os.path.exists(spec.manifest_path):
         os.remove(spec.manifest_path)
@@ -241,6 +240,5 @@ def run_epoch_pipeline(spec: EpochSpec) -> list[dict[str, Any]]:
         _RUNNING.pop(token, None)
     if not os.path.exists(spec.manifest_path):
         return []  # the SQL kept no row
-    with open(spec.manifest_path) as fh:
-        entries: list[dict[str, Any]] = json.load(fh)
-    return entries  # the manifest file stays: run_epoch removes it once committed
+    # The manifest file stays: run_epoch removes it once committed.
+    return read_manifest(spec.manifest_path)

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -30,9 +29,10 @@ from typing import Any
 from sqlalchemy import func, select
 
 from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
-from beam_pipelines.definition import PipelineDefinition, Sink, definition_from_dict
 from beam_pipelines.errors import EpochError
-from beam_pipelines.layout import is_local
+from beam_pipelines.model.definition import PipelineDefinition, Sink, definition_from_dict
+from beam_pipelines.model.layout import is_local
+from beam_pipelines.model.manifest import FileEntry, read_manifest
 from beam_pipelines.storage.errors import classify_epoch_error
 from beam_pipelines.storage.files import (
     discard_attempt,
@@ -56,7 +56,7 @@ class EpochResult:
     epoch: int
     events: int
     rows_out: int
-    files: list[dict[str, Any]]
+    files: list[FileEntry]
     already_committed: bool = False
     # The buffer rows the epoch covered, for ``release_epoch``.
     range_start: int = 0
@@ -212,9 +212,9 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         table = _iceberg_table(sink, data_dir, pipeline_id)
         appended = table.appended_files(epoch_no) if table is not None else None
         entries = run_epoch_pipeline(spec) if appended is None else appended
-        sizes = file_sizes(sink, [e["path"] for e in entries], epoch_no, pipeline_id)
-        files = [{**e, **sizes[e["path"]]} for e in entries]
-        sync_local_files(sink, [f["uri"] for f in files])
+        sizes = file_sizes(sink, [e.path for e in entries], epoch_no, pipeline_id)
+        files = [e.located(sizes[e.path]["uri"], sizes[e.path]["bytes"]) for e in entries]
+        sync_local_files(sink, [f.uri for f in files])
         if table is not None and appended is None:
             table.append(epoch_no, files)
     except Exception as err:  # noqa: BLE001 - every failure is reported, then retried
@@ -247,9 +247,8 @@ def _discard_attempt(sink: Sink, pipeline_id: str, epoch_no: int, manifest_path:
     paths: list[str] = []
     if not sink.table:
         try:
-            with open(manifest_path) as fh:
-                paths = [entry["path"] for entry in json.load(fh)]
-        except (OSError, ValueError, KeyError, TypeError):
+            paths = [entry.path for entry in read_manifest(manifest_path)]
+        except (OSError, ValueError):
             paths = []  # no manifest: the attempt never got to its files
     discard_attempt(sink, pipeline_id, epoch_no, paths)
     _remove_file(manifest_path)
@@ -297,7 +296,7 @@ def _iceberg_table(sink: Any, data_dir: str, pipeline_id: str) -> Any:
 
 
 def commit_epoch(store: Store, pipeline_id: str, epoch_no: int,
-                 files: list[dict[str, Any]]) -> EpochResult:
+                 files: list[FileEntry]) -> EpochResult:
     """Mark committed, store the manifest, advance the offset: one transaction."""
     now = time.time()
     with store.session() as s:
@@ -311,26 +310,22 @@ def commit_epoch(store: Store, pipeline_id: str, epoch_no: int,
         if row.committed_seq != epoch.range_start:
             raise RuntimeError(f"epoch {epoch_no} starts at {epoch.range_start} but the "
                                f"pipeline is committed through {row.committed_seq}")
-        rows_out = sum(f["rows"] for f in files)
+        rows_out = sum(f.rows for f in files)
         epoch.status = "committed"
         epoch.committed_at = now
         epoch.rows_out = rows_out
         for f in files:
-            s.add(EpochFile(pipeline_id=pipeline_id, epoch=epoch_no, path=f["uri"],
-                            rows=f["rows"], bytes=f["bytes"],
-                            min_event_time=f.get("min_event_time"),
-                            max_event_time=f.get("max_event_time")))
+            s.add(EpochFile(pipeline_id=pipeline_id, epoch=epoch_no, path=f.uri,
+                            rows=f.rows, bytes=f.bytes, min_event_time=f.min_event_time,
+                            max_event_time=f.max_event_time))
         row.committed_seq = epoch.range_end
         row.events_out += rows_out
-        row.bytes_out += sum(f["bytes"] for f in files)
+        row.bytes_out += sum(f.bytes for f in files)
         row.files_written += len(files)
         row.epochs_committed += 1
         row.last_commit_at = now
         row.updated_at = now
         events = epoch.events
         range_start, range_end = epoch.range_start, epoch.range_end
-    public = [{"path": f["uri"], "rows": f["rows"], "bytes": f["bytes"],
-               "min_event_time": f.get("min_event_time"),
-               "max_event_time": f.get("max_event_time")} for f in files]
-    return EpochResult(pipeline_id, epoch_no, events, rows_out, public,
+    return EpochResult(pipeline_id, epoch_no, events, rows_out, list(files),
                        range_start=range_start, range_end=range_end, committed_at=now)

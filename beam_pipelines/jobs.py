@@ -67,7 +67,7 @@ from beam_pipelines.epochs import (
     try_plan_epoch,
 )
 from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
-from beam_pipelines.lifecycle import MANAGER_MOVES, SCHEDULED
+from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
 from beam_pipelines.periodic import PeriodicThread
 from beam_pipelines.store import Epoch, PipelineRow, Store
 from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool
@@ -243,7 +243,7 @@ class JobManager:
             del self._quiet[pipeline_id]
         for pipeline_id, status, definition, committed_seq in rows:
             flights = self._flights.get(pipeline_id, [])
-            parallel = status == "stopping" and not json.loads(definition)["sink"].get("table")
+            parallel = status == Status.STOPPING and not json.loads(definition)["sink"].get("table")
             if len(flights) >= (self.workers if parallel else 1):
                 continue
             failures = self._failures.get(pipeline_id)
@@ -304,11 +304,11 @@ class JobManager:
             self._recovered.add(pipeline_id)
         buffer = self._buffers.get(pipeline_id)
         ways = self.workers - len(in_flight) if parallel else 1
-        plan = try_plan_epoch(self.store, pipeline_id, buffer, flush=status == "stopping",
+        plan = try_plan_epoch(self.store, pipeline_id, buffer, flush=status == Status.STOPPING,
                               now=now, ways=ways)
         if plan.epoch is not None:
             self._submit(pipeline_id, plan.epoch, after_another=bool(in_flight))
-        elif status == "stopping" and not in_flight \
+        elif status == Status.STOPPING and not in_flight \
                 and buffer.backlog(committed_seq).events == 0:
             self._mark_stopped(pipeline_id)
         return plan

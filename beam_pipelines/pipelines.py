@@ -1,7 +1,7 @@
 """Pipeline operations: the lifecycle's operations and the ingest path, with no HTTP in it.
 
 The statuses and every move between them are one table in
-``beam_pipelines.lifecycle`` (``created → running ⇄ paused``, ``stopping`` while the
+``beam_pipelines.model.lifecycle`` (``created → running ⇄ paused``, ``stopping`` while the
 job manager flushes, ``stopped``, and ``failed`` when an epoch used up its
 attempts). Ingest is accepted in every status. Each transition is one store
 transaction, so the API's processes and the job manager agree on it.
@@ -22,11 +22,6 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select, update
 
 from beam_pipelines.buffer import BufferHandles, EventBuffer, buffer_path
-from beam_pipelines.definition import (
-    PipelineDefinition,
-    definition_from_dict,
-    parse_definition,
-)
 from beam_pipelines.errors import (
     ConflictError,
     DefinitionError,
@@ -34,7 +29,13 @@ from beam_pipelines.errors import (
     TimeoutExceeded,
     Unavailable,
 )
-from beam_pipelines.lifecycle import OPERATIONS
+from beam_pipelines.model.definition import (
+    PipelineDefinition,
+    definition_from_dict,
+    parse_definition,
+)
+from beam_pipelines.model.lifecycle import OPERATIONS, SCHEDULED, Status
+from beam_pipelines.model.times import iso
 from beam_pipelines.storage.roots import allowed_local_roots
 from beam_pipelines.storage.sealing import SecretBox
 from beam_pipelines.store import (
@@ -44,7 +45,6 @@ from beam_pipelines.store import (
     PipelineRow,
     SqlVersion,
     Store,
-    iso,
 )
 from transforms.decode import DecodedBatch, arrow_schema, decode_json_lines, decode_objects
 from transforms.isolation import dry_run_isolated, plan_isolated
@@ -88,7 +88,7 @@ class PipelineService:
             if s.scalars(select(PipelineRow.id).where(PipelineRow.name == definition.name)).first():
                 raise ConflictError(f"a pipeline named {definition.name!r} already exists",
                                     {"field": "name"})
-            row = PipelineRow(id=pipeline_id, name=definition.name, status="created", version=1,
+            row = PipelineRow(id=pipeline_id, name=definition.name, status=Status.CREATED, version=1,
                               definition=self._stored(definition), created_at=now,
                               updated_at=now)
             s.add(row)
@@ -229,7 +229,7 @@ class PipelineService:
                                     f"{operation} needs status " + " or ".join(allowed),
                                     {"status": row.status})
             runner = row.definition_dict()["runner"]["type"]
-            if target in ("running", "stopping") and runner != "direct":
+            if target in SCHEDULED and runner != "direct":
                 # Never run a dataflow/flink definition locally behind the user's back.
                 raise DefinitionError("runner.type", f"runner {runner!r} is not available on this "
                                       "server: it runs the 'direct' runner only (no Dataflow or "
@@ -237,9 +237,9 @@ class PipelineService:
             previous = row.status
             row.status = target
             row.updated_at = now
-            if target == "stopping" and previous != "stopping":
+            if target == Status.STOPPING and previous != Status.STOPPING:
                 row.stop_from_epoch = row.next_epoch  # the flush's first epoch
-            if previous == "failed":
+            if previous == Status.FAILED:
                 # The user fixed the cause: the failed epoch is re-planned with the
                 # current SQL (same range; it committed nothing) and a fresh budget.
                 s.execute(update(Epoch).where(Epoch.pipeline_id == row.id,
@@ -249,7 +249,7 @@ class PipelineService:
         if previous == target:
             return public  # stop while stopping: the same flush, waited for again
         self.store.log(public["id"], "info", f"pipeline {operation}: status {target}")
-        if target != "stopping":
+        if target != Status.STOPPING:
             self._on_event(f"pipeline.{_PAST[operation]}", public)
         return public
 
@@ -269,12 +269,12 @@ class PipelineService:
                 status = s.scalar(select(PipelineRow.status).where(PipelineRow.id == pipeline_id))
             if status is None:
                 raise NotFoundError(f"pipeline {ref!r} was deleted while stopping")
-            if status == "stopped":
+            if status == Status.STOPPED:
                 return summarize_stop(self.store, pipeline_id)
-            if status != "stopping":  # failed while flushing, or resumed meanwhile
+            if status != Status.STOPPING:  # failed while flushing, or resumed meanwhile
                 raise ConflictError(f"the pipeline is {status}: the stop's flush did not finish"
                                     + (" (see last_error; fix the cause, then stop again)"
-                                       if status == "failed" else ""), {"status": status})
+                                       if status == Status.FAILED else ""), {"status": status})
             if time.monotonic() > deadline:
                 raise TimeoutExceeded("the pipeline is still flushing; it will stop by itself",
                                       {"status": status})

@@ -32,6 +32,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from beam_pipelines.model.manifest import public_file
+from beam_pipelines.model.times import iso
+
 __all__ = [
     "ApiKey",
     "Base",
@@ -55,13 +58,6 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
-
-
 class Base(DeclarativeBase):
     pass
 
@@ -71,7 +67,7 @@ class PipelineRow(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True, index=True)
-    status: Mapped[str] = mapped_column(String(16))  # created running paused stopping stopped
+    status: Mapped[str] = mapped_column(String(16))  # a beam_pipelines.model.lifecycle.Status
     version: Mapped[int] = mapped_column(Integer, default=1)
     definition: Mapped[str] = mapped_column(Text)  # JSON, secrets included: never replied as is
     committed_seq: Mapped[int] = mapped_column(Integer, default=0)
@@ -137,9 +133,8 @@ class EpochFile(Base):
     max_event_time: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     def public(self) -> dict[str, Any]:
-        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "epoch": self.epoch,
-                "min_event_time": iso(self.min_event_time),
-                "max_event_time": iso(self.max_event_time)}
+        return public_file(self.path, self.rows, self.bytes, self.min_event_time,
+                           self.max_event_time, epoch=self.epoch)
 
 
 class LogEntry(Base):

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from beam_pipelines.errors import NotFoundError
-from beam_pipelines.lifecycle import STATUSES
+from beam_pipelines.model.lifecycle import STATUSES
 from beam_pipelines.pipelines import PipelineService
 from beam_pipelines.store import PipelineRow, WebhookDelivery
 from control_api.auth import require_scope

@@ -14,18 +14,19 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app
 
-from beam_pipelines.definition import (
-    COMPRESSIONS,
+from beam_pipelines.errors import EPOCH_ERROR_CODES
+from beam_pipelines.model.definition import (
+    FIELD_NAME_PATTERN,
     FIELD_TYPES,
-    FORMATS,
+    PIPELINE_NAME_PATTERN,
     RUNNER_TYPES,
-    SINK_OPTIONS,
     UNKNOWN_FIELD_POLICIES,
 )
-from beam_pipelines.errors import EPOCH_ERROR_CODES
-from beam_pipelines.lifecycle import STATUSES
+from beam_pipelines.model.lifecycle import STATUSES
+from beam_pipelines.model.sink import SINK_OPTIONS
 from control_api.bodies import ALLOWED_ENCODINGS
 from transforms.decode import REJECTION_CODES
+from transforms.formats import FILE_FORMATS
 
 __all__ = ["bp", "build_spec", "init_app"]
 
@@ -55,7 +56,7 @@ _ERROR_WHEN = {
 }
 _REF = "#/components/schemas/"
 _PIPELINE_ID = {"type": "string", "pattern": "^pl_[0-9a-f]{1,37}$", "maxLength": 40}
-_NAME = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]{0,62}$"}
+_NAME = {"type": "string", "pattern": PIPELINE_NAME_PATTERN}
 # An event is an object; anything else is rejected as a record (200, "rejected"), not as
 # the request, so the schema cannot narrow it.
 _EVENT = {"description": "an event object"}
@@ -82,7 +83,7 @@ def _time(nullable: bool = False) -> dict[str, Any]:
 def _schemas() -> dict[str, Any]:
     from control_api.webhooks import EVENT_TYPES
 
-    compressions = sorted({c for values in COMPRESSIONS.values() for c in values})
+    compressions = sorted({c for f in FILE_FORMATS.values() for c in f.compressions})
     number = {"type": "number"}
     integer = {"type": "integer", "minimum": 0}
     latency = {"type": ["number", "null"]}
@@ -100,7 +101,7 @@ def _schemas() -> dict[str, Any]:
                         "description": "Milliseconds of server-side work before TIMEOUT."},
             "retries": {"type": "integer", "minimum": 0, "maximum": 10,
                         "description": "Retries of a transient storage failure in the call."}}),
-        "Field": _obj({"name": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_]{0,127}$"},
+        "Field": _obj({"name": {"type": "string", "pattern": FIELD_NAME_PATTERN},
                        "type": {"enum": list(FIELD_TYPES)}, "required": {"type": "boolean"}},
                       ("name", "type"), extra=False),
         "Roll": _obj({"interval_seconds": {"type": "number", "minimum": 0.1, "maximum": 86400},
@@ -111,7 +112,7 @@ def _schemas() -> dict[str, Any]:
             "uri": {"type": "string", "description": "file:///path, gs://bucket/prefix or "
                     "s3://bucket/prefix; default <data dir>/lake/<name>. A local path must lie "
                     "under <data dir>/lake/ or PIPELINE_DO_LOCAL_SINK_ROOTS (400 otherwise)"},
-            "format": {"enum": list(FORMATS)},
+            "format": {"enum": list(FILE_FORMATS)},
             "compression": {"enum": compressions},
             "partition_by": {"type": ["string", "null"],
                              "description": "e.g. dt=%Y-%m-%d/hour=%H or country={country}"},
@@ -329,7 +330,7 @@ def _paths() -> dict[str, Any]:
     headers = [_request_id_header(), _idempotency_header(), _content_encoding_header()]
     pipeline_ref = {"name": "ref", "in": "path", "required": True,
                     "description": "pipeline_id (pl_...) or name",
-                    "schema": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]{0,62}$"}}
+                    "schema": {"type": "string", "pattern": PIPELINE_NAME_PATTERN}}
     webhook_id = {"name": "webhook_id", "in": "path", "required": True,
                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,40}$"}}
     data_any = {"anyOf": [_ref(n) for n in sorted(set(_DATA_BY_OPERATION.values()))

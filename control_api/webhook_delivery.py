@@ -29,6 +29,7 @@ from sqlalchemy import delete, or_, select
 
 from beam_pipelines.buffer import BufferHandles
 from beam_pipelines.errors import NotFoundError
+from beam_pipelines.model.times import iso
 from beam_pipelines.periodic import PeriodicThread
 from beam_pipelines.store import (
     IngestAnnouncement,
@@ -38,7 +39,6 @@ from beam_pipelines.store import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEvent,
-    iso,
 )
 from control_api.webhooks import UnsafeUrl, check_url, new_event
 

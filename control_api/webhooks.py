@@ -28,6 +28,7 @@ from flask import Blueprint, Flask, current_app, request
 from sqlalchemy import delete, select
 
 from beam_pipelines.epochs import EpochResult
+from beam_pipelines.model.times import iso
 from beam_pipelines.store import (
     PipelineRow,
     Store,
@@ -35,7 +36,6 @@ from beam_pipelines.store import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEvent,
-    iso,
 )
 from control_api.auth import require_scope
 from control_api.errors import ApiError, envelope, validation_error
@@ -131,10 +131,7 @@ class Outbox:
         name = self._name(result.pipeline_id)
         for f in result.files:
             emit(self.store, "pipeline.written", {
-                "id": result.pipeline_id, "name": name, "epoch": result.epoch,
-                "path": f["path"], "rows": f["rows"], "bytes": f["bytes"],
-                "min_event_time": _iso_time(f.get("min_event_time")),
-                "max_event_time": _iso_time(f.get("max_event_time"))})
+                "id": result.pipeline_id, "name": name, "epoch": result.epoch, **f.public()})
 
     def on_stopped(self, pipeline_id: str) -> None:
         from beam_pipelines.pipelines import summarize_stop
@@ -150,12 +147,6 @@ class Outbox:
     def _name(self, pipeline_id: str) -> str | None:
         with self.store.reading() as s:
             return s.scalar(select(PipelineRow.name).where(PipelineRow.id == pipeline_id))
-
-
-def _iso_time(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return iso(float(value))
 
 
 # -- routes -------------------------------------------------------------------

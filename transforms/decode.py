@@ -74,7 +74,7 @@ __all__ = [
 INGESTED_AT = "_ingested_at"
 EVENT_TIME = "_event_time"
 EXTRA = "_extra"
-UNKNOWN_FIELD_POLICIES = ("drop", "reject", "keep")  # as beam_pipelines.definition's
+UNKNOWN_FIELD_POLICIES = ("drop", "reject", "keep")  # as beam_pipelines.model.definition's
 REJECTION_CODES = ("missing_field", "type_mismatch", "parse_failure", "too_large", "too_deep",
                    "invalid_utf8", "out_of_range", "unknown_field")
 TIMESTAMP = pa.timestamp("us", tz="UTC")

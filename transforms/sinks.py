@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
+from transforms.formats import FILE_FORMATS, FileFormat, file_format
+
 __all__ = ["FORMATS", "CsvSink", "JsonLinesSink", "ParquetSink", "check_format",
            "file_extension", "make_sink"]
 
@@ -34,13 +36,11 @@ _GZIP_LEVEL = 1  # ~3x faster than 6 for ~10% larger files of event data
 class _TableSink(fileio.FileSink):
     """What every format shares: Arrow records, the file opened uncompressed."""
 
-    name: ClassVar[str]
-    compressions: ClassVar[tuple[str, ...]]
-    default_compression: ClassVar[str]
+    file_format: ClassVar[FileFormat]  # from the registry in transforms.formats
 
     @classmethod
     def extension(cls, compression: str) -> str:
-        raise NotImplementedError
+        return cls.file_format.extension(compression)
 
     def create_metadata(self, destination: str, full_file_name: str) -> fileio.FileMetadata:
         # The format compresses by itself; Beam must not guess from the name.
@@ -55,19 +55,13 @@ def _table(record: Any) -> pa.Table:
 class ParquetSink(_TableSink):
     """Writes every Arrow table it is given into one Parquet file."""
 
-    name = "parquet"
-    compressions = ("zstd", "snappy", "gzip", "lz4", "none")
-    default_compression = "zstd"
+    file_format = FILE_FORMATS["parquet"]
 
     def __init__(self, compression: str = "zstd", row_group_size: int = 1_000_000) -> None:
         self._compression = None if compression == "none" else compression
         self._row_group_size = row_group_size
         self._writer: pq.ParquetWriter | None = None
         self._fh: Any = None
-
-    @classmethod
-    def extension(cls, compression: str) -> str:
-        return "parquet"  # the codec lives inside the file
 
     def open(self, fh: Any) -> None:
         self._fh = fh
@@ -114,18 +108,10 @@ def dictionary_columns(table: pa.Table) -> list[str]:
 class _TextSink(_TableSink):
     """A text format, optionally one gzip stream over the whole file."""
 
-    compressions = ("gzip", "none")
-    default_compression = "gzip"
-    base_extension: ClassVar[str]
-
     def __init__(self, compression: str = "gzip") -> None:
         self._gzip = compression == "gzip"
         self._out: Any = None
         self._gzip_file: gzip.GzipFile | None = None
-
-    @classmethod
-    def extension(cls, compression: str) -> str:
-        return f"{cls.base_extension}.gz" if compression == "gzip" else cls.base_extension
 
     def open(self, fh: Any) -> None:
         self._gzip_file = None
@@ -149,8 +135,7 @@ class JsonLinesSink(_TextSink):
     ``YYYY-MM-DD``; NaN and infinities, which JSON cannot carry, become null.
     """
 
-    name = "jsonl"
-    base_extension = "jsonl"
+    file_format = FILE_FORMATS["jsonl"]
 
     def write(self, record: Any) -> None:
         table = _table(record)
@@ -171,8 +156,7 @@ class CsvSink(_TextSink):
     text; nested values (struct, list, map) and binary are JSON text.
     """
 
-    name = "csv"
-    base_extension = "csv"
+    file_format = FILE_FORMATS["csv"]
 
     def __init__(self, compression: str = "gzip") -> None:
         super().__init__(compression)
@@ -196,37 +180,30 @@ class CsvSink(_TextSink):
         self._finish_stream()
 
 
+# One writer per name of the registry (transforms.formats).
 FORMATS: dict[str, type[_TableSink]] = {
     "parquet": ParquetSink,
     "jsonl": JsonLinesSink,
     "csv": CsvSink,
 }
+assert set(FORMATS) == set(FILE_FORMATS)
 
 
 def check_format(format_name: str, compression: str | None = None) -> type[_TableSink]:
-    """The format's class; ValueError naming what is allowed otherwise."""
-    try:
-        sink_class = FORMATS[format_name]
-    except KeyError:
-        raise ValueError(f"unknown format {format_name!r}: allowed "
-                         + ", ".join(FORMATS)) from None
-    if compression is not None and compression not in sink_class.compressions:
-        raise ValueError(f"unknown compression {compression!r} for {format_name}: allowed "
-                         + ", ".join(sink_class.compressions))
-    return sink_class
+    """The format's sink class; ValueError naming what is allowed otherwise."""
+    return FORMATS[file_format(format_name, compression).name]
 
 
 def make_sink(format_name: str, compression: str | None = None, **settings: Any) -> fileio.FileSink:
     """A new sink of the format; ``settings`` are format-specific (``row_group_size``)."""
     sink_class = check_format(format_name, compression)
-    return sink_class(compression=compression or sink_class.default_compression,  # type: ignore[call-arg]
-                      **settings)
+    return sink_class(compression=compression  # type: ignore[call-arg]
+                      or sink_class.file_format.default_compression, **settings)
 
 
 def file_extension(format_name: str, compression: str | None = None) -> str:
     """``parquet``, ``jsonl`` / ``jsonl.gz``, ``csv`` / ``csv.gz``."""
-    sink_class = check_format(format_name, compression)
-    return sink_class.extension(compression or sink_class.default_compression)
+    return file_format(format_name, compression).extension(compression)
 
 
 # -- vectorized conversions (one DuckDB query per table) ---------------------

@@ -25,9 +25,9 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from beam_pipelines.definition import Sink
 from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, SinkError
-from beam_pipelines.layout import is_local
+from beam_pipelines.model.definition import Sink
+from beam_pipelines.model.layout import is_local
 from beam_pipelines.storage.process import protected_secrets
 from beam_pipelines.storage.redaction import redact_secrets, url_password
 from transforms.sandbox import SqlError

@@ -24,9 +24,9 @@ import shutil
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from beam_pipelines.definition import Sink
 from beam_pipelines.errors import StorageError
-from beam_pipelines.layout import is_local, join_uri, part_file_name, scratch_directory
+from beam_pipelines.model.definition import Sink
+from beam_pipelines.model.layout import is_local, join_uri, part_file_name, scratch_directory
 from beam_pipelines.storage.errors import http_status, is_not_found, is_transient_storage_error
 from beam_pipelines.storage.process import (
     CredentialsFileUnreadable,

@@ -38,35 +38,31 @@ credentials. pyiceberg is an optional dependency: ``pip install
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from beam_pipelines.layout import is_local
+from beam_pipelines.model.definition import Sink
+from beam_pipelines.model.layout import is_local
+from beam_pipelines.model.manifest import FileEntry
+from beam_pipelines.model.sink import ICEBERG_INSTALL, check_table_spec
 from beam_pipelines.storage.files import filesystem_for
 from beam_pipelines.storage.process import protect_secrets
 from beam_pipelines.storage.redaction import url_password
 from beam_pipelines.storage.settings import beam_path, sink_scheme
 
-if TYPE_CHECKING:  # the definition model validates sink.table with this module
-    from beam_pipelines.definition import Sink
-
 __all__ = ["CATALOG_NAME", "DEFAULT_NAMESPACE", "EPOCH_PROPERTY", "PIPELINE_PROPERTY",
-           "BeamFileIO", "EpochTable", "TableSpec", "check_table_spec", "default_catalog_uri",
-           "pyiceberg_missing"]
+           "BeamFileIO", "EpochTable", "TableSpec", "default_catalog_uri"]
 
 CATALOG_NAME = "pipeline_do"
 DEFAULT_NAMESPACE = "default"
 EPOCH_PROPERTY = "pipeline-do.epoch"
 PIPELINE_PROPERTY = "pipeline-do.pipeline-id"
 _SINK_OPTIONS_PROPERTY = "pipeline-do.sink-options"
-_INSTALL = "pip install 'pipeline-do[iceberg]'"
 _EVENT_TIME = "_event_time"
-_TABLE_KEYS = ("catalog_uri", "namespace", "name")
 
 
 @dataclass(frozen=True)
@@ -93,46 +89,6 @@ def default_catalog_uri(data_dir: str) -> str:
     return "sqlite:///" + os.path.join(os.path.abspath(data_dir), "iceberg.sqlite")
 
 
-def check_table_spec(raw: Any) -> dict[str, str]:
-    """Validate ``sink.table``; ValueError naming the bad key and what is allowed."""
-    if not isinstance(raw, dict):
-        raise ValueError("sink.table must be an object {catalog_uri, namespace, name}")
-    unknown = set(raw) - set(_TABLE_KEYS)
-    if unknown:
-        raise ValueError(f"unknown sink.table keys {sorted(unknown)}: allowed "
-                         + ", ".join(_TABLE_KEYS))
-    for key in _TABLE_KEYS:
-        value = raw.get(key)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ValueError(f"sink.table.{key} must be a non-empty string")
-    if not raw.get("name"):
-        raise ValueError("sink.table.name is required")
-    if "." in raw["name"]:
-        raise ValueError(f"sink.table.name {raw['name']!r} must not contain '.': nest with "
-                         "namespace (e.g. 'analytics.raw')")
-    namespace = raw.get("namespace")
-    if namespace and any(not part or part != part.strip() for part in namespace.split(".")):
-        raise ValueError(f"sink.table.namespace {namespace!r} has an empty or padded part")
-    if raw.get("catalog_uri"):
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            make_url(raw["catalog_uri"])
-        except ArgumentError:  # its text would quote the URL, password and all
-            raise ValueError("sink.table.catalog_uri must be a SQLAlchemy URL, e.g. "
-                             "sqlite:////var/lib/pipeline-do/iceberg.sqlite or "
-                             "postgresql+psycopg2://user:password@host/catalog") from None
-    return dict(raw)
-
-
-def pyiceberg_missing() -> str | None:
-    """The install command when pyiceberg is not installed, else None."""
-    if importlib.util.find_spec("pyiceberg") is None:
-        return f"sink.table needs pyiceberg: {_INSTALL}"
-    return None
-
-
 def _location(uri: str) -> str:
     """Iceberg wants URIs: local sinks are plain absolute paths here."""
     return "file://" + uri if is_local(uri) else uri
@@ -153,7 +109,7 @@ def _catalog(spec: TableSpec, sink: Sink) -> Any:
             try:
                 from pyiceberg.catalog.sql import SqlCatalog
             except ImportError:
-                raise RuntimeError(f"sink.table needs pyiceberg: {_INSTALL}") from None
+                raise RuntimeError(f"sink.table needs pyiceberg: {ICEBERG_INSTALL}") from None
             catalog = SqlCatalog(CATALOG_NAME, **{
                 "uri": spec.catalog_uri,
                 "warehouse": _location(sink.uri),
@@ -190,7 +146,7 @@ class EpochTable:
                 return snapshot
         return None
 
-    def appended_files(self, epoch: int) -> list[dict[str, Any]] | None:
+    def appended_files(self, epoch: int) -> list[FileEntry] | None:
         """The manifest entries of the epoch's snapshot, or None if it was not appended."""
         table = self._load()
         snapshot = None if table is None else self._snapshot_of(table, epoch)
@@ -215,23 +171,23 @@ class EpochTable:
                     raise RuntimeError(f"epoch {epoch}'s Iceberg snapshot holds {path}, "
                                        f"outside the sink {self.sink.uri}")
                 relative = path[len(prefix):]
-                bounds: dict[str, float | None] = {"min_event_time": None, "max_event_time": None}
+                bounds: list[float | None] = [None, None]  # min, max event time
                 if time_field is not None:
-                    for key, values in (("min_event_time", data_file.lower_bounds),
-                                        ("max_event_time", data_file.upper_bounds)):
+                    for i, values in enumerate((data_file.lower_bounds, data_file.upper_bounds)):
                         raw = (values or {}).get(time_field.field_id)
                         micros = None if raw is None else from_bytes(time_field.field_type, raw)
                         if isinstance(micros, int):
-                            bounds[key] = micros / 1e6
-                entries.append({"partition": os.path.dirname(relative), "path": relative,
-                                "rows": data_file.record_count, **bounds})
-        return sorted(entries, key=lambda e: e["path"])
+                            bounds[i] = micros / 1e6
+                entries.append(FileEntry(path=relative, partition=os.path.dirname(relative),
+                                         rows=data_file.record_count,
+                                         min_event_time=bounds[0], max_event_time=bounds[1]))
+        return sorted(entries, key=lambda e: e.path)
 
-    def append(self, epoch: int, files: list[dict[str, Any]]) -> None:
+    def append(self, epoch: int, files: list[FileEntry]) -> None:
         """Append the epoch's files as one snapshot, unless it is there already."""
         if not files:
             return  # the SQL kept no row: nothing to register
-        paths = [_location(f["uri"]) for f in files]
+        paths = [_location(f.uri) for f in files]
         table = self._load()
         if table is None:
             table = self._create(paths[0])

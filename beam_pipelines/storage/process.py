@@ -38,8 +38,8 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from beam_pipelines.definition import Sink
-from beam_pipelines.layout import is_local
+from beam_pipelines.model.definition import Sink
+from beam_pipelines.model.layout import is_local
 from beam_pipelines.storage.redaction import MIN_SECRET_CHARS, option_secrets, redact_secrets
 from beam_pipelines.storage.settings import (
     StorageSettings,

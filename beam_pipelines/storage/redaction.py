@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["MIN_SECRET_CHARS", "SECRET_OPTION_KEYS", "hide_password", "option_secrets",
+from beam_pipelines.model.sink import SECRET_OPTIONS
+
+__all__ = ["MIN_SECRET_CHARS", "endpoint_without_credentials", "option_secrets",
            "redact_secrets", "url_password"]
 
-#: Sink options whose whole value is a secret.
-SECRET_OPTION_KEYS = ("access_key_id", "secret_access_key", "credentials_file")
 MIN_SECRET_CHARS = 4  # shorter values would blank out ordinary words
 
 # Secrets that error texts from storage clients can carry: credentials in a
@@ -42,8 +42,9 @@ _SECRET_PATTERNS = (
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-def hide_password(url: str | None) -> str | None:
-    """Drop user:password from an endpoint URL before it goes in a message."""
+def endpoint_without_credentials(url: str | None) -> str | None:
+    """An endpoint URL with its ``user:password@`` dropped, for messages (replies
+    keep the user: that rule is ``beam_pipelines.model.redaction.hide_password``)."""
     if not url:
         return url
     parts = urlsplit(url)
@@ -67,7 +68,7 @@ def url_password(url: Any) -> str | None:
 
 def option_secrets(options: Mapping[str, Any] | None) -> list[str]:
     """The secret values of a sink's options: keys, the credentials file, the endpoint's password."""
-    found = [str(v) for k, v in (options or {}).items() if k in SECRET_OPTION_KEYS and v]
+    found = [str(v) for k, v in (options or {}).items() if k in SECRET_OPTIONS and v]
     password = url_password((options or {}).get("endpoint_url"))
     if password:
         found.append(password)

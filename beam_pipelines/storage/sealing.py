@@ -33,8 +33,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from beam_pipelines.definition import SECRET_OPTIONS, Sink
 from beam_pipelines.errors import PipelineDoError
+from beam_pipelines.model.definition import Sink
+from beam_pipelines.model.sink import SECRET_OPTIONS
 from beam_pipelines.store import PipelineRow
 
 __all__ = ["KEY_FILE", "SECRET_KEY_ENV", "SecretBox", "SecretKeyError", "seal_stored_definitions",

@@ -32,23 +32,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from beam_pipelines.layout import is_local
-from beam_pipelines.storage.redaction import hide_password
+from beam_pipelines.model.layout import is_local
+from beam_pipelines.model.sink import SINK_OPTIONS, SINK_SCHEMES
+from beam_pipelines.storage.redaction import endpoint_without_credentials
 
-__all__ = ["SCHEMES", "SINK_OPTION_KEYS", "StorageSettings", "beam_path",
+__all__ = ["StorageSettings", "beam_path",
            "pipeline_options_for_sink", "resolve_settings", "sink_scheme", "split_bucket"]
 
-SCHEMES = ("file", "gs", "s3")
-SINK_OPTION_KEYS = ("endpoint_url", "region", "access_key_id", "secret_access_key",
-                    "credentials_file", "project")
 
 
 def sink_scheme(uri: str) -> str:
     """``file``, ``gs`` or ``s3``; ValueError naming the allowed schemes otherwise."""
     scheme = "" if is_local(uri) else uri.split("://", 1)[0].lower()
-    if scheme not in SCHEMES:
+    if scheme not in SINK_SCHEMES:
         raise ValueError(f"unknown storage scheme {scheme or uri!r} in {uri!r}: allowed "
-                         + ", ".join(SCHEMES))
+                         + ", ".join(SINK_SCHEMES))
     return scheme
 
 
@@ -92,7 +90,7 @@ class StorageSettings:
 
     @property
     def public_endpoint(self) -> str | None:
-        return hide_password(self.endpoint_url)
+        return endpoint_without_credentials(self.endpoint_url)
 
 
 def _clean(value: Any) -> str | None:
@@ -113,11 +111,11 @@ def resolve_settings(uri: str, options: Mapping[str, Any] | None = None,
     """
     env = os.environ if env is None else env
     options = options or {}
-    unknown = set(options) - set(SINK_OPTION_KEYS)
+    unknown = set(options) - set(SINK_OPTIONS)
     if unknown:
         raise ValueError(f"unknown storage options {sorted(unknown)}: allowed "
-                         + ", ".join(SINK_OPTION_KEYS))
-    opt = {k: _clean(options.get(k)) for k in SINK_OPTION_KEYS}
+                         + ", ".join(SINK_OPTIONS))
+    opt = {k: _clean(options.get(k)) for k in SINK_OPTIONS}
     scheme = sink_scheme(uri)
     bucket, key = split_bucket(uri)
     if scheme == "s3":

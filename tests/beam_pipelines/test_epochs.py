@@ -94,7 +94,7 @@ def test_a_crash_between_write_and_commit_reruns_the_same_epoch_exactly_once(
                      sink=definition_sink, planned_at=spec_args[2],
                      manifest_path=str(tmp_path / "m.json"))
     entries = run_epoch_pipeline(spec)
-    assert file_sizes(definition_sink, [e["path"] for e in entries], 1, pipeline_id)
+    assert file_sizes(definition_sink, [e.path for e in entries], 1, pipeline_id)
     _ingest(service, 50, 10)  # more events arrive meanwhile
 
     # Recovery: the planned epoch is found and re-run with the same range.
@@ -184,7 +184,7 @@ def test_local_files_and_their_directories_are_fsynced_before_the_commit(
     monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(epochs_module, "commit_epoch", recording_commit)
     result = run_epoch(service.store, str(tmp_path), pipeline_id, 1)
-    files = [f["path"] for f in result.files]
+    files = [f.uri for f in result.files]
     assert len(files) == 2  # two event days
     lake = str(tmp_path / "lake" / "p")
     expected = {*files, lake, str(tmp_path / "lake"),

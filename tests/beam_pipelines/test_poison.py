@@ -17,11 +17,11 @@ from sqlalchemy import select
 from beam_pipelines import jobs
 from beam_pipelines.buffer import EventBuffer, buffer_path
 from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
-from beam_pipelines.definition import definition_from_dict
 from beam_pipelines.epochs import plan_epoch, run_epoch
 from beam_pipelines.errors import ConflictError, EpochError, TimeoutExceeded
 from beam_pipelines.jobs import JobManager
-from beam_pipelines.layout import part_file_name
+from beam_pipelines.model.definition import definition_from_dict
+from beam_pipelines.model.layout import part_file_name
 from beam_pipelines.pipelines import PipelineService
 from beam_pipelines.storage.errors import classify_epoch_error
 from beam_pipelines.store import Epoch, PipelineRow, Store, default_database_url
@@ -187,7 +187,7 @@ def test_a_retry_with_new_sql_discards_the_files_a_killed_attempt_left(
                          sink=sink, planned_at=epoch.planned_at,
                          manifest_path=str(tmp_path / "tmp" / f"{pipeline_id}-1.manifest.json"))
     os.makedirs(tmp_path / "tmp", exist_ok=True)
-    assert {e["partition"] for e in run_epoch_pipeline(spec)} == {"k=a", "k=b"}  # then: kill -9
+    assert {e.partition for e in run_epoch_pipeline(spec)} == {"k=a", "k=b"}  # then: kill -9
     service.transform("p", {"sql": "SELECT i, upper(s) AS k FROM events"})
 
     result = run_epoch(service.store, str(tmp_path), pipeline_id, 1)
@@ -195,7 +195,7 @@ def test_a_retry_with_new_sql_discards_the_files_a_killed_attempt_left(
     assert sorted(str(p.relative_to(lake)) for p in lake.rglob("*.parquet")) == [
         part_file_name(pipeline_id, 1, 0, "parquet", "k=A"),
         part_file_name(pipeline_id, 1, 0, "parquet", "k=B")]
-    assert sorted(f["path"] for f in result.files) == sorted(
+    assert sorted(f.uri for f in result.files) == sorted(
         str(p) for p in lake.rglob("*.parquet"))
     assert query(f"SELECT count(*) FROM read_parquet('{lake}/**/*.parquet')") == [(3,)]
     assert _scratch(tmp_path) == [] and not Path(spec.manifest_path).exists()
@@ -231,7 +231,7 @@ def test_a_stop_that_times_out_leaves_stopping_from_which_resume_and_stop_work(
 
 
 def test_failures_are_classified_with_a_code_and_no_server_path(tmp_path: Path) -> None:
-    from beam_pipelines.definition import Sink
+    from beam_pipelines.model.definition import Sink
 
     local = Sink(uri=str(tmp_path / "lake"))
     too_long = RuntimeError(f"OSError: [Errno 36] File name too long: '{tmp_path}/lake/k=xxx'")

@@ -23,7 +23,7 @@ import pytest
 import requests
 from cryptography.fernet import Fernet
 
-from beam_pipelines.layout import part_file_name
+from beam_pipelines.model.layout import part_file_name
 from tests.conftest import ADMIN_KEY
 from tests.live import LiveServer, query, wait_for
 

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from hypothesis import strategies as st
 
-from beam_pipelines.definition import Field
+from beam_pipelines.model.definition import Field
 from transforms.decode import (
     REJECTION_CODES,
     DecodedBatch,

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from beam_pipelines.definition import Field
+from beam_pipelines.model.definition import Field
 from transforms.decode import decode_json_lines, decode_objects
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipelines.definition import UNKNOWN_FIELD_POLICIES as DEFINITION_POLICIES
-from beam_pipelines.definition import Field
+from beam_pipelines.model.definition import UNKNOWN_FIELD_POLICIES as DEFINITION_POLICIES
+from beam_pipelines.model.definition import Field
 from transforms.decode import (
     EXTRA,
     UNKNOWN_FIELD_POLICIES,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 
-from beam_pipelines.definition import Field
+from beam_pipelines.model.definition import Field
 from tests.transforms.decode_fuzzing import (
     json_array_bodies,
     ndjson_bodies,

@@ -6,7 +6,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from beam_pipelines.definition import Field
+from beam_pipelines.model.definition import Field
 from transforms.decode import arrow_schema
 from transforms.sandbox import (
     _POOL_SIZE,

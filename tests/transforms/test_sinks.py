@@ -14,11 +14,12 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from transforms.sinks import FORMATS, check_format, dictionary_columns, file_extension, make_sink
+from transforms.formats import FILE_FORMATS
+from transforms.sinks import check_format, dictionary_columns, file_extension, make_sink
 
 UTC = timezone.utc
-COMBINATIONS = [(name, compression) for name, sink in FORMATS.items()
-                for compression in sink.compressions]
+COMBINATIONS = [(name, compression) for name, file_format in FILE_FORMATS.items()
+                for compression in file_format.compressions]
 
 
 def _events(first: int, count: int) -> pa.Table:

@@ -134,9 +134,9 @@ def test_a_rerun_epoch_adopts_its_snapshot_and_adds_nothing(
     monkeypatch.setattr(epochs, "commit_epoch", real_commit)
     result = epochs.run_epoch(service.store, data_dir, pipeline_id, number)
     assert result.rows_out == 300 and not result.already_committed
-    assert {f["path"] for f in result.files} == {
+    assert {f.uri for f in result.files} == {
         p.removeprefix("file://") for p in written if "part-0000000002-" in p}
-    assert all(f["min_event_time"] is not None for f in result.files)
+    assert all(f.min_event_time is not None for f in result.files)
     table = _table(data_dir)
     assert len(table.metadata.snapshots) == 2
     assert {p: os.stat(p.removeprefix("file://")).st_mtime_ns for p in _data_files(table)} == written

@@ -25,28 +25,43 @@ Ingest is accepted in every status; ``delete`` works from every status.
 
 from __future__ import annotations
 
-__all__ = ["MANAGER_MOVES", "OPERATIONS", "SCHEDULED", "STATUSES"]
+from enum import StrEnum
 
-STATUSES: tuple[str, ...] = ("created", "running", "paused", "stopping", "stopped", "failed")
+__all__ = ["MANAGER_MOVES", "OPERATIONS", "SCHEDULED", "STATUSES", "Status"]
+
+
+class Status(StrEnum):
+    """A pipeline's status; a ``str``, so the store keeps and compares its value."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+STATUSES: tuple[str, ...] = tuple(status.value for status in Status)
 
 # operation → (allowed from, to)
-OPERATIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "start": (("created", "stopped", "stopping", "failed"), "running"),
-    "pause": (("running",), "paused"),
-    "resume": (("paused", "stopping", "failed"), "running"),
+OPERATIONS: dict[str, tuple[tuple[Status, ...], Status]] = {
+    "start": ((Status.CREATED, Status.STOPPED, Status.STOPPING, Status.FAILED), Status.RUNNING),
+    "pause": ((Status.RUNNING,), Status.PAUSED),
+    "resume": ((Status.PAUSED, Status.STOPPING, Status.FAILED), Status.RUNNING),
     # From stopping: the same flush, waited for again.
-    "stop": (("created", "running", "paused", "stopping", "failed"), "stopping"),
+    "stop": ((Status.CREATED, Status.RUNNING, Status.PAUSED, Status.STOPPING, Status.FAILED),
+             Status.STOPPING),
 }
 
 # The job manager's moves: flushed (the stop's flush is done), fail (an epoch
 # used up its attempts).
-MANAGER_MOVES: dict[str, tuple[tuple[str, ...], str]] = {
-    "flushed": (("stopping",), "stopped"),
-    "fail": (("running", "stopping"), "failed"),
+MANAGER_MOVES: dict[str, tuple[tuple[Status, ...], Status]] = {
+    "flushed": ((Status.STOPPING,), Status.STOPPED),
+    "fail": ((Status.RUNNING, Status.STOPPING), Status.FAILED),
 }
 
 # The statuses whose epochs the job manager runs.
-SCHEDULED: tuple[str, ...] = ("running", "stopping")
+SCHEDULED: tuple[Status, ...] = (Status.RUNNING, Status.STOPPING)
 
 assert {s for moves in (OPERATIONS, MANAGER_MOVES) for froms, to in moves.values()
-        for s in (*froms, to)} == set(STATUSES)
+        for s in (*froms, to)} == set(Status)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from beam_pipelines.definition import parse_definition
 from beam_pipelines.errors import DefinitionError
+from beam_pipelines.model.definition import parse_definition
 
 LAKE_ROOTS = ("/lake",)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from beam_pipelines.definition import definition_from_dict, parse_definition
 from beam_pipelines.errors import DefinitionError
+from beam_pipelines.model.definition import definition_from_dict, parse_definition
 
 SCHEMA = [{"name": "id", "type": "int64"}]
 

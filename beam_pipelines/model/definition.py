@@ -14,42 +14,45 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from beam_pipelines.errors import DefinitionError
+from beam_pipelines.model.layout import is_local
+from beam_pipelines.model.redaction import hide_password
+from beam_pipelines.model.sink import (
+    SECRET_OPTIONS,
+    SINK_OPTIONS,
+    SINK_SCHEMES,
+    check_table_spec,
+    pyiceberg_missing,
+)
 from beam_pipelines.storage.roots import check_local_catalog, check_local_sink, local_sink_path
+from transforms.formats import file_format
 
 __all__ = [
-    "COMPRESSIONS",
+    "FIELD_NAME_PATTERN",
     "FIELD_TYPES",
-    "FORMATS",
+    "PIPELINE_NAME_PATTERN",
     "RUNNER_TYPES",
-    "SECRET_OPTIONS",
     "UNKNOWN_FIELD_POLICIES",
     "Field",
     "PipelineDefinition",
     "Roll",
     "RunnerSpec",
     "Sink",
+    "definition_from_dict",
     "parse_definition",
 ]
 
 FIELD_TYPES = ("string", "int64", "float64", "bool", "timestamp", "date", "json")
-FORMATS = ("parquet", "jsonl", "csv")
-COMPRESSIONS = {
-    "parquet": ("zstd", "snappy", "gzip", "lz4", "none"),
-    "jsonl": ("gzip", "none"),
-    "csv": ("gzip", "none"),
-}
-DEFAULT_COMPRESSION = {"parquet": "zstd", "jsonl": "gzip", "csv": "gzip"}
 RUNNER_TYPES = ("direct", "dataflow", "flink")
-SINK_SCHEMES = ("file", "gs", "s3")
-SINK_OPTIONS = ("endpoint_url", "region", "access_key_id", "secret_access_key",
-                "credentials_file", "project")
-SECRET_OPTIONS = ("access_key_id", "secret_access_key", "credentials_file")
 DEFAULT_SQL = "SELECT * FROM events"
 # What ingest does with an event's fields that the schema does not declare.
 UNKNOWN_FIELD_POLICIES = ("drop", "reject", "keep")
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
-_FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+# The API's OpenAPI document publishes these same patterns.
+PIPELINE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+FIELD_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"
+
+_NAME = re.compile(PIPELINE_NAME_PATTERN)
+_FIELD_NAME = re.compile(FIELD_NAME_PATTERN)
 _PARTITION_COLUMN = re.compile(r"\{([^{}]*)\}")
 _MAX_SQL_CHARS = 100_000
 
@@ -89,19 +92,11 @@ class Sink:
     def public(self) -> dict[str, Any]:
         """The sink as replies show it: secrets are write-only."""
         out = asdict(self)
-        out["options"] = {k: _hide_password(v) for k, v in self.options.items()
+        out["options"] = {k: hide_password(v) for k, v in self.options.items()
                           if k not in SECRET_OPTIONS}
         if self.table and isinstance(self.table.get("catalog_uri"), str):
-            out["table"] = {**self.table, "catalog_uri": _hide_password(self.table["catalog_uri"])}
+            out["table"] = {**self.table, "catalog_uri": hide_password(self.table["catalog_uri"])}
         return out
-
-
-_URL_PASSWORD = re.compile(r"(://[^/@:\s]*):[^/@\s]*@")
-
-
-def _hide_password(value: Any) -> Any:
-    """``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db`` (endpoint, catalog URLs)."""
-    return _URL_PASSWORD.sub(r"\1:***@", value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -264,12 +259,15 @@ def _parse_sink(raw: Any, default_uri: str, local_roots: Sequence[str]) -> Sink:
         raise DefinitionError("sink.uri", "sink.uri must be a string")
     uri = _normalize_uri(uri, local_roots)
     fmt = raw.get("format", "parquet")
-    if fmt not in FORMATS:
-        raise DefinitionError("sink.format", f"unknown format {fmt!r}: allowed " + ", ".join(FORMATS))
-    compression = raw.get("compression", DEFAULT_COMPRESSION[fmt])
-    if compression not in COMPRESSIONS[fmt]:
-        raise DefinitionError("sink.compression", f"unknown compression {compression!r} for "
-                              f"{fmt}: allowed " + ", ".join(COMPRESSIONS[fmt]))
+    try:
+        file_type = file_format(fmt)
+    except ValueError as err:
+        raise DefinitionError("sink.format", str(err)) from None
+    compression = raw.get("compression", file_type.default_compression)
+    try:
+        file_type.check_compression(compression)  # null too: absent means the default, null not
+    except ValueError as err:
+        raise DefinitionError("sink.compression", str(err)) from None
     partition_by = raw.get("partition_by")
     if partition_by is not None:
         _check_partition_by(partition_by)
@@ -289,8 +287,6 @@ def _parse_sink(raw: Any, default_uri: str, local_roots: Sequence[str]) -> Sink:
 
 
 def _check_table(table: Any, fmt: str) -> None:
-    from beam_pipelines.storage.iceberg import check_table_spec, pyiceberg_missing
-
     try:
         check_table_spec(table)
     except ValueError as err:
@@ -304,7 +300,7 @@ def _check_table(table: Any, fmt: str) -> None:
 
 def _normalize_uri(uri: str, local_roots: Sequence[str]) -> str:
     uri = uri.rstrip("/")
-    scheme, _, rest = uri.partition("://") if "://" in uri else ("file", "", uri)
+    scheme, _, rest = ("file", "", uri) if is_local(uri) else uri.partition("://")
     if scheme not in SINK_SCHEMES:
         raise DefinitionError("sink.uri", f"unknown scheme {scheme!r}: allowed "
                               + ", ".join(SINK_SCHEMES))

@@ -19,7 +19,7 @@ no scheme); gs:// and s3:// sinks keep their URI.
 
 from __future__ import annotations
 
-__all__ = ["is_local", "join_uri", "part_file_name", "scratch_directory"]
+__all__ = ["is_local", "join_uri", "part_file_name", "scratch_directory", "scratch_root"]
 
 
 def is_local(uri: str) -> bool:
@@ -38,6 +38,11 @@ def part_file_name(pipeline_id: str, epoch: int, shard: int, extension: str,
     return f"{partition}/{name}" if partition else name
 
 
+def scratch_root(sink_uri: str) -> str:
+    """The sink's scratch area: every pipeline's staged files lie below it."""
+    return join_uri(sink_uri, "_tmp")
+
+
 def scratch_directory(sink_uri: str, pipeline_id: str, epoch: int) -> str:
     """Where ``WriteToFiles`` stages one epoch's files before renaming them into place."""
-    return join_uri(sink_uri, f"_tmp/{pipeline_id}/epoch-{epoch:010d}")
+    return join_uri(scratch_root(sink_uri), f"{pipeline_id}/epoch-{epoch:010d}")
