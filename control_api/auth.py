@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from flask import Flask, current_app, g, request
 from sqlalchemy import select
 
-from beam_pipelines.store import ApiKey, Store
+from beam_pipelines.store import Store
 from control_api.errors import ApiError
+from control_api.tables import ApiKey
 
 __all__ = ["SCOPES", "Principal", "create_key", "ensure_key", "hash_key", "init_app",
            "require_scope", "revoke_key"]

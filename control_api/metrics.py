@@ -19,9 +19,10 @@ from sqlalchemy import func, select
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.lifecycle import STATUSES
 from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.store import PipelineRow, WebhookDelivery
+from beam_pipelines.store import PipelineRow
 from control_api.auth import require_scope
 from control_api.gate import admit
+from control_api.tables import WebhookDelivery
 
 __all__ = ["StoreCollector", "bp", "init_app"]
 

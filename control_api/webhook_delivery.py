@@ -30,15 +30,13 @@ from sqlalchemy import delete, or_, select
 from beam_pipelines.buffer import BufferHandles
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.periodic import PeriodicThread
-from beam_pipelines.store import (
+from beam_pipelines.store import PipelineRow, Store, iso
+from control_api.tables import (
     IngestAnnouncement,
-    PipelineRow,
-    Store,
     Webhook,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEvent,
-    iso,
 )
 from control_api.webhooks import UnsafeUrl, check_url, new_event
 

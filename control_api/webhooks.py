@@ -28,18 +28,11 @@ from flask import Blueprint, Flask, current_app, request
 from sqlalchemy import delete, select
 
 from beam_pipelines.epochs import EpochResult
-from beam_pipelines.store import (
-    PipelineRow,
-    Store,
-    Webhook,
-    WebhookAttempt,
-    WebhookDelivery,
-    WebhookEvent,
-    iso,
-)
+from beam_pipelines.store import PipelineRow, Store, iso
 from control_api.auth import require_scope
 from control_api.errors import ApiError, envelope, validation_error
 from control_api.gate import admit, json_body
+from control_api.tables import Webhook, WebhookAttempt, WebhookDelivery, WebhookEvent
 
 __all__ = ["EVENT_TYPES", "Outbox", "UnsafeUrl", "bp", "check_url", "emit", "init_app", "new_event"]
 
