@@ -20,6 +20,7 @@ from beam_pipelines.errors import NotFoundError
 from beam_pipelines.lifecycle import STATUSES
 from beam_pipelines.pipelines import PipelineService
 from beam_pipelines.store import PipelineRow
+from control_api import context
 from control_api.auth import require_scope
 from control_api.gate import admit
 from control_api.tables import WebhookDelivery
@@ -119,6 +120,6 @@ def metrics():  # type: ignore[no-untyped-def]
 
 def init_app(app: Flask) -> None:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(app.extensions["pdo_service"]))
+    registry.register(StoreCollector(context.of(app).service))
     app.extensions["pdo_metrics_registry"] = registry
     app.register_blueprint(bp)

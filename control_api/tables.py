@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from beam_pipelines.store import Base
+from beam_pipelines.store import Base, Store
 
 __all__ = [
     "ApiKey",
@@ -21,6 +21,7 @@ __all__ = [
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEvent",
+    "create_all",
 ]
 
 
@@ -115,3 +116,8 @@ class IdempotencyRecord(Base):
     response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+def create_all(store: Store) -> None:
+    """Every table of the database, the data plane's and these, in one ``create_all``."""
+    store.create_all()  # this module's import put these tables on the store's Base

@@ -17,18 +17,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import socket
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, request
 from sqlalchemy import delete, select
 
 from beam_pipelines.epochs import EpochResult
 from beam_pipelines.store import PipelineRow, Store, iso
+from control_api import context
 from control_api.auth import require_scope
 from control_api.errors import ApiError, envelope, validation_error
 from control_api.gate import admit, json_body
@@ -49,10 +49,6 @@ bp = Blueprint("webhooks", __name__)
 
 class UnsafeUrl(ValueError):
     """The URL is malformed or points somewhere a webhook must not go."""
-
-
-def allow_private_from_env() -> bool:
-    return os.environ.get("PIPELINE_DO_WEBHOOK_ALLOW_PRIVATE", "").lower() in ("1", "true", "yes")
 
 
 def check_url(url: str, *, allow_private: bool) -> None:
@@ -188,10 +184,10 @@ def create_webhook():  # type: ignore[no-untyped-def]
     if not isinstance(secret, str) or not 8 <= len(secret) <= 256:
         raise validation_error("secret", "secret must be a string of 8 to 256 characters")
     try:
-        check_url(url, allow_private=current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+        check_url(url, allow_private=context.settings().webhook_allow_private)
     except UnsafeUrl as err:
         raise validation_error("url", str(err)) from None
-    store: Store = current_app.extensions["pdo_store"]
+    store: Store = context.store()
     with store.session() as s:
         if len(s.scalars(select(Webhook.id)).all()) >= _MAX_WEBHOOKS:
             raise ApiError(409, "CONFLICT", f"at most {_MAX_WEBHOOKS} webhooks may exist; "
@@ -208,7 +204,7 @@ def create_webhook():  # type: ignore[no-untyped-def]
 @bp.get("/webhooks")
 def list_webhooks():  # type: ignore[no-untyped-def]
     require_scope(admit(), "admin", "list webhooks")
-    with current_app.extensions["pdo_store"].reading() as s:
+    with context.store().reading() as s:
         hooks = s.scalars(select(Webhook).order_by(Webhook.created_at)).all()
         return envelope({"webhooks": [_public(h) for h in hooks]})
 
@@ -223,14 +219,14 @@ def _hook(s: Any, webhook_id: str) -> Webhook:
 @bp.get("/webhooks/<webhook_id>")
 def get_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
     require_scope(admit(), "admin", "get webhook")
-    with current_app.extensions["pdo_store"].reading() as s:
+    with context.store().reading() as s:
         return envelope(_public(_hook(s, webhook_id)))
 
 
 @bp.delete("/webhooks/<webhook_id>")
 def delete_webhook(webhook_id: str):  # type: ignore[no-untyped-def]
     require_scope(admit(), "admin", "delete webhook")
-    with current_app.extensions["pdo_store"].session() as s:
+    with context.store().session() as s:
         hook = _hook(s, webhook_id)
         delivery_ids = select(WebhookDelivery.id).where(WebhookDelivery.webhook_id == hook.id)
         s.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(delivery_ids)))
@@ -246,7 +242,7 @@ def list_deliveries(webhook_id: str):  # type: ignore[no-untyped-def]
     limit = request.args.get("limit", "50")
     if not limit.isdigit() or not 1 <= int(limit) <= 500:
         raise validation_error("limit", "limit must be an integer from 1 to 500")
-    with current_app.extensions["pdo_store"].reading() as s:
+    with context.store().reading() as s:
         _hook(s, webhook_id)
         rows = s.execute(
             select(WebhookDelivery, WebhookEvent.event_id, WebhookEvent.type)
@@ -271,5 +267,4 @@ def list_deliveries(webhook_id: str):  # type: ignore[no-untyped-def]
 
 
 def init_app(app: Flask) -> None:
-    app.config.setdefault("WEBHOOK_ALLOW_PRIVATE", allow_private_from_env())
     app.register_blueprint(bp)
