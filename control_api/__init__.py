@@ -30,10 +30,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         openapi,
         operations,
         tables,
-        webhooks,
     )
     from control_api.config import load_settings
     from control_api.ratelimit import RateLimiter
+    from control_api.webhooks import routes as webhook_routes
+    from control_api.webhooks.outbox import Outbox
 
     settings = load_settings(config)
     app = Flask(__name__)
@@ -47,7 +48,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         store, settings.data_dir, default_sink_uri=os.path.join(settings.data_dir, "lake", "{name}"),
         local_sink_roots=settings.local_sink_roots,
         secret_box=SecretBox.for_data_dir(settings.data_dir, settings.secret_key),
-        on_event=webhooks.Outbox(store).on_event)
+        on_event=Outbox(store).on_event)
     limiter = RateLimiter(os.path.join(settings.data_dir, "ratelimit.sqlite"), settings.rate_limit)
     context.register(app, context.AppContext(settings, store, service, limiter))
     if settings.api_key:
@@ -61,7 +62,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     operations.init_app(app)
     ingest.init_app(app)
     idempotency.init_app(app)
-    webhooks.init_app(app)
+    webhook_routes.init_app(app)
     metrics.init_app(app)
     openapi.init_app(app)
     return app

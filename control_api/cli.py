@@ -49,8 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
     from beam_pipelines.store import Store
     from beam_pipelines.supervisor import ManagerSupervisor
     from control_api.auth import create_key, ensure_key, has_keys
-    from control_api.webhook_delivery import WebhookDispatcher
-    from control_api.webhooks import Outbox
+    from control_api.webhooks.dispatcher import WebhookDispatcher
+    from control_api.webhooks.outbox import Outbox
 
     listener = _bind(args.host, args.port)  # before anything starts: a taken port ends here
     store, settings = _store_for(args)

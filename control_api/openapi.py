@@ -80,7 +80,7 @@ def _time(nullable: bool = False) -> dict[str, Any]:
 
 
 def _schemas() -> dict[str, Any]:
-    from control_api.webhooks import EVENT_TYPES
+    from control_api.webhooks.events import EVENT_TYPES
 
     compressions = sorted({c for values in COMPRESSIONS.values() for c in values})
     number = {"type": "number"}

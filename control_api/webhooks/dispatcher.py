@@ -38,7 +38,8 @@ from control_api.tables import (
     WebhookDelivery,
     WebhookEvent,
 )
-from control_api.webhooks import UnsafeUrl, check_url, new_event
+from control_api.webhooks.outbox import new_event
+from control_api.webhooks.url_guard import UnsafeUrl, check_url
 
 __all__ = ["WebhookDispatcher", "sign"]
 

@@ -1,153 +1,30 @@
-"""Webhooks: ``POST/GET/DELETE /webhooks`` and the outbox events are written to.
-
-Whoever announces an event (the API processes, the job manager) only
-inserts a row into the store's outbox (``webhook_events``), right after its
-own transaction: cheap, and never waiting on a receiver. The dispatcher of
-the ``serve`` process (:mod:`control_api.webhook_delivery`) turns each
-row into one delivery per subscribed webhook and delivers it with retries.
-
-A webhook URL must not reach into the server's own network: a host that
-resolves to a private, loopback, link-local or otherwise reserved address
-is refused, at registration and again at every delivery, unless
-``PIPELINE_DO_WEBHOOK_ALLOW_PRIVATE=1``.
-"""
+"""Webhook routes: ``POST/GET/DELETE /webhooks`` and the delivery log."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import logging
 import secrets
-import socket
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, request
 from sqlalchemy import delete, select
 
-from beam_pipelines.epochs import EpochResult
-from beam_pipelines.store import PipelineRow, Store, iso
+from beam_pipelines.store import Store, iso
 from control_api import context
 from control_api.auth import require_scope
 from control_api.errors import ApiError, envelope, validation_error
 from control_api.gate import admit, json_body
 from control_api.tables import Webhook, WebhookAttempt, WebhookDelivery, WebhookEvent
+from control_api.webhooks.events import EVENT_TYPES
+from control_api.webhooks.url_guard import UnsafeUrl, check_url
 
-__all__ = ["EVENT_TYPES", "Outbox", "UnsafeUrl", "bp", "check_url", "emit", "init_app", "new_event"]
+__all__ = ["bp", "init_app"]
 
-_log = logging.getLogger("pipeline_do.webhooks")
-
-EVENT_TYPES = ("pipeline.created", "pipeline.deleted", "pipeline.started", "pipeline.paused",
-               "pipeline.resumed", "pipeline.stopped", "pipeline.ingested",
-               "pipeline.transformed", "pipeline.written", "pipeline.failed")
 _MAX_URL_CHARS = 2048
 _MAX_WEBHOOKS = 100
 
 bp = Blueprint("webhooks", __name__)
-
-
-class UnsafeUrl(ValueError):
-    """The URL is malformed or points somewhere a webhook must not go."""
-
-
-def check_url(url: str, *, allow_private: bool) -> None:
-    """Refuse a URL that is not http(s) or whose host resolves to a non-public address."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise UnsafeUrl(f"url scheme {parts.scheme or '(none)'!r} is not allowed: allowed http, https")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise UnsafeUrl("url has an invalid port") from None
-    if not host:
-        raise UnsafeUrl("url has no host")
-    try:
-        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80),
-                                   type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        raise UnsafeUrl(f"url host {host!r} does not resolve") from None
-    if allow_private:
-        return
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
-            raise UnsafeUrl(f"url host {host!r} resolves to {address}, a private, loopback, "
-                            "link-local or reserved address; set "
-                            "PIPELINE_DO_WEBHOOK_ALLOW_PRIVATE=1 on the server to allow it")
-
-
-# -- the outbox ---------------------------------------------------------------
-
-
-def emit(store: Store, event_type: str, data: dict[str, Any]) -> None:
-    """Append an event to the outbox; a failure is logged, never raised.
-
-    Nothing is written while no webhook subscribes to the type: such an
-    event could never be delivered (deliveries go only to webhooks that
-    existed when the event happened).
-    """
-    try:
-        with store.reading() as s:
-            subscribed = any(event_type in json.loads(events)
-                             for events in s.scalars(select(Webhook.events)))
-        if not subscribed:
-            return
-        with store.session() as s:
-            s.add(new_event(event_type, data))
-    except Exception:  # noqa: BLE001 - announcing must never fail the operation announced
-        _log.exception("could not record webhook event %s", event_type)
-
-
-def new_event(event_type: str, data: dict[str, Any]) -> WebhookEvent:
-    return WebhookEvent(event_id="evt_" + secrets.token_hex(10), type=event_type,
-                        pipeline_id=data.get("id"), data=json.dumps(data, default=str),
-                        created_at=time.time())
-
-
-class Outbox:
-    """The callbacks of ``PipelineService`` and ``JobManager``, writing to the outbox."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def on_event(self, event_type: str, data: dict[str, Any]) -> None:
-        emit(self.store, event_type, data)
-
-    def on_committed(self, result: EpochResult) -> None:
-        name = self._name(result.pipeline_id)
-        for f in result.files:
-            emit(self.store, "pipeline.written", {
-                "id": result.pipeline_id, "name": name, "epoch": result.epoch,
-                "path": f["path"], "rows": f["rows"], "bytes": f["bytes"],
-                "min_event_time": _iso_time(f.get("min_event_time")),
-                "max_event_time": _iso_time(f.get("max_event_time"))})
-
-    def on_stopped(self, pipeline_id: str) -> None:
-        from beam_pipelines.pipelines import summarize_stop
-
-        emit(self.store, "pipeline.stopped", summarize_stop(self.store, pipeline_id))
-
-    def on_failed(self, pipeline_id: str, epoch: int, message: str, attempts: int) -> None:
-        """``pipeline.failed``: once, when the job manager makes the pipeline ``failed``."""
-        emit(self.store, "pipeline.failed", {"id": pipeline_id, "name": self._name(pipeline_id),
-                                             "epoch": epoch, "error": message,
-                                             "attempts": attempts})
-
-    def _name(self, pipeline_id: str) -> str | None:
-        with self.store.reading() as s:
-            return s.scalar(select(PipelineRow.name).where(PipelineRow.id == pipeline_id))
-
-
-def _iso_time(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return iso(float(value))
-
-
-# -- routes -------------------------------------------------------------------
 
 
 def _public(hook: Webhook) -> dict[str, Any]:
