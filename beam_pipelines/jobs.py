@@ -69,6 +69,7 @@ from beam_pipelines.epochs import (
 from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
 from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
 from beam_pipelines.periodic import PeriodicThread
+from beam_pipelines.settings import data_plane_settings
 from beam_pipelines.store import Epoch, PipelineRow, Store
 from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool
 from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
@@ -80,12 +81,11 @@ _worker_store: Store | None = None
 
 # Failed attempts of one epoch before its pipeline is ``failed``: a bad SQL
 # or an unwritable sink fails the same way every time.
-MAX_ATTEMPTS = max(1, int(os.environ.get("PIPELINE_DO_EPOCH_MAX_ATTEMPTS", "5")))
+MAX_ATTEMPTS = data_plane_settings().epoch_max_attempts
 # A sink outage heals by itself and the buffer holds the events meanwhile, so
 # it gets more: by default 10x, with the backoff's 60 s cap about 45 minutes
 # of outage before a person is asked to look (then ``resume`` after it is back).
-MAX_TRANSIENT_ATTEMPTS = max(MAX_ATTEMPTS, int(os.environ.get(
-    "PIPELINE_DO_EPOCH_MAX_TRANSIENT_ATTEMPTS", str(10 * MAX_ATTEMPTS))))
+MAX_TRANSIENT_ATTEMPTS = data_plane_settings().epoch_max_transient_attempts
 
 
 # How long an epoch of a parallel flush waits for its predecessor's commit.

@@ -1,4 +1,4 @@
-"""The control API: a Flask app factory wiring store, auth, routes and errors."""
+"""The control API: a Flask app factory wiring settings, store, auth, routes and errors."""
 
 from __future__ import annotations
 
@@ -11,12 +11,16 @@ __all__ = ["create_app"]
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """The API app. ``config`` overrides settings by upper-case name (``DATA_DIR``,
+    ``RATE_LIMIT``, ...; see :class:`control_api.config.Settings`); other keys
+    (``TESTING``) go to Flask's config as they are."""
     from beam_pipelines.pipelines import PipelineService
     from beam_pipelines.storage.sealing import SecretBox
     from beam_pipelines.store import Store
     from control_api import (
         auth,
         bodies,
+        context,
         errors,
         gate,
         health,
@@ -25,28 +29,30 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         metrics,
         openapi,
         operations,
-        webhooks,
+        tables,
     )
-    from control_api.config import load_config
+    from control_api.config import load_settings
     from control_api.ratelimit import RateLimiter
+    from control_api.webhooks import routes as webhook_routes
+    from control_api.webhooks.outbox import Outbox
 
+    settings = load_settings(config)
     app = Flask(__name__)
-    app.config.update(load_config(config))
-    data_dir = app.config["DATA_DIR"]
-    os.makedirs(data_dir, exist_ok=True)
+    app.config.update(config or {})
+    app.config.update(settings.flask_config())
+    os.makedirs(settings.data_dir, exist_ok=True)
 
-    store = Store(app.config["DATABASE_URL"])
-    store.create_all()
-    app.extensions["pdo_store"] = store
-    app.extensions["pdo_service"] = PipelineService(
-        store, data_dir, default_sink_uri=os.path.join(data_dir, "lake", "{name}"),
-        local_sink_roots=app.config["LOCAL_SINK_ROOTS"],
-        secret_box=SecretBox.for_data_dir(data_dir, app.config["SECRET_KEY"]),
-        on_event=webhooks.Outbox(store).on_event)
-    app.extensions["pdo_rate_limiter"] = RateLimiter(os.path.join(data_dir, "ratelimit.sqlite"),
-                                                     app.config["RATE_LIMIT"])
-    if app.config["API_KEY"]:
-        auth.ensure_key(store, app.config["API_KEY"], "admin")
+    store = Store(settings.database_url)
+    tables.create_all(store)
+    service = PipelineService(
+        store, settings.data_dir, default_sink_uri=os.path.join(settings.data_dir, "lake", "{name}"),
+        local_sink_roots=settings.local_sink_roots,
+        secret_box=SecretBox.for_data_dir(settings.data_dir, settings.secret_key),
+        on_event=Outbox(store).on_event)
+    limiter = RateLimiter(os.path.join(settings.data_dir, "ratelimit.sqlite"), settings.rate_limit)
+    context.register(app, context.AppContext(settings, store, service, limiter))
+    if settings.api_key:
+        auth.ensure_key(store, settings.api_key, "admin")
 
     errors.init_app(app)
     bodies.init_app(app)
@@ -56,7 +62,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     operations.init_app(app)
     ingest.init_app(app)
     idempotency.init_app(app)
-    webhooks.init_app(app)
+    webhook_routes.init_app(app)
     metrics.init_app(app)
     openapi.init_app(app)
     return app

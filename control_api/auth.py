@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from flask import Flask, current_app, g, request
 from sqlalchemy import select
 
-from beam_pipelines.store import ApiKey, Store
+from beam_pipelines.store import Store
+from control_api import context
 from control_api.errors import ApiError
+from control_api.tables import ApiKey
 
 __all__ = ["SCOPES", "Principal", "create_key", "ensure_key", "hash_key", "init_app",
            "require_scope", "revoke_key"]
@@ -105,7 +107,7 @@ def authenticate() -> Principal:
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "AUTHENTICATION_ERROR",
                        "missing API key: send 'Authorization: Bearer <key>'")
-    principal = _lookup(current_app.extensions["pdo_store"], key.strip())
+    principal = _lookup(context.store(), key.strip())
     if principal is None:
         raise ApiError(401, "AUTHENTICATION_ERROR", "unknown or revoked API key")
     g.principal = principal

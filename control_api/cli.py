@@ -23,20 +23,25 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the client commands start without loading the server's modules
+    from beam_pipelines.store import Store
+    from control_api.config import Settings
 
 __all__ = ["main"]
 
 
-def _store_for(args: argparse.Namespace) -> Any:
+def _store_for(args: argparse.Namespace) -> tuple[Store, Settings]:
     from beam_pipelines.store import Store
-    from control_api.config import load_config
+    from control_api import tables
+    from control_api.config import load_settings
 
-    config = load_config({"DATA_DIR": args.data_dir} if args.data_dir else None)
-    os.makedirs(config["DATA_DIR"], exist_ok=True)
-    store = Store(config["DATABASE_URL"])
-    store.create_all()
-    return store, config
+    settings = load_settings({"DATA_DIR": args.data_dir} if args.data_dir else None)
+    os.makedirs(settings.data_dir, exist_ok=True)
+    store = Store(settings.database_url)
+    tables.create_all(store)
+    return store, settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -44,13 +49,13 @@ def _serve(args: argparse.Namespace) -> int:
     from beam_pipelines.store import Store
     from beam_pipelines.supervisor import ManagerSupervisor
     from control_api.auth import create_key, ensure_key, has_keys
-    from control_api.webhook_delivery import WebhookDispatcher
-    from control_api.webhooks import Outbox, allow_private_from_env
+    from control_api.webhooks.dispatcher import WebhookDispatcher
+    from control_api.webhooks.outbox import Outbox
 
     listener = _bind(args.host, args.port)  # before anything starts: a taken port ends here
-    store, config = _store_for(args)
-    if config["API_KEY"]:
-        ensure_key(store, config["API_KEY"], "admin")
+    store, settings = _store_for(args)
+    if settings.api_key:
+        ensure_key(store, settings.api_key, "admin")
     elif not has_keys(store):
         key = create_key(store, "admin")
         print("Created an admin API key. It is shown only this once; keep it safe:", flush=True)
@@ -58,28 +63,29 @@ def _serve(args: argparse.Namespace) -> int:
     store.dispose()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if not _seal_secrets(config):
+    if not _seal_secrets(settings):
         return 2
     _raise_open_file_limit()
-    outbox = Outbox(Store(config["DATABASE_URL"]))
+    outbox = Outbox(Store(settings.database_url))
 
     def start_manager() -> JobManager:
-        manager = JobManager(config["DATABASE_URL"], config["DATA_DIR"], workers=args.job_workers,
+        manager = JobManager(settings.database_url, settings.data_dir, workers=args.job_workers,
                              on_committed=outbox.on_committed, on_failed=outbox.on_failed,
                              on_stopped=outbox.on_stopped)
         manager.start()
         return manager
 
-    supervisor = ManagerSupervisor(start_manager, config["DATA_DIR"])
+    supervisor = ManagerSupervisor(start_manager, settings.data_dir)
     supervisor.start()
     dispatcher = WebhookDispatcher(
-        Store(config["DATABASE_URL"]), config["DATA_DIR"], allow_private=allow_private_from_env(),
-        retry_base_seconds=_float_env("PIPELINE_DO_WEBHOOK_RETRY_SECONDS", 1.0),
-        ingested_interval=_float_env("PIPELINE_DO_WEBHOOK_INGESTED_INTERVAL", 10.0))
+        Store(settings.database_url), settings.data_dir,
+        allow_private=settings.webhook_allow_private,
+        retry_base_seconds=settings.webhook_retry_seconds,
+        ingested_interval=settings.webhook_ingested_interval)
     dispatcher.start()
 
-    env = dict(os.environ, PIPELINE_DO_DATA_DIR=config["DATA_DIR"],
-               PIPELINE_DO_DATABASE_URL=config["DATABASE_URL"], PIPELINE_DO_RUN_JOB_MANAGER="1")
+    env = dict(os.environ, PIPELINE_DO_DATA_DIR=settings.data_dir,
+               PIPELINE_DO_DATABASE_URL=settings.database_url, PIPELINE_DO_RUN_JOB_MANAGER="1")
     env.pop("PIPELINE_DO_API_KEY", None)  # registered above; workers need not see it
     # gunicorn serves the socket bound above (fd://), so the address it answers on is
     # the one this process checked, with no window for another process to take it.
@@ -100,7 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _shutdown)
     if _answering(address, server, done):
         print(f"pipeline.do listening on http://{args.host}:{args.port} "
-              f"(data dir {config['DATA_DIR']})", flush=True)
+              f"(data dir {settings.data_dir})", flush=True)
     while not done.is_set() and server.poll() is None:
         done.wait(0.5)
     if server.poll() is None:
@@ -160,7 +166,7 @@ def _answering(address: tuple[Any, ...], server: subprocess.Popen[bytes],
     return False
 
 
-def _seal_secrets(config: dict[str, Any]) -> bool:
+def _seal_secrets(settings: Settings) -> bool:
     """Load (or make) the secret key, seal secrets stored in plain text, and say which
     pipelines' secrets the key cannot open. False: the key itself is malformed."""
     from beam_pipelines.storage.sealing import (
@@ -174,11 +180,11 @@ def _seal_secrets(config: dict[str, Any]) -> bool:
 
     log = logging.getLogger(__name__)
     try:
-        box = SecretBox.for_data_dir(config["DATA_DIR"], config["SECRET_KEY"])
+        box = SecretBox.for_data_dir(settings.data_dir, settings.secret_key)
     except SecretKeyError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return False
-    store = Store(config["DATABASE_URL"])
+    store = Store(settings.database_url)
     try:
         sealed = seal_stored_definitions(store, box)
         if sealed:
@@ -219,18 +225,10 @@ def _raise_open_file_limit() -> None:
                                      "receiving events", hard, soft, hard // _FILES_PER_PIPELINE)
 
 
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
-
-
 def _keys(args: argparse.Namespace) -> int:
     from control_api.auth import create_key, revoke_key
 
-    store, _config = _store_for(args)
+    store, _settings = _store_for(args)
     try:
         if args.keys_command == "create":
             key = create_key(store, args.scope)

@@ -140,7 +140,7 @@ def _run(command: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Nam
 
 def add_client_commands(sub: Any) -> None:
     """Register the client subcommands on ``pipeline-do``'s subparsers."""
-    from control_api.webhooks import EVENT_TYPES
+    from control_api.webhooks.events import EVENT_TYPES
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=None,

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy.exc
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from beam_pipelines.errors import PipelineDoError, StorageError, TimeoutExceeded
+from control_api import context
 from control_api.auth import Principal, authenticate
 from control_api.errors import ApiError, validation_error
 from control_api.idempotency import claim
@@ -29,7 +30,7 @@ T = TypeVar("T")
 
 def admit() -> Principal:
     principal = authenticate()
-    verdict = current_app.extensions["pdo_rate_limiter"].hit(f"key:{principal.key_id}")
+    verdict = context.rate_limiter().hit(f"key:{principal.key_id}")
     g.rate_verdict = verdict
     if not verdict.allowed:
         raise ApiError(429, "RATE_LIMIT_EXCEEDED",
@@ -54,7 +55,7 @@ def json_body() -> Any:
 
 
 def timeout_seconds(options: Any) -> float:
-    default = current_app.config["DEFAULT_TIMEOUT_MS"]
+    default = context.settings().default_timeout_ms
     if options is None:
         return default / 1000.0
     if not isinstance(options, dict):
@@ -103,7 +104,7 @@ def init_app(app: Flask) -> None:
             for name, value in verdict.headers().items():
                 response.headers[name] = value
         else:
-            limit = current_app.config["RATE_LIMIT"]
+            limit = context.settings().rate_limit
             now = int(time.time())
             response.headers["X-RateLimit-Limit"] = str(max(limit, 0))
             response.headers["X-RateLimit-Remaining"] = str(max(limit, 0))

@@ -9,10 +9,11 @@ checks the store alone.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app
+from flask import Blueprint, Flask
 from sqlalchemy import text
 
 from beam_pipelines.supervisor import manager_problem
+from control_api import context
 from control_api.errors import ApiError, envelope
 
 __all__ = ["bp", "init_app"]
@@ -23,13 +24,13 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz():  # type: ignore[no-untyped-def]
     try:
-        with current_app.extensions["pdo_store"].session() as s:
+        with context.store().session() as s:
             s.execute(text("SELECT 1"))
     except Exception:  # noqa: BLE001 - any store failure means not ready
         raise ApiError(503, "SERVICE_UNAVAILABLE", "the store is not reachable",
                        headers={"Retry-After": "1"}) from None
-    if current_app.config["RUN_JOB_MANAGER"]:
-        problem = manager_problem(current_app.config["DATA_DIR"])
+    if context.settings().run_job_manager:
+        problem = manager_problem(context.settings().data_dir)
         if problem is not None:
             raise ApiError(503, "SERVICE_UNAVAILABLE", f"the job manager is not working: {problem}",
                            details={"reason": problem}, headers={"Retry-After": "5"})

@@ -22,13 +22,15 @@ import json
 import time
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from beam_pipelines.store import IdempotencyRecord, Store
+from beam_pipelines.store import Store
+from control_api import context
 from control_api.auth import Principal
 from control_api.errors import ApiError, validation_error
+from control_api.tables import IdempotencyRecord
 
 __all__ = ["HEADER", "IdempotentReplay", "claim", "init_app"]
 
@@ -65,9 +67,9 @@ def claim(principal: Principal, wait_seconds: float | None = None) -> None:
         raise validation_error(HEADER, f"{HEADER} must be 1 to {_MAX_KEY_CHARS} printable "
                                "characters")
     digest = _request_hash()
-    store: Store = current_app.extensions["pdo_store"]
+    store: Store = context.store()
     if wait_seconds is None:
-        wait_seconds = current_app.config["DEFAULT_TIMEOUT_MS"] / 1000.0
+        wait_seconds = context.settings().default_timeout_ms / 1000.0
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
@@ -118,7 +120,7 @@ def _finish(response: Response) -> Response:
     if claimed is None:
         return response
     key_id, key = claimed
-    store: Store = current_app.extensions["pdo_store"]
+    store: Store = context.store()
     with store.session() as s:
         record = s.scalars(select(IdempotencyRecord).where(
             IdempotencyRecord.api_key_id == key_id, IdempotencyRecord.key == key)).first()
@@ -155,7 +157,7 @@ def init_app(app: Flask) -> None:
     def _release(_exc: BaseException | None) -> None:
         claimed = g.pop("idempotency_claim", None)
         if claimed is not None:  # the response never reached _finish: let a retry run
-            with current_app.extensions["pdo_store"].session() as s:
+            with context.store().session() as s:
                 s.execute(delete(IdempotencyRecord).where(
                     IdempotencyRecord.api_key_id == claimed[0],
                     IdempotencyRecord.key == claimed[1],

@@ -9,8 +9,9 @@ may be compressed (``Content-Encoding``) and is bounded like every body
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, request
 
+from control_api import context
 from control_api.auth import require_scope
 from control_api.errors import envelope, validation_error
 from control_api.gate import admit
@@ -28,7 +29,7 @@ _NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl",
 def ingest_events(ref: str):  # type: ignore[no-untyped-def]
     principal = admit()
     require_scope(principal, "ingest", "ingest")
-    service = current_app.extensions["pdo_service"]
+    service = context.service()
     content_type = (request.mimetype or "").lower()
     if content_type in _NDJSON:
         return envelope(service.ingest_json_lines(ref, request.get_data()))

@@ -19,9 +19,11 @@ from sqlalchemy import func, select
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.model.lifecycle import STATUSES
 from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.store import PipelineRow, WebhookDelivery
+from beam_pipelines.store import PipelineRow
+from control_api import context
 from control_api.auth import require_scope
 from control_api.gate import admit
+from control_api.tables import WebhookDelivery
 
 __all__ = ["StoreCollector", "bp", "init_app"]
 
@@ -118,6 +120,6 @@ def metrics():  # type: ignore[no-untyped-def]
 
 def init_app(app: Flask) -> None:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(app.extensions["pdo_service"]))
+    registry.register(StoreCollector(context.of(app).service))
     app.extensions["pdo_metrics_registry"] = registry
     app.register_blueprint(bp)

@@ -14,30 +14,24 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app
 
-from beam_pipelines.errors import EPOCH_ERROR_CODES
-from beam_pipelines.model.definition import (
-    FIELD_NAME_PATTERN,
-    FIELD_TYPES,
-    PIPELINE_NAME_PATTERN,
-    RUNNER_TYPES,
-    UNKNOWN_FIELD_POLICIES,
-)
-from beam_pipelines.model.lifecycle import STATUSES
-from beam_pipelines.model.sink import SINK_OPTIONS
+from beam_pipelines.model.definition import PIPELINE_NAME_PATTERN, UNKNOWN_FIELD_POLICIES
 from control_api.bodies import ALLOWED_ENCODINGS
-from transforms.decode import REJECTION_CODES
-from transforms.formats import FILE_FORMATS
+from control_api.openapi_schemas import (
+    ERROR_CODES,
+    EVENT,
+    NAME,
+    PIPELINE_ID,
+    component_schemas,
+    date_time,
+    obj,
+    ref,
+)
+from control_api.operations import OPERATIONS
 
 __all__ = ["bp", "build_spec", "init_app"]
 
 bp = Blueprint("openapi", __name__)
 
-ERROR_CODES = {
-    400: "VALIDATION_ERROR", 401: "AUTHENTICATION_ERROR", 403: "AUTHORIZATION_ERROR",
-    404: "NOT_FOUND", 409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE",
-    429: "RATE_LIMIT_EXCEEDED",
-    500: "INTERNAL_ERROR", 503: "SERVICE_UNAVAILABLE", 504: "TIMEOUT",
-}
 _ERROR_WHEN = {
     400: "Malformed JSON, unknown operation, bad parameters or invalid SQL; details.field names "
          "the field.",
@@ -54,165 +48,10 @@ _ERROR_WHEN = {
     503: "Buffer full, store busy or shutting down; Retry-After set.",
     504: "options.timeout exceeded.",
 }
-_REF = "#/components/schemas/"
-_PIPELINE_ID = {"type": "string", "pattern": "^pl_[0-9a-f]{1,37}$", "maxLength": 40}
-_NAME = {"type": "string", "pattern": PIPELINE_NAME_PATTERN}
-# An event is an object; anything else is rejected as a record (200, "rejected"), not as
-# the request, so the schema cannot narrow it.
-_EVENT = {"description": "an event object"}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": _REF + name}
-
-
-def _obj(properties: dict[str, Any], required: tuple[str, ...] = (),
-         extra: bool = True, **more: Any) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties, **more}
-    if required:
-        schema["required"] = list(required)
-    if not extra:
-        schema["additionalProperties"] = False
-    return schema
-
-
-def _time(nullable: bool = False) -> dict[str, Any]:
-    return {"type": ["string", "null"] if nullable else "string", "format": "date-time"}
-
-
-def _schemas() -> dict[str, Any]:
-    from control_api.webhooks import EVENT_TYPES
-
-    compressions = sorted({c for f in FILE_FORMATS.values() for c in f.compressions})
-    number = {"type": "number"}
-    integer = {"type": "integer", "minimum": 0}
-    latency = {"type": ["number", "null"]}
-    return {
-        "Meta": _obj({"requestId": {"type": "string"}, "timestamp": _time(),
-                      "duration": {"type": "integer", "minimum": 0}},
-                     ("requestId", "timestamp")),
-        "Error": _obj({"code": {"enum": sorted(set(ERROR_CODES.values()))},
-                       "message": {"type": "string"},
-                       "details": {"type": "object"}}, ("code", "message")),
-        "ErrorEnvelope": _obj({"success": {"const": False}, "error": _ref("Error"),
-                               "meta": _ref("Meta")}, ("success", "error", "meta")),
-        "Options": _obj({
-            "timeout": {"type": "integer", "minimum": 1, "maximum": 3_600_000,
-                        "description": "Milliseconds of server-side work before TIMEOUT."},
-            "retries": {"type": "integer", "minimum": 0, "maximum": 10,
-                        "description": "Retries of a transient storage failure in the call."}}),
-        "Field": _obj({"name": {"type": "string", "pattern": FIELD_NAME_PATTERN},
-                       "type": {"enum": list(FIELD_TYPES)}, "required": {"type": "boolean"}},
-                      ("name", "type"), extra=False),
-        "Roll": _obj({"interval_seconds": {"type": "number", "minimum": 0.1, "maximum": 86400},
-                      "max_bytes": {"type": "integer", "minimum": 1024, "maximum": 2**34},
-                      "max_events": {"type": "integer", "minimum": 1, "maximum": 50_000_000}},
-                     extra=False),
-        "Sink": _obj({
-            "uri": {"type": "string", "description": "file:///path, gs://bucket/prefix or "
-                    "s3://bucket/prefix; default <data dir>/lake/<name>. A local path must lie "
-                    "under <data dir>/lake/ or PIPELINE_DO_LOCAL_SINK_ROOTS (400 otherwise)"},
-            "format": {"enum": list(FILE_FORMATS)},
-            "compression": {"enum": compressions},
-            "partition_by": {"type": ["string", "null"],
-                             "description": "e.g. dt=%Y-%m-%d/hour=%H or country={country}"},
-            "roll": _ref("Roll"),
-            "options": _obj({k: {"type": "string"} for k in SINK_OPTIONS}, extra=False,
-                            description="Secrets are write-only: never echoed back."),
-            "table": {"type": ["object", "null"],
-                      "properties": {"catalog_uri": {"type": "string"},
-                                     "namespace": {"type": "string"},
-                                     "name": {"type": "string"}}}}, extra=False),
-        "Runner": _obj({"type": {"enum": list(RUNNER_TYPES)}, "options": {"type": "object"}},
-                       extra=False),
-        "Pipeline": _obj({
-            "id": {"type": "string"}, "name": {"type": "string"},
-            "status": {"enum": list(STATUSES)},
-            "version": {"type": "integer", "minimum": 1}, "sql": {"type": "string"},
-            "schema": {"type": ["array", "null"], "items": _ref("Field")},
-            "event_time_field": {"type": ["string", "null"]},
-            "unknown_fields": {"enum": list(UNKNOWN_FIELD_POLICIES)},
-            "sink": {"type": "object"}, "runner": {"type": "object"},
-            "created_at": _time(), "updated_at": _time()},
-            ("id", "name", "status", "version", "sql", "schema", "event_time_field", "sink",
-             "runner", "created_at", "updated_at")),
-        "PipelineList": _obj({"pipelines": {"type": "array", "items": _ref("Pipeline")}},
-                             ("pipelines",)),
-        "Deleted": _obj({"deleted": {"const": True}}, ("deleted",)),
-        "IngestResult": _obj({
-            "accepted": integer,
-            "rejected": {"type": "array", "items": _obj({
-                "index": integer, "code": {"enum": list(REJECTION_CODES)},
-                "message": {"type": "string"}}, ("index", "code", "message"))},
-            # Present when fields outside the schema were dropped (unknown_fields "drop").
-            "unknown_fields": {"type": "array", "items": {"type": "string"}}},
-            ("accepted", "rejected")),
-        "OutputSchema": {"type": "array", "items": _obj(
-            {"name": {"type": "string"}, "type": {"type": "string"}}, ("name", "type"))},
-        "TransformResult": _obj({"version": {"type": "integer"},
-                                 "output_schema": _ref("OutputSchema")},
-                                ("version", "output_schema")),
-        "DryRunResult": _obj({"dry_run": {"const": True}, "output_schema": _ref("OutputSchema"),
-                              "rows": {"type": "array", "items": {"type": "object"}}},
-                             ("dry_run", "output_schema", "rows")),
-        "Monitor": _obj({
-            "status": {"enum": list(STATUSES)}, "events_in": integer, "events_rejected": integer,
-            "events_out": integer, "bytes_in": integer, "bytes_out": integer,
-            "files_written": integer, "epochs": integer, "backlog_events": integer,
-            "throughput": _obj({"in_eps": number, "out_eps": number}, ("in_eps", "out_eps")),
-            "latency_ms": _obj({"p50": latency, "p95": latency, "p99": latency},
-                               ("p50", "p95", "p99")),
-            "errors": integer, "last_error": {
-                "type": ["string", "null"],
-                "description": "The latest failed epoch attempt: 'epoch N failed (sink S): CODE: "
-                               "reason (attempt a of n)', CODE one of "
-                               + ", ".join(EPOCH_ERROR_CODES) + ". No server paths."},
-            "last_commit_at": _time(nullable=True), "window_seconds": number},
-            ("status", "events_in", "events_rejected", "events_out", "bytes_in", "bytes_out",
-             "files_written", "epochs", "backlog_events", "throughput", "latency_ms", "errors",
-             "last_error", "last_commit_at")),
-        "File": _obj({"path": {"type": "string"}, "rows": integer, "bytes": integer,
-                      "epoch": integer, "min_event_time": _time(nullable=True),
-                      "max_event_time": _time(nullable=True)}, ("path", "rows", "bytes")),
-        "Logs": _obj({"logs": {"type": "array", "items": _obj({
-            "timestamp": _time(), "level": {"enum": ["debug", "info", "warning", "error"]},
-            "message": {"type": "string"}, "epoch": {"type": ["integer", "null"]}},
-            ("timestamp", "level", "message", "epoch"))}}, ("logs",)),
-        "EventType": {"enum": list(EVENT_TYPES)},
-        "WebhookRequest": _obj({
-            "url": {"type": "string", "format": "uri", "maxLength": 2048},
-            "events": {"type": "array", "minItems": 1, "items": _ref("EventType")},
-            "secret": {"type": "string", "minLength": 8, "maxLength": 256,
-                       "description": "HMAC-SHA256 key; generated and shown once if absent"}},
-            ("url", "events")),
-        "Webhook": _obj({"id": {"type": "string"}, "url": {"type": "string"},
-                         "events": {"type": "array", "items": _ref("EventType")},
-                         "created_at": _time(), "secret": {"type": "string"}},
-                        ("id", "url", "events")),
-        "WebhookList": _obj({"webhooks": {"type": "array", "items": _ref("Webhook")}},
-                            ("webhooks",)),
-        "DeliveryList": _obj({"deliveries": {"type": "array", "items": _obj({
-            "id": {"type": "integer"}, "event_id": {"type": "string"},
-            "type": _ref("EventType"),
-            "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": integer,
-            "last_status_code": {"type": ["integer", "null"]},
-            "last_error": {"type": ["string", "null"]}, "created_at": _time(),
-            "next_attempt_at": _time(nullable=True), "delivered_at": _time(nullable=True),
-            "log": {"type": "array", "items": _obj({
-                "attempt": {"type": "integer"}, "at": _time(),
-                "status_code": {"type": ["integer", "null"]},
-                "error": {"type": ["string", "null"]}, "duration_ms": integer})}},
-            ("id", "event_id", "type", "status", "attempts"))}}, ("deliveries",)),
-        "WebhookEvent": _obj({"id": {"type": "string"}, "type": _ref("EventType"),
-                              "created_at": _time(), "data": {"type": "object"}},
-                             ("id", "type", "created_at", "data")),
-    }
-
-
 def _pipeline_ref(extra: dict[str, Any] | None = None,
                   required: tuple[str, ...] = ()) -> dict[str, Any]:
     """Parameters naming one pipeline, by ``pipeline_id`` or ``name``."""
-    properties = {"pipeline_id": _PIPELINE_ID, "name": _NAME, **(extra or {})}
+    properties = {"pipeline_id": PIPELINE_ID, "name": NAME, **(extra or {})}
     return {"type": "object", "properties": properties,
             "anyOf": [{"required": ["pipeline_id", *required]},
                       {"required": ["name", *required]}]}
@@ -220,12 +59,12 @@ def _pipeline_ref(extra: dict[str, Any] | None = None,
 
 def _operation_parameters() -> dict[str, dict[str, Any]]:
     no_parameters = {"type": "object"}
-    event = _EVENT
+    event = EVENT
     return {
-        "create": _obj({"name": _NAME, "sql": {"type": "string", "minLength": 1},
-                        "schema": {"type": "array", "minItems": 1, "items": _ref("Field")},
-                        "event_time_field": {"type": "string"}, "sink": _ref("Sink"),
-                        "runner": _ref("Runner"),
+        "create": obj({"name": NAME, "sql": {"type": "string", "minLength": 1},
+                        "schema": {"type": "array", "minItems": 1, "items": ref("Field")},
+                        "event_time_field": {"type": "string"}, "sink": ref("Sink"),
+                        "runner": ref("Runner"),
                         "unknown_fields": {"enum": list(UNKNOWN_FIELD_POLICIES),
                                            "default": "drop"}}, ("name",)),
         "get": _pipeline_ref(), "list": no_parameters, "pipeline": no_parameters,
@@ -240,7 +79,7 @@ def _operation_parameters() -> dict[str, dict[str, Any]]:
                                               "maximum": 10_000}}, ("sql",)),
         "monitor": _pipeline_ref({"window_seconds": {"type": "number", "minimum": 1,
                                                      "maximum": 86_400}}),
-        "logs": _pipeline_ref({"since": _time(),
+        "logs": _pipeline_ref({"since": date_time(),
                                "level": {"enum": ["debug", "info", "warning", "error"]},
                                "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
     }
@@ -272,8 +111,8 @@ _COMMON_HEADERS = ("X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining",
 
 def _success(data: dict[str, Any], description: str = "Success.") -> dict[str, Any]:
     return {"description": description, "headers": _headers(*_COMMON_HEADERS),
-            "content": {"application/json": {"schema": _obj(
-                {"success": {"const": True}, "data": data, "meta": _ref("Meta")},
+            "content": {"application/json": {"schema": obj(
+                {"success": {"const": True}, "data": data, "meta": ref("Meta")},
                 ("success", "data", "meta"))}}}
 
 
@@ -284,7 +123,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         out[str(status)] = {
             "description": f"{ERROR_CODES[status]}: {_ERROR_WHEN[status]}",
             "headers": _headers(*names),
-            "content": {"application/json": {"schema": _ref("ErrorEnvelope")}}}
+            "content": {"application/json": {"schema": ref("ErrorEnvelope")}}}
     return out
 
 
@@ -313,16 +152,14 @@ def _request_id_header() -> dict[str, Any]:
 
 
 def _paths() -> dict[str, Any]:
-    from control_api.operations import OPERATIONS
-
     parameters = _operation_parameters()
     requests = []
     for name, (scope, _handler) in OPERATIONS.items():
         params = parameters[name]
         if name in ("list", "pipeline"):
             params = {"type": ["object", "null"]}
-        requests.append(_obj({"operation": {"const": name}, "parameters": params,
-                              "options": {"oneOf": [_ref("Options"), {"type": "null"}]}},
+        requests.append(obj({"operation": {"const": name}, "parameters": params,
+                              "options": {"oneOf": [ref("Options"), {"type": "null"}]}},
                              ("operation",),
                              title=f"{name} (scope {scope})"))
     operation_table = "\n".join(f"- `{name}`: scope `{scope}`, data `{_DATA_BY_OPERATION[name]}`"
@@ -333,8 +170,8 @@ def _paths() -> dict[str, Any]:
                     "schema": {"type": "string", "pattern": PIPELINE_NAME_PATTERN}}
     webhook_id = {"name": "webhook_id", "in": "path", "required": True,
                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,40}$"}}
-    data_any = {"anyOf": [_ref(n) for n in sorted(set(_DATA_BY_OPERATION.values()))
-                          ] + [_ref("DryRunResult")]}
+    data_any = {"anyOf": [ref(n) for n in sorted(set(_DATA_BY_OPERATION.values()))
+                          ] + [ref("DryRunResult")]}
     return {
         "/pipeline": {"post": {
             "operationId": "pipelineOperation",
@@ -352,18 +189,18 @@ def _paths() -> dict[str, Any]:
             "parameters": [pipeline_ref, *headers],
             "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"oneOf": [
-                    {"type": "array", "items": _EVENT}, {"type": "object"}]}},
+                    {"type": "array", "items": EVENT}, {"type": "object"}]}},
                 "application/x-ndjson": {"schema": {
                     "description": "One JSON object per line; a bad line is rejected as a "
                                    "record, not the request."}}}},
-            "responses": {"200": _success(_ref("IngestResult")),
+            "responses": {"200": _success(ref("IngestResult")),
                           **_errors(*_AUTHED, 404, 409, 413, 415)}}},
         "/webhooks": {
             "post": {"operationId": "createWebhook", "summary": "Register a webhook (admin)",
                      "parameters": headers,
                      "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": _ref("WebhookRequest")}}},
-                     "responses": {"200": _success(_ref("Webhook")),
+                         "schema": ref("WebhookRequest")}}},
+                     "responses": {"200": _success(ref("Webhook")),
                                    **_errors(*_AUTHED, 409, 413, 415)},
                      "callbacks": {"event": {"{$request.body#/url}": {"post": {
                          "summary": "A webhook delivery",
@@ -372,20 +209,20 @@ def _paths() -> dict[str, Any]:
                                          "description": "sha256=<hex HMAC-SHA256 of the raw "
                                                         "body with the secret>"}],
                          "requestBody": {"content": {"application/json": {
-                             "schema": _ref("WebhookEvent")}}},
+                             "schema": ref("WebhookEvent")}}},
                          "responses": {"2XX": {"description": "Delivered; anything else is "
                                                               "retried with backoff."}}}}}}},
             "get": {"operationId": "listWebhooks", "summary": "List webhooks (admin)",
                     "parameters": [_request_id_header()],
-                    "responses": {"200": _success(_ref("WebhookList")), **_errors(*_AUTHED)}}},
+                    "responses": {"200": _success(ref("WebhookList")), **_errors(*_AUTHED)}}},
         "/webhooks/{webhook_id}": {
             "get": {"operationId": "getWebhook", "summary": "One webhook (admin)",
                     "parameters": [webhook_id],
-                    "responses": {"200": _success(_ref("Webhook")),
+                    "responses": {"200": _success(ref("Webhook")),
                                   **_errors(*_AUTHED, 404)}},
             "delete": {"operationId": "deleteWebhook", "summary": "Remove a webhook (admin)",
                        "parameters": [webhook_id],
-                       "responses": {"200": _success(_ref("Deleted")),
+                       "responses": {"200": _success(ref("Deleted")),
                                      **_errors(*_AUTHED, 404)}}},
         "/webhooks/{webhook_id}/deliveries": {"get": {
             "operationId": "listWebhookDeliveries",
@@ -393,7 +230,7 @@ def _paths() -> dict[str, Any]:
             "parameters": [webhook_id, {"name": "limit", "in": "query", "required": False,
                                         "schema": {"type": "integer", "minimum": 1,
                                                    "maximum": 500}}],
-            "responses": {"200": _success(_ref("DeliveryList")), **_errors(*_AUTHED, 404)}}},
+            "responses": {"200": _success(ref("DeliveryList")), **_errors(*_AUTHED, 404)}}},
         "/metrics": {"get": {
             "operationId": "metrics", "summary": "Prometheus text format (scope read)",
             "responses": {"200": {"description": "The monitor counters of every pipeline.",
@@ -404,7 +241,7 @@ def _paths() -> dict[str, Any]:
             "operationId": "health", "security": [],
             "summary": "200 once the server is ready; 503 with the reason while the store "
                        "does not answer or the job manager is broken",
-            "responses": {"200": _success(_obj({"status": {"const": "ok"}}, ("status",))),
+            "responses": {"200": _success(obj({"status": {"const": "ok"}}, ("status",))),
                           **_errors(503)}}},
         "/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document", "security": [],
@@ -426,7 +263,7 @@ def build_spec(server_url: str | None = None) -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
                                                "description": "An API key (pdo_...)."}},
-            "schemas": _schemas()},
+            "schemas": component_schemas()},
     }
     if server_url:
         spec["servers"] = [{"url": server_url}]

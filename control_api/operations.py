@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, request
 
 from beam_pipelines.pipelines import PipelineService
+from control_api import context
 from control_api.auth import require_scope
 from control_api.errors import envelope, validation_error
 from control_api.gate import admit, json_body, run_with_retries, timeout_seconds
@@ -90,7 +91,7 @@ def pipeline_operation():  # type: ignore[no-untyped-def]
     timeout_seconds(options)  # validate options up front, whatever the operation
     scope, handler = OPERATIONS[operation]
     require_scope(principal, scope, operation)
-    service = current_app.extensions["pdo_service"]
+    service = context.service()
     return envelope(run_with_retries(lambda: handler(service, params, options), options))
 
 

@@ -16,18 +16,17 @@ cannot be too deep, so typical traffic never pays for the exact scan.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from transforms.limits import MAX_JSON_DEPTH
+
 __all__ = ["MAX_JSON_DEPTH", "JsonEvents", "depth_exceeded", "line_bounds", "load_json_events",
            "too_deep_segments"]
 
-# Clamped to 1..512: deeper than that, the parsers this guards would recurse too far.
-MAX_JSON_DEPTH = min(max(int(os.environ.get("PIPELINE_DO_MAX_JSON_DEPTH", "64")), 1), 512)
 
 _OPEN_OBJECT, _OPEN_ARRAY, _CLOSE_OBJECT, _CLOSE_ARRAY = b"{[}]"
 _QUOTE, _BACKSLASH, _COMMA, _NEWLINE = b'"\\,\n'

@@ -7,7 +7,7 @@ configuration locked once set up, and the rules of
 ``transforms.sql_policy`` (one SELECT over ``events``, no function that
 reads the server's settings). The input relation is always ``events``.
 
-The bounds, read once from the environment:
+The bounds, read once from the environment (by ``transforms.limits``):
 
 - ``PIPELINE_DO_SQL_MEMORY_MB`` (2048): the memory budget of one query.
   DuckDB's ``memory_limit`` gets half of it; the materialized result at most
@@ -24,7 +24,6 @@ The bounds, read once from the environment:
 
 from __future__ import annotations
 
-import os
 import resource
 import threading
 from collections import OrderedDict
@@ -33,6 +32,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from transforms.limits import (
+    DRY_RUN_TIMEOUT_SECONDS,
+    SQL_MAX_OUTPUT_MB,
+    SQL_MEMORY_MB,
+    SQL_THREADS,
+    SQL_TIMEOUT_SECONDS,
+)
 from transforms.sql_policy import INPUT_TABLE, SqlError, check_sql, clean_message
 
 __all__ = ["DRY_RUN_TIMEOUT_SECONDS", "SQL_MAX_OUTPUT_MB", "SQL_MEMORY_MB", "SQL_TIMEOUT_SECONDS",
@@ -40,24 +46,6 @@ __all__ = ["DRY_RUN_TIMEOUT_SECONDS", "SQL_MAX_OUTPUT_MB", "SQL_MEMORY_MB", "SQL
            "limit_process_memory", "memory_budget_error", "plan_sql",
            "return_connection", "run_sql", "sandboxed_connection"]
 
-
-def _positive_env(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        raise SystemExit(f"{name} must be a positive number, got {raw!r}") from None
-    if value <= 0:
-        raise SystemExit(f"{name} must be a positive number, got {raw!r}")
-    return value
-
-
-SQL_MEMORY_MB = int(_positive_env("PIPELINE_DO_SQL_MEMORY_MB", 2048))
-SQL_MAX_OUTPUT_MB = int(_positive_env("PIPELINE_DO_SQL_MAX_OUTPUT_MB", max(SQL_MEMORY_MB // 4, 1)))
-SQL_TIMEOUT_SECONDS = _positive_env("PIPELINE_DO_SQL_TIMEOUT_SECONDS", 300.0)
-DRY_RUN_TIMEOUT_SECONDS = _positive_env("PIPELINE_DO_DRY_RUN_TIMEOUT_SECONDS", 30.0)
-SQL_THREADS = int(_positive_env("PIPELINE_DO_SQL_THREADS", 1)) \
-    if os.environ.get("PIPELINE_DO_SQL_THREADS") else None  # None: DuckDB's default
 
 # Rows per record batch read from a running query: the unit in which the
 # output cap is checked, so a runaway result stops within one batch.

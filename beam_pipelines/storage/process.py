@@ -40,6 +40,7 @@ from typing import Any
 
 from beam_pipelines.model.definition import Sink
 from beam_pipelines.model.layout import is_local
+from beam_pipelines.settings import data_plane_settings
 from beam_pipelines.storage.redaction import MIN_SECRET_CHARS, option_secrets, redact_secrets
 from beam_pipelines.storage.settings import (
     StorageSettings,
@@ -71,7 +72,7 @@ GCS_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 #: Retry budget for one storage call, in seconds (see :func:`configure_retries`;
 #: google-cloud-storage's own default is 120 s, Beam's S3 retries ~10 min).
 #: Override with ``PIPELINE_DO_STORAGE_RETRY_DEADLINE``.
-DEFAULT_RETRY_DEADLINE = float(os.environ.get("PIPELINE_DO_STORAGE_RETRY_DEADLINE", "10"))
+DEFAULT_RETRY_DEADLINE = data_plane_settings().storage_retry_deadline
 
 _state_lock = threading.RLock()
 _UNSET = object()

@@ -20,13 +20,13 @@ import re
 from collections.abc import Sequence
 
 from beam_pipelines.errors import DefinitionError
+from beam_pipelines.settings import LOCAL_SINK_ROOTS_ENV, data_plane_settings
 
 __all__ = ["LOCAL_SINK_ROOTS_ENV", "allowed_local_roots", "check_local_catalog",
            "check_local_sink", "local_sink_path", "parse_local_roots"]
 
-LOCAL_SINK_ROOTS_ENV = "PIPELINE_DO_LOCAL_SINK_ROOTS"
 # Read once: epoch workers inherit the environment of ``serve``.
-_ENV_ROOTS = os.environ.get(LOCAL_SINK_ROOTS_ENV, "")
+_ENV_ROOTS = data_plane_settings().local_sink_roots
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 

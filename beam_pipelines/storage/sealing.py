@@ -36,15 +36,15 @@ from typing import Any
 from beam_pipelines.errors import PipelineDoError
 from beam_pipelines.model.definition import Sink
 from beam_pipelines.model.sink import SECRET_OPTIONS
+from beam_pipelines.settings import SECRET_KEY_ENV, data_plane_settings
 from beam_pipelines.store import PipelineRow
 
 __all__ = ["KEY_FILE", "SECRET_KEY_ENV", "SecretBox", "SecretKeyError", "seal_stored_definitions",
            "unreadable_pipelines"]
 
-SECRET_KEY_ENV = "PIPELINE_DO_SECRET_KEY"
 KEY_FILE = "secret.key"
 # Read once: the API gets it through control_api.config, epoch workers inherit it.
-_ENV_KEY = os.environ.get(SECRET_KEY_ENV) or None
+_ENV_KEY = data_plane_settings().secret_key
 _PREFIX = "enc.v1."
 # Only characters a URL's userinfo takes as they are: Fernet tokens are url-safe base64.
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]*):([^/@\s]*)@")

@@ -20,7 +20,7 @@ from beam_pipelines.supervisor import (
     manager_problem,
     write_heartbeat,
 )
-from control_api import create_app
+from control_api import context, create_app
 from tests.live import wait_for
 
 SCHEMA = [{"name": "n", "type": "int64", "required": True}]
@@ -56,7 +56,7 @@ def app(tmp_path: Any) -> Any:
 
 @pytest.fixture
 def managers(app: Any, tmp_path: Any) -> Iterator[_Managers]:
-    made = _Managers(app.extensions["pdo_service"], str(tmp_path))
+    made = _Managers(context.of(app).service, str(tmp_path))
     yield made
     for manager in made.started:
         manager.close(10)

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from beam_pipelines.errors import StorageError, Unavailable
+from control_api import context
 from tests.control_api.conftest import Api, make_key, wait_for
 
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
@@ -137,7 +138,7 @@ def test_rate_limit_is_shared_by_two_gunicorn_workers(start_server: Any) -> None
 
 def test_server_errors_never_leak_internals(client: Any, auth: dict[str, str], app: Any,
                                             monkeypatch: Any) -> None:
-    service = app.extensions["pdo_service"]
+    service = context.of(app).service
 
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise KeyError("secret internal detail")
@@ -159,7 +160,7 @@ def test_server_errors_never_leak_internals(client: Any, auth: dict[str, str], a
 
 def test_transient_storage_errors_are_retried_within_the_call(
         client: Any, auth: dict[str, str], app: Any, monkeypatch: Any) -> None:
-    service = app.extensions["pdo_service"]
+    service = context.of(app).service
     calls: list[int] = []
     real = service.list_all
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from control_api import context
+
 CREATE = {"operation": "create", "parameters": {
     "name": "clicks", "schema": [{"name": "user_id", "type": "int64", "required": True}],
     "sql": "SELECT user_id FROM events"}}
@@ -110,7 +112,7 @@ def test_internal_errors_leak_nothing(app: Any, auth: dict[str, str]) -> None:
     def explode(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("secret internal detail /etc/shadow")
 
-    app.extensions["pdo_service"].list_all = explode
+    setattr(context.of(app).service, "list_all", explode)  # noqa: B010 - a typed method, replaced
     response = app.test_client().post("/pipeline", json={"operation": "list"}, headers=auth)
     err = _error(response, 500, "INTERNAL_ERROR")
     assert "secret" not in response.get_data(as_text=True)

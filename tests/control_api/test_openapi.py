@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from control_api.openapi import build_spec
 from control_api.operations import OPERATIONS
-from control_api.webhooks import EVENT_TYPES
+from control_api.webhooks.events import EVENT_TYPES
 from tests.conftest import ADMIN_KEY
 from tests.live import LiveServer
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from control_api.webhooks import EVENT_TYPES
+from control_api.webhooks.events import EVENT_TYPES
 from tests.control_api.conftest import Api, Receiver, valid_signature, wait_for
 
 SECRET = "s3cret-for-tests"

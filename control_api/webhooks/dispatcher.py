@@ -31,16 +31,16 @@ from beam_pipelines.buffer import BufferHandles
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.model.times import iso
 from beam_pipelines.periodic import PeriodicThread
-from beam_pipelines.store import (
+from beam_pipelines.store import PipelineRow, Store
+from control_api.tables import (
     IngestAnnouncement,
-    PipelineRow,
-    Store,
     Webhook,
     WebhookAttempt,
     WebhookDelivery,
     WebhookEvent,
 )
-from control_api.webhooks import UnsafeUrl, check_url, new_event
+from control_api.webhooks.outbox import new_event
+from control_api.webhooks.url_guard import UnsafeUrl, check_url
 
 __all__ = ["WebhookDispatcher", "sign"]
 
