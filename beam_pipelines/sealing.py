@@ -166,7 +166,7 @@ def _secret_texts(data: dict[str, Any]) -> list[str]:
 
 def seal_stored_definitions(store: Any, box: SecretBox) -> int:
     """Seal the secrets of definitions stored in plain text; return how many rows changed."""
-    from beam_pipelines.store import PipelineRow
+    from beam_pipelines.catalog.store import PipelineRow
 
     changed = 0
     with store.session() as s:
@@ -180,7 +180,7 @@ def seal_stored_definitions(store: Any, box: SecretBox) -> int:
 
 def unreadable_pipelines(store: Any, box: SecretBox) -> list[str]:
     """Names of the pipelines whose stored secrets ``box`` cannot open."""
-    from beam_pipelines.store import PipelineRow
+    from beam_pipelines.catalog.store import PipelineRow
 
     names = []
     with store.reading() as s:

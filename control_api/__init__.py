@@ -11,9 +11,9 @@ __all__ = ["create_app"]
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    from beam_pipelines.pipelines import PipelineService
+    from beam_pipelines.catalog.store import Store
     from beam_pipelines.sealing import SecretBox
-    from beam_pipelines.store import Store
+    from beam_pipelines.service import PipelineService
     from control_api import (
         auth,
         bodies,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app, g, request
 from sqlalchemy import select
 
-from beam_pipelines.store import ApiKey, Store
+from beam_pipelines.catalog.store import ApiKey, Store
 from control_api.errors import ApiError
 
 __all__ = ["SCOPES", "Principal", "create_key", "ensure_key", "hash_key", "init_app",

@@ -29,7 +29,7 @@ __all__ = ["main"]
 
 
 def _store_for(args: argparse.Namespace) -> Any:
-    from beam_pipelines.store import Store
+    from beam_pipelines.catalog.store import Store
     from control_api.config import load_config
 
     config = load_config({"DATA_DIR": args.data_dir} if args.data_dir else None)
@@ -40,9 +40,9 @@ def _store_for(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from beam_pipelines.jobs import JobManager
-    from beam_pipelines.store import Store
-    from beam_pipelines.supervisor import ManagerSupervisor
+    from beam_pipelines.catalog.store import Store
+    from beam_pipelines.runners.local.scheduler import JobManager
+    from beam_pipelines.runners.local.supervisor import ManagerSupervisor
     from control_api.auth import create_key, ensure_key, has_keys
     from control_api.webhook_delivery import WebhookDispatcher
     from control_api.webhooks import Outbox, allow_private_from_env
@@ -163,6 +163,7 @@ def _answering(address: tuple[Any, ...], server: subprocess.Popen[bytes],
 def _seal_secrets(config: dict[str, Any]) -> bool:
     """Load (or make) the secret key, seal secrets stored in plain text, and say which
     pipelines' secrets the key cannot open. False: the key itself is malformed."""
+    from beam_pipelines.catalog.store import Store
     from beam_pipelines.sealing import (
         SECRET_KEY_ENV,
         SecretBox,
@@ -170,7 +171,6 @@ def _seal_secrets(config: dict[str, Any]) -> bool:
         seal_stored_definitions,
         unreadable_pipelines,
     )
-    from beam_pipelines.store import Store
 
     log = logging.getLogger(__name__)
     try:

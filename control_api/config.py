@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from beam_pipelines.catalog.store import default_database_url
 from beam_pipelines.sink_roots import LOCAL_SINK_ROOTS_ENV, parse_local_roots
-from beam_pipelines.store import default_database_url
 
 __all__ = ["load_config"]
 

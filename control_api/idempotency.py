@@ -26,7 +26,7 @@ from flask import Flask, Response, current_app, g, request
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from beam_pipelines.store import IdempotencyRecord, Store
+from beam_pipelines.catalog.store import IdempotencyRecord, Store
 from control_api.auth import Principal
 from control_api.errors import ApiError, validation_error
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, request
 
-from beam_pipelines.pipelines import PipelineService
+from beam_pipelines.service import PipelineService
 from control_api.auth import require_scope
 from control_api.errors import envelope, validation_error
 from control_api.gate import admit, json_body, run_with_retries, timeout_seconds

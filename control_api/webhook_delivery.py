@@ -27,10 +27,7 @@ from dataclasses import dataclass
 import requests
 from sqlalchemy import delete, or_, select
 
-from beam_pipelines.buffer import BufferHandles
-from beam_pipelines.errors import NotFoundError
-from beam_pipelines.periodic import PeriodicThread
-from beam_pipelines.store import (
+from beam_pipelines.catalog.store import (
     IngestAnnouncement,
     PipelineRow,
     Store,
@@ -40,6 +37,9 @@ from beam_pipelines.store import (
     WebhookEvent,
     iso,
 )
+from beam_pipelines.errors import NotFoundError
+from beam_pipelines.runners.local.buffer import BufferHandles
+from beam_pipelines.runners.local.periodic import PeriodicThread
 from control_api.webhooks import UnsafeUrl, check_url, new_event
 
 __all__ = ["WebhookDispatcher", "sign"]

@@ -27,8 +27,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, current_app, request
 from sqlalchemy import delete, select
 
-from beam_pipelines.epochs import EpochResult
-from beam_pipelines.store import (
+from beam_pipelines.catalog.store import (
     PipelineRow,
     Store,
     Webhook,
@@ -37,6 +36,7 @@ from beam_pipelines.store import (
     WebhookEvent,
     iso,
 )
+from beam_pipelines.runners.local.epochs import EpochResult
 from control_api.auth import require_scope
 from control_api.errors import ApiError, envelope, validation_error
 from control_api.gate import admit, json_body
@@ -137,7 +137,7 @@ class Outbox:
                 "max_event_time": _iso_time(f.get("max_event_time"))})
 
     def on_stopped(self, pipeline_id: str) -> None:
-        from beam_pipelines.pipelines import summarize_stop
+        from beam_pipelines.service import summarize_stop
 
         emit(self.store, "pipeline.stopped", summarize_stop(self.store, pipeline_id))
 

@@ -28,7 +28,7 @@ A committed epoch's rows leave the buffer on the manager's own release
 thread, not in the worker: deleting ~100 MB of rows takes a worker a
 fifth of an epoch, during which it could run the next one.
 
-Workers (:mod:`beam_pipelines.workers`) import Beam once and are recycled
+Workers (:mod:`beam_pipelines.runners.local.workers`) import Beam once and are recycled
 after ``max_epochs_per_worker`` epochs so memory stays flat. One that dies
 (``kill -9``, out of memory) fails only its epoch, with :class:`WorkerDied`;
 a new worker takes its place and the epoch, still ``planned``, runs again.
@@ -39,7 +39,7 @@ with an out-of-memory error instead of waking the kernel's OOM killer.
 from the store kills their workers (replaced) and drops the flights, with no
 failure counted. A paused (or failed) pipeline keeps its row: its running
 epoch finishes and commits. :meth:`JobManager.health` says what is wrong with
-a manager that no longer schedules; :mod:`beam_pipelines.supervisor` acts on it.
+a manager that no longer schedules; :mod:`beam_pipelines.runners.local.supervisor` acts on it.
 """
 
 from __future__ import annotations
@@ -57,8 +57,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from beam_pipelines.buffer import RELEASE_PAUSE_SECONDS, BufferHandles
-from beam_pipelines.epochs import (
+from beam_pipelines.catalog.store import Epoch, PipelineRow, Store
+from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
+from beam_pipelines.lifecycle import MANAGER_MOVES, SCHEDULED
+from beam_pipelines.runners.local.buffer import RELEASE_PAUSE_SECONDS, BufferHandles
+from beam_pipelines.runners.local.epochs import (
     EpochResult,
     Plan,
     pending_epoch,
@@ -66,11 +69,8 @@ from beam_pipelines.epochs import (
     run_epoch,
     try_plan_epoch,
 )
-from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
-from beam_pipelines.lifecycle import MANAGER_MOVES, SCHEDULED
-from beam_pipelines.periodic import PeriodicThread
-from beam_pipelines.store import Epoch, PipelineRow, Store
-from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool
+from beam_pipelines.runners.local.periodic import PeriodicThread
+from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
 
 __all__ = ["SQL_MEMORY_MB", "WORKER_MEMORY_MB", "JobManager", "WorkerDied"]

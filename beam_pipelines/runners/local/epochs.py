@@ -29,14 +29,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
+from beam_pipelines.catalog.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from beam_pipelines.definition import PipelineDefinition, Sink, definition_from_dict
 from beam_pipelines.errors import EpochError
 from beam_pipelines.layout import is_local
+from beam_pipelines.runners.local.buffer import Backlog, EventBuffer, buffer_path
 from beam_pipelines.sealing import SecretBox
 from beam_pipelines.sink_roots import allowed_local_roots, check_local_catalog, check_local_sink
 from beam_pipelines.storage_paths import discard_attempt, remove_scratch
-from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from transforms.decode import arrow_schema
 
 __all__ = ["EpochResult", "Plan", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",

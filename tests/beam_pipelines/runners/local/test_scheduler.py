@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from beam_pipelines.epochs import plan_epoch
-from beam_pipelines.jobs import JobManager
-from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.store import Epoch, Store, default_database_url
+from beam_pipelines.catalog.store import Epoch, Store, default_database_url
+from beam_pipelines.runners.local.epochs import plan_epoch
+from beam_pipelines.runners.local.scheduler import JobManager
+from beam_pipelines.service import PipelineService
 from tests.live import query, wait_for
 
 SCHEMA = [{"name": "n", "type": "int64", "required": True}]

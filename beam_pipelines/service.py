@@ -21,7 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select, update
 
-from beam_pipelines.buffer import BufferHandles, EventBuffer, buffer_path
+from beam_pipelines.catalog.store import (
+    Epoch,
+    EpochFile,
+    LogEntry,
+    PipelineRow,
+    SqlVersion,
+    Store,
+    iso,
+)
 from beam_pipelines.definition import (
     PipelineDefinition,
     definition_from_dict,
@@ -35,17 +43,9 @@ from beam_pipelines.errors import (
     Unavailable,
 )
 from beam_pipelines.lifecycle import OPERATIONS
+from beam_pipelines.runners.local.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.sealing import SecretBox
 from beam_pipelines.sink_roots import allowed_local_roots
-from beam_pipelines.store import (
-    Epoch,
-    EpochFile,
-    LogEntry,
-    PipelineRow,
-    SqlVersion,
-    Store,
-    iso,
-)
 from transforms.decode import DecodedBatch, arrow_schema, decode_json_lines, decode_objects
 from transforms.isolation import dry_run_isolated, plan_isolated
 from transforms.sandbox import SqlError
@@ -185,7 +185,7 @@ class PipelineService:
         return counters
 
     def monitor(self, ref: str, window_seconds: float) -> dict[str, Any]:
-        from beam_pipelines.monitoring import monitor_snapshot
+        from beam_pipelines.runners.local.monitoring import monitor_snapshot
 
         with self.store.reading() as s:
             pipeline_id = self._row(s, ref).id

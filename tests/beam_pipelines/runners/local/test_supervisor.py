@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from beam_pipelines.epochs import EpochResult
-from beam_pipelines.jobs import JobManager
-from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.supervisor import (
+from beam_pipelines.runners.local.epochs import EpochResult
+from beam_pipelines.runners.local.scheduler import JobManager
+from beam_pipelines.runners.local.supervisor import (
     HEARTBEAT_FILE,
     STALE_AFTER_SECONDS,
     ManagerSupervisor,
     manager_problem,
     write_heartbeat,
 )
+from beam_pipelines.service import PipelineService
 from control_api import create_app
 from tests.live import wait_for
 
