@@ -65,8 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     def start_manager() -> JobManager:
         manager = JobManager(config["DATABASE_URL"], config["DATA_DIR"], workers=args.job_workers,
-                             on_committed=outbox.on_committed, on_failed=outbox.on_failed,
-                             on_stopped=outbox.on_stopped)
+                             events=outbox)
         manager.start()
         return manager
 

@@ -46,11 +46,19 @@ def failures(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str, int]]
     return []
 
 
+class _RecordFailures(scheduler.NoEvents):
+    def __init__(self, failures: list[tuple[str, int, str, int]]) -> None:
+        self.failures = failures
+
+    def on_failed(self, pipeline_id: str, epoch: int, message: str, attempts: int) -> None:
+        self.failures.append((pipeline_id, epoch, message, attempts))
+
+
 @pytest.fixture
 def manager(service: PipelineService, tmp_path: Path,
             failures: list[tuple[str, int, str, int]]) -> Iterator[JobManager]:
     manager = JobManager(service.store.url, str(tmp_path), workers=1,
-                         on_failed=lambda *args: failures.append(args))
+                         events=_RecordFailures(failures))
     yield manager
     manager.close()
 

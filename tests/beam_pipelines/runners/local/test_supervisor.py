@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from beam_pipelines.runners.local.epochs import EpochResult
-from beam_pipelines.runners.local.scheduler import JobManager
+from beam_pipelines.runners.local.scheduler import JobManager, NoEvents
 from beam_pipelines.runners.local.supervisor import (
     HEARTBEAT_FILE,
     STALE_AFTER_SECONDS,
@@ -26,9 +26,10 @@ from tests.live import wait_for
 SCHEMA = [{"name": "n", "type": "int64", "required": True}]
 
 
-def _thread_killer(_result: EpochResult) -> None:
-    # A bug that raises what the scheduler loop does not catch ends its thread.
-    raise SystemExit("a callback ended the scheduler thread")
+class _ThreadKiller(NoEvents):
+    def on_committed(self, result: EpochResult) -> None:
+        # A bug that raises what the scheduler loop does not catch ends its thread.
+        raise SystemExit("a callback ended the scheduler thread")
 
 
 class _Managers:
@@ -42,7 +43,7 @@ class _Managers:
 
     def __call__(self) -> JobManager:
         manager = JobManager(self.service.store.url, self.data_dir, workers=1,
-                             on_committed=None if self.started else _thread_killer)
+                             events=None if self.started else _ThreadKiller())
         manager.start()
         self.started.append(manager)
         return manager
