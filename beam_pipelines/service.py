@@ -187,7 +187,7 @@ class PipelineService:
             "errors": row.errors, "last_error": row.last_error,
             "last_commit_at": iso(row.last_commit_at),
         }
-        runner = self._holding(definition_from_dict(row.definition_dict()))
+        runner = self.runners.holding(row.definition_dict()["runner"]["type"])
         counters.update(runner.ingest_counters(row.id, row.committed_seq))
         return counters
 
