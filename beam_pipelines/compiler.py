@@ -31,10 +31,10 @@ from apache_beam.options.value_provider import ValueProvider
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import environments
 
-from beam_pipelines.buffer import EventBuffer
 from beam_pipelines.model.definition import Sink
 from beam_pipelines.model.layout import is_local, part_file_name, scratch_directory
 from beam_pipelines.model.manifest import FileEntry, read_manifest, write_manifest
+from beam_pipelines.runners.local.buffer import EventBuffer
 from transforms.decode import EVENT_TIME
 from transforms.partition import split_partitions
 from transforms.sinks import file_extension, make_sink

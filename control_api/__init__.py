@@ -14,9 +14,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """The API app. ``config`` overrides settings by upper-case name (``DATA_DIR``,
     ``RATE_LIMIT``, ...; see :class:`control_api.config.Settings`); other keys
     (``TESTING``) go to Flask's config as they are."""
-    from beam_pipelines.pipelines import PipelineService
+    from beam_pipelines.catalog.store import Store
+    from beam_pipelines.service import PipelineService
     from beam_pipelines.storage.sealing import SecretBox
-    from beam_pipelines.store import Store
     from control_api import (
         auth,
         bodies,

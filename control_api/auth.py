@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app, g, request
 from sqlalchemy import select
 
-from beam_pipelines.store import Store
+from beam_pipelines.catalog.store import Store
 from control_api import context
 from control_api.errors import ApiError
 from control_api.tables import ApiKey

@@ -26,14 +26,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the client commands start without loading the server's modules
-    from beam_pipelines.store import Store
+    from beam_pipelines.catalog.store import Store
     from control_api.config import Settings
 
 __all__ = ["main"]
 
 
 def _store_for(args: argparse.Namespace) -> tuple[Store, Settings]:
-    from beam_pipelines.store import Store
+    from beam_pipelines.catalog.store import Store
     from control_api import tables
     from control_api.config import load_settings
 
@@ -45,9 +45,9 @@ def _store_for(args: argparse.Namespace) -> tuple[Store, Settings]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from beam_pipelines.jobs import JobManager
-    from beam_pipelines.store import Store
-    from beam_pipelines.supervisor import ManagerSupervisor
+    from beam_pipelines.catalog.store import Store
+    from beam_pipelines.runners.local.scheduler import JobManager
+    from beam_pipelines.runners.local.supervisor import ManagerSupervisor
     from control_api.auth import create_key, ensure_key, has_keys
     from control_api.webhooks.dispatcher import WebhookDispatcher
     from control_api.webhooks.outbox import Outbox
@@ -70,8 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     def start_manager() -> JobManager:
         manager = JobManager(settings.database_url, settings.data_dir, workers=args.job_workers,
-                             on_committed=outbox.on_committed, on_failed=outbox.on_failed,
-                             on_stopped=outbox.on_stopped)
+                             events=outbox)
         manager.start()
         return manager
 
@@ -169,6 +168,7 @@ def _answering(address: tuple[Any, ...], server: subprocess.Popen[bytes],
 def _seal_secrets(settings: Settings) -> bool:
     """Load (or make) the secret key, seal secrets stored in plain text, and say which
     pipelines' secrets the key cannot open. False: the key itself is malformed."""
+    from beam_pipelines.catalog.store import Store
     from beam_pipelines.storage.sealing import (
         SECRET_KEY_ENV,
         SecretBox,
@@ -176,7 +176,6 @@ def _seal_secrets(settings: Settings) -> bool:
         seal_stored_definitions,
         unreadable_pipelines,
     )
-    from beam_pipelines.store import Store
 
     log = logging.getLogger(__name__)
     try:

@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from beam_pipelines.catalog.store import default_database_url
 from beam_pipelines.settings import ENV_NAMES as DATA_PLANE_ENV_NAMES
 from beam_pipelines.settings import DataPlaneSettings
 from beam_pipelines.storage.roots import parse_local_roots
-from beam_pipelines.store import default_database_url
 from transforms.limits import ENV_NAMES as TRANSFORMS_ENV_NAMES
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ENV_NAMES", "Settings", "load_settings"]

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
-from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.store import Store
+from beam_pipelines.catalog.store import Store
+from beam_pipelines.service import PipelineService
 from control_api.config import Settings
 from control_api.ratelimit import RateLimiter
 

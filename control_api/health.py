@@ -2,7 +2,7 @@
 manager runs next to the API (``serve``), while it works.
 
 The manager runs in another process than the API's workers; its supervisor
-writes a heartbeat file (:mod:`beam_pipelines.supervisor`), read here. An app
+writes a heartbeat file (:mod:`beam_pipelines.runners.local.supervisor`), read here. An app
 without a manager (``RUN_JOB_MANAGER`` false: tests, an API-only process)
 checks the store alone.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask
 from sqlalchemy import text
 
-from beam_pipelines.supervisor import manager_problem
+from beam_pipelines.runners.local.supervisor import manager_problem
 from control_api import context
 from control_api.errors import ApiError, envelope
 

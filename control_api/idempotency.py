@@ -26,7 +26,7 @@ from flask import Flask, Response, g, request
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from beam_pipelines.store import Store
+from beam_pipelines.catalog.store import Store
 from control_api import context
 from control_api.auth import Principal
 from control_api.errors import ApiError, validation_error

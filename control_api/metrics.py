@@ -16,10 +16,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from beam_pipelines.catalog.store import PipelineRow
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.model.lifecycle import STATUSES
-from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.store import PipelineRow
+from beam_pipelines.service import PipelineService
 from control_api import context
 from control_api.auth import require_scope
 from control_api.gate import admit

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, request
 
-from beam_pipelines.pipelines import PipelineService
+from beam_pipelines.service import PipelineService
 from control_api import context
 from control_api.auth import require_scope
 from control_api.errors import envelope, validation_error

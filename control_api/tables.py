@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from beam_pipelines.store import Base, Store
+from beam_pipelines.catalog.store import Base, Store
 
 __all__ = [
     "ApiKey",

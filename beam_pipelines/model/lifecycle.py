@@ -12,7 +12,7 @@
               take it back to ``running`` without the flush.
 ``stopped``   every event accepted before the stop is written.
 ``failed``    one epoch failed ``PIPELINE_DO_EPOCH_MAX_ATTEMPTS`` times (a sink
-              outage gets a larger budget, see ``beam_pipelines.jobs``);
+              outage gets a larger budget, see ``beam_pipelines.runners.local.scheduler``);
               ``last_error`` says why and the job manager no longer runs it.
               After a fix (``transform``: the failed epoch is retried with the
               *current* SQL), ``resume`` or ``start`` runs it again with a fresh

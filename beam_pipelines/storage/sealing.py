@@ -33,11 +33,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from beam_pipelines.catalog.store import PipelineRow
 from beam_pipelines.errors import PipelineDoError
 from beam_pipelines.model.definition import Sink
 from beam_pipelines.model.sink import SECRET_OPTIONS
 from beam_pipelines.settings import SECRET_KEY_ENV, data_plane_settings
-from beam_pipelines.store import PipelineRow
 
 __all__ = ["KEY_FILE", "SECRET_KEY_ENV", "SecretBox", "SecretKeyError", "seal_stored_definitions",
            "unreadable_pipelines"]
@@ -168,6 +168,7 @@ def _secret_texts(data: dict[str, Any]) -> list[str]:
 
 def seal_stored_definitions(store: Any, box: SecretBox) -> int:
     """Seal the secrets of definitions stored in plain text; return how many rows changed."""
+
     changed = 0
     with store.session() as s:
         for row in s.query(PipelineRow).all():
@@ -180,6 +181,7 @@ def seal_stored_definitions(store: Any, box: SecretBox) -> int:
 
 def unreadable_pipelines(store: Any, box: SecretBox) -> list[str]:
     """Names of the pipelines whose stored secrets ``box`` cannot open."""
+
     names = []
     with store.reading() as s:
         for row in s.query(PipelineRow).order_by(PipelineRow.name).all():

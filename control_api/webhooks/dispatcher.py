@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import requests
 from sqlalchemy import delete, or_, select
 
-from beam_pipelines.buffer import BufferHandles
+from beam_pipelines.catalog.store import PipelineRow, Store
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.model.times import iso
-from beam_pipelines.periodic import PeriodicThread
-from beam_pipelines.store import PipelineRow, Store
+from beam_pipelines.runners.local.buffer import BufferHandles
+from beam_pipelines.runners.local.periodic import PeriodicThread
 from control_api.tables import (
     IngestAnnouncement,
     Webhook,

@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from beam_pipelines.epochs import EpochResult
-from beam_pipelines.pipelines import summarize_stop
-from beam_pipelines.store import PipelineRow, Store
+from beam_pipelines.catalog.store import PipelineRow, Store
+from beam_pipelines.runners.local.epochs import EpochResult
+from beam_pipelines.service import summarize_stop
 from control_api.tables import Webhook, WebhookEvent
 
 __all__ = ["Outbox", "emit", "new_event"]

@@ -10,8 +10,8 @@ from typing import Any
 from flask import Blueprint, Flask, request
 from sqlalchemy import delete, select
 
+from beam_pipelines.catalog.store import Store
 from beam_pipelines.model.times import iso
-from beam_pipelines.store import Store
 from control_api import context
 from control_api.auth import require_scope
 from control_api.errors import ApiError, envelope, validation_error

@@ -69,7 +69,7 @@ def test_the_data_plane_declares_and_names_no_api_table() -> None:
 def test_the_api_tables_are_made_with_the_data_planes_in_one_database(tmp_path: Path) -> None:
     from sqlalchemy import inspect
 
-    from beam_pipelines.store import Store, default_database_url
+    from beam_pipelines.catalog.store import Store, default_database_url
     from control_api import tables
 
     store = Store(default_database_url(str(tmp_path)))

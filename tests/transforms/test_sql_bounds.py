@@ -147,7 +147,7 @@ def test_an_epoch_worker_capped_for_its_budget_runs_sql_and_stops_runaways() -> 
         import apache_beam as beam
         import pyarrow as pa
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-        from beam_pipelines.jobs import WORKER_MEMORY_MB
+        from beam_pipelines.runners.local.scheduler import WORKER_MEMORY_MB
         from transforms.sandbox import limit_process_memory
         from transforms.sql import DuckDbSql
 

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import requests
 
-from beam_pipelines.buffer import EventBuffer, buffer_path
-from beam_pipelines.epochs import plan_epoch, run_epoch
+from beam_pipelines.catalog.store import Epoch, EpochFile, Store, default_database_url
 from beam_pipelines.errors import StorageError
-from beam_pipelines.pipelines import PipelineService
+from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
+from beam_pipelines.runners.local.epochs import plan_epoch, run_epoch
+from beam_pipelines.service import PipelineService
 from beam_pipelines.storage import process, redaction
-from beam_pipelines.store import Epoch, EpochFile, Store, default_database_url
 from tests import servers
 from tests.conftest import ADMIN_KEY
 from tests.live import LiveServer, query

@@ -12,17 +12,17 @@ pytest.importorskip("pyiceberg")
 
 from pyiceberg.catalog.sql import SqlCatalog
 
-from beam_pipelines import epochs
-from beam_pipelines.buffer import EventBuffer, buffer_path
+from beam_pipelines.catalog.store import EpochFile, Store, default_database_url
 from beam_pipelines.errors import DefinitionError, StorageError
-from beam_pipelines.pipelines import PipelineService
+from beam_pipelines.runners.local import epochs
+from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
+from beam_pipelines.service import PipelineService
 from beam_pipelines.storage.iceberg import (
     CATALOG_NAME,
     EPOCH_PROPERTY,
     PIPELINE_PROPERTY,
     default_catalog_uri,
 )
-from beam_pipelines.store import EpochFile, Store, default_database_url
 
 SCHEMA = [{"name": "n", "type": "int64", "required": True}, {"name": "country", "type": "string"},
           {"name": "ts", "type": "timestamp", "required": True}]

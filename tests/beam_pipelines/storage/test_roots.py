@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beam_pipelines.buffer import EventBuffer, buffer_path
-from beam_pipelines.epochs import plan_epoch, run_epoch
+from beam_pipelines.catalog.store import Store, default_database_url
 from beam_pipelines.errors import DefinitionError, StorageError
 from beam_pipelines.model.definition import parse_definition
 from beam_pipelines.model.layout import part_file_name
-from beam_pipelines.pipelines import PipelineService
+from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
+from beam_pipelines.runners.local.epochs import plan_epoch, run_epoch
+from beam_pipelines.service import PipelineService
 from beam_pipelines.storage.roots import allowed_local_roots, parse_local_roots
-from beam_pipelines.store import Store, default_database_url
 from tests.live import query
 
 

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from beam_pipelines.buffer import EventBuffer, buffer_path
-from beam_pipelines.epochs import plan_epoch, run_epoch
+from beam_pipelines.catalog.store import PipelineRow, Store, default_database_url
 from beam_pipelines.errors import StorageError
-from beam_pipelines.pipelines import PipelineService
+from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
+from beam_pipelines.runners.local.epochs import plan_epoch, run_epoch
+from beam_pipelines.service import PipelineService
 from beam_pipelines.storage.sealing import (
     KEY_FILE,
     SecretBox,
@@ -23,7 +24,6 @@ from beam_pipelines.storage.sealing import (
     seal_stored_definitions,
     unreadable_pipelines,
 )
-from beam_pipelines.store import PipelineRow, Store, default_database_url
 from tests.live import query
 
 SECRETS = {"access_key_id": "AKIASEALEDTEST00001", "secret_access_key": "s3cr3t-Never-Stored",

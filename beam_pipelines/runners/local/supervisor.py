@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from beam_pipelines.periodic import PeriodicThread
+from beam_pipelines.runners.local.periodic import PeriodicThread
 
 __all__ = ["HEARTBEAT_FILE", "STALE_AFTER_SECONDS", "ManagerSupervisor", "manager_problem",
            "write_heartbeat"]

@@ -28,11 +28,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from beam_pipelines.buffer import Backlog, EventBuffer, buffer_path
+from beam_pipelines.catalog.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from beam_pipelines.errors import EpochError
 from beam_pipelines.model.definition import PipelineDefinition, Sink, definition_from_dict
 from beam_pipelines.model.layout import is_local
 from beam_pipelines.model.manifest import FileEntry, read_manifest
+from beam_pipelines.runners.local.buffer import Backlog, EventBuffer, buffer_path
 from beam_pipelines.storage.errors import classify_epoch_error
 from beam_pipelines.storage.files import (
     discard_attempt,
@@ -43,7 +44,6 @@ from beam_pipelines.storage.files import (
 from beam_pipelines.storage.process import apply_epoch_sink_environment
 from beam_pipelines.storage.roots import allowed_local_roots, check_local_catalog, check_local_sink
 from beam_pipelines.storage.sealing import SecretBox
-from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from transforms.decode import arrow_schema
 
 __all__ = ["EpochResult", "Plan", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from beam_pipelines.buffer import EventBuffer, buffer_path
+from beam_pipelines.catalog.store import Epoch, EpochFile, Store, default_database_url
 from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
-from beam_pipelines.epochs import commit_epoch, pending_epoch, plan_epoch, run_epoch
-from beam_pipelines.pipelines import PipelineService
+from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
+from beam_pipelines.runners.local.epochs import commit_epoch, pending_epoch, plan_epoch, run_epoch
+from beam_pipelines.service import PipelineService
 from beam_pipelines.storage.files import file_sizes
-from beam_pipelines.store import Epoch, EpochFile, Store, default_database_url
 from tests.live import query
 from transforms.decode import arrow_schema
 
@@ -161,7 +161,7 @@ def test_local_files_and_their_directories_are_fsynced_before_the_commit(
         service: PipelineService, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # Power loss cannot be staged here; what can be checked is that every file
     # and directory entry the commit relies on was fsynced, and before it.
-    import beam_pipelines.epochs as epochs_module
+    import beam_pipelines.runners.local.epochs as epochs_module
 
     synced: list[str] = []
     real_fsync = os.fsync
@@ -195,7 +195,7 @@ def test_local_files_and_their_directories_are_fsynced_before_the_commit(
 def test_a_reading_session_is_one_snapshot(service: PipelineService, tmp_path: Any) -> None:
     # ``get`` reads counters and files in one session: an epoch committed
     # between the two reads must show in both or in neither.
-    from beam_pipelines.store import PipelineRow
+    from beam_pipelines.catalog.store import PipelineRow
 
     pipeline_id = _create(service)
     _ingest(service, 0, 10)

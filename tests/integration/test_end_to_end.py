@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from beam_pipelines.buffer import EventBuffer, buffer_path
+from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from tests.live import wait_for
 
 SCHEMA = [

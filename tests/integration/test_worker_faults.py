@@ -144,7 +144,7 @@ def _unhealthy(server: LiveServer) -> dict[str, Any] | None:
     return response.json() if response.status_code == 503 else None
 
 
-# Hours of CPU per event once there are events (see tests/beam_pipelines/test_jobs.py).
+# Hours of CPU per event once there are events (see tests/beam_pipelines/runners/local/test_scheduler.py).
 _ENDLESS_SQL = ("SELECT e.seq, (SELECT count(*) FROM range(e.seq * 0 + 1000000000000) r(i) "
                 "WHERE hash(i) = 0) AS c FROM events e")
 

@@ -14,17 +14,17 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from beam_pipelines import jobs
-from beam_pipelines.buffer import EventBuffer, buffer_path
+from beam_pipelines.catalog.store import Epoch, PipelineRow, Store, default_database_url
 from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
-from beam_pipelines.epochs import plan_epoch, run_epoch
 from beam_pipelines.errors import ConflictError, EpochError, TimeoutExceeded
-from beam_pipelines.jobs import JobManager
 from beam_pipelines.model.definition import definition_from_dict
 from beam_pipelines.model.layout import part_file_name
-from beam_pipelines.pipelines import PipelineService
+from beam_pipelines.runners.local import scheduler
+from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
+from beam_pipelines.runners.local.epochs import plan_epoch, run_epoch
+from beam_pipelines.runners.local.scheduler import JobManager
+from beam_pipelines.service import PipelineService
 from beam_pipelines.storage.errors import classify_epoch_error
-from beam_pipelines.store import Epoch, PipelineRow, Store, default_database_url
 from tests.live import query, wait_for
 from transforms.decode import arrow_schema
 
@@ -42,15 +42,23 @@ def service(tmp_path: Path) -> PipelineService:
 
 @pytest.fixture
 def failures(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str, int]]:
-    monkeypatch.setattr(jobs, "MAX_ATTEMPTS", 2)  # PIPELINE_DO_EPOCH_MAX_ATTEMPTS=2
+    monkeypatch.setattr(scheduler, "MAX_ATTEMPTS", 2)  # PIPELINE_DO_EPOCH_MAX_ATTEMPTS=2
     return []
+
+
+class _RecordFailures(scheduler.NoEvents):
+    def __init__(self, failures: list[tuple[str, int, str, int]]) -> None:
+        self.failures = failures
+
+    def on_failed(self, pipeline_id: str, epoch: int, message: str, attempts: int) -> None:
+        self.failures.append((pipeline_id, epoch, message, attempts))
 
 
 @pytest.fixture
 def manager(service: PipelineService, tmp_path: Path,
             failures: list[tuple[str, int, str, int]]) -> Iterator[JobManager]:
     manager = JobManager(service.store.url, str(tmp_path), workers=1,
-                         on_failed=lambda *args: failures.append(args))
+                         events=_RecordFailures(failures))
     yield manager
     manager.close()
 
@@ -145,7 +153,7 @@ def test_failed_attempts_leave_nothing_in_tmp_and_a_fixed_sink_takes_every_event
 def test_a_running_pipeline_retries_with_the_sql_of_a_transform_made_meanwhile(
         service: PipelineService, manager: JobManager, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "MAX_ATTEMPTS", 1000)
+    monkeypatch.setattr(scheduler, "MAX_ATTEMPTS", 1000)
     pipeline_id = _create(service)
     _ingest(service, ["1", "x", "3"])
     service.transition("p", "start")

@@ -10,25 +10,26 @@ from typing import Any
 
 import pytest
 
-from beam_pipelines.epochs import EpochResult
-from beam_pipelines.jobs import JobManager
-from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.supervisor import (
+from beam_pipelines.runners.local.epochs import EpochResult
+from beam_pipelines.runners.local.scheduler import JobManager, NoEvents
+from beam_pipelines.runners.local.supervisor import (
     HEARTBEAT_FILE,
     STALE_AFTER_SECONDS,
     ManagerSupervisor,
     manager_problem,
     write_heartbeat,
 )
+from beam_pipelines.service import PipelineService
 from control_api import context, create_app
 from tests.live import wait_for
 
 SCHEMA = [{"name": "n", "type": "int64", "required": True}]
 
 
-def _thread_killer(_result: EpochResult) -> None:
-    # A bug that raises what the scheduler loop does not catch ends its thread.
-    raise SystemExit("a callback ended the scheduler thread")
+class _ThreadKiller(NoEvents):
+    def on_committed(self, result: EpochResult) -> None:
+        # A bug that raises what the scheduler loop does not catch ends its thread.
+        raise SystemExit("a callback ended the scheduler thread")
 
 
 class _Managers:
@@ -42,7 +43,7 @@ class _Managers:
 
     def __call__(self) -> JobManager:
         manager = JobManager(self.service.store.url, self.data_dir, workers=1,
-                             on_committed=None if self.started else _thread_killer)
+                             events=None if self.started else _ThreadKiller())
         manager.start()
         self.started.append(manager)
         return manager

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from beam_pipelines.epochs import plan_epoch
-from beam_pipelines.jobs import JobManager
-from beam_pipelines.pipelines import PipelineService
-from beam_pipelines.store import Epoch, Store, default_database_url
+from beam_pipelines.catalog.store import Epoch, Store, default_database_url
+from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
+from beam_pipelines.runners.local.epochs import plan_epoch
+from beam_pipelines.runners.local.scheduler import JobManager
+from beam_pipelines.service import PipelineService
 from tests.live import query, wait_for
 
 SCHEMA = [{"name": "n", "type": "int64", "required": True}]
@@ -110,7 +111,9 @@ def test_a_planned_epoch_left_by_an_earlier_manager_runs_first(
     pipeline_id = _running(service, "left")
     _ingest(service, "left", 3)
     # Planned, as by a manager that died before its worker ran it.
-    assert plan_epoch(service.store, pipeline_id, service._buffer(pipeline_id), flush=True) == 1
+    buffer = EventBuffer(buffer_path(service.data_dir, pipeline_id))
+    assert plan_epoch(service.store, pipeline_id, buffer, flush=True) == 1
+    buffer.close()
     _ingest(service, "left", 4)  # not due: after recovery, nothing more is planned
     _tick_until(manager, lambda: _committed(manager.store, pipeline_id) == [(1, "committed")],
                 "the left-behind epoch 1")

@@ -5,6 +5,11 @@ The statuses and every move between them are one table in
 job manager flushes, ``stopped``, and ``failed`` when an epoch used up its
 attempts). Ingest is accepted in every status. Each transition is one store
 transaction, so the API's processes and the job manager agree on it.
+
+The engine's part of every operation is a ``Runner``'s (``beam_pipelines.runners``),
+picked by the definition's ``runner.type`` from the registry given to the
+service: the service checks the lifecycle, keeps the catalog (definitions, SQL
+versions, logs) and announces events; it never touches a buffer or a scheduler.
 """
 
 from __future__ import annotations
@@ -19,14 +24,20 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 
-from beam_pipelines.buffer import BufferHandles, EventBuffer, buffer_path
+from beam_pipelines.catalog.store import (
+    Epoch,
+    EpochFile,
+    LogEntry,
+    PipelineRow,
+    SqlVersion,
+    Store,
+)
 from beam_pipelines.errors import (
     ConflictError,
     DefinitionError,
     NotFoundError,
-    TimeoutExceeded,
     Unavailable,
 )
 from beam_pipelines.model.definition import (
@@ -36,16 +47,10 @@ from beam_pipelines.model.definition import (
 )
 from beam_pipelines.model.lifecycle import OPERATIONS, SCHEDULED, Status
 from beam_pipelines.model.times import iso
+from beam_pipelines.runners.base import Runner, RunnerRegistry
+from beam_pipelines.runners.local.runner import LocalRunner
 from beam_pipelines.storage.roots import allowed_local_roots
 from beam_pipelines.storage.sealing import SecretBox
-from beam_pipelines.store import (
-    Epoch,
-    EpochFile,
-    LogEntry,
-    PipelineRow,
-    SqlVersion,
-    Store,
-)
 from transforms.decode import DecodedBatch, arrow_schema, decode_json_lines, decode_objects
 from transforms.isolation import dry_run_isolated, plan_isolated
 from transforms.sandbox import SqlError
@@ -62,17 +67,19 @@ class PipelineService:
     def __init__(self, store: Store, data_dir: str, *, default_sink_uri: str,
                  local_sink_roots: Sequence[str] | None = None,
                  secret_box: SecretBox | None = None,
-                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None,
+                 runners: RunnerRegistry | None = None) -> None:
         """``local_sink_roots``: where local sinks may write besides ``<data dir>/lake``
         (default: ``PIPELINE_DO_LOCAL_SINK_ROOTS``); ``secret_box`` seals sink secrets
-        before they are stored (default: the data dir's, see ``beam_pipelines.storage.sealing``)."""
+        before they are stored (default: the data dir's, see ``beam_pipelines.storage.sealing``);
+        ``runners``: the engines by ``runner.type`` (default: ``direct``, the local runner)."""
         self.store = store
         self.data_dir = data_dir
         self.default_sink_uri = default_sink_uri
         self.local_sink_roots = allowed_local_roots(data_dir, local_sink_roots)
         self._secrets = secret_box or SecretBox.for_data_dir(data_dir)
         self._on_event = on_event or (lambda _type, _data: None)
-        self._buffers = BufferHandles(data_dir)
+        self.runners = runners or RunnerRegistry({"direct": LocalRunner(store, data_dir)})
         self._targets: dict[str, tuple[float, PipelineDefinition, str]] = {}
         self._lock = threading.Lock()
 
@@ -95,7 +102,7 @@ class PipelineService:
             s.add(SqlVersion(pipeline_id=pipeline_id, version=1, sql=definition.sql,
                              output_schema=json.dumps(output_schema), created_at=now))
             public = _public(row)
-            EventBuffer(buffer_path(self.data_dir, pipeline_id), create=True).close()
+            self._holding(definition).create(pipeline_id)
         self.store.log(pipeline_id, "info", f"pipeline {definition.name} created")
         self._on_event("pipeline.created", public)
         return public
@@ -115,7 +122,7 @@ class PipelineService:
             if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
                 raise DefinitionError("limit", "limit must be an integer from 1 to 10000")
             input_schema = arrow_schema(definition.schema, definition.unknown_fields)
-            sample = self._buffer(pipeline_id).recent(limit, input_schema)
+            sample = self._holding(definition).sample(pipeline_id, limit, input_schema)
             try:  # in a bounded child process: user SQL never runs in the API's own
                 rows = dry_run_isolated(definition.sql, sample, limit).to_pylist()
             except SqlError as err:
@@ -131,6 +138,7 @@ class PipelineService:
             s.add(SqlVersion(pipeline_id=row.id, version=row.version, sql=definition.sql,
                              output_schema=json.dumps(output_schema), created_at=now))
             version = row.version
+            self._holding(definition).transform(s, row, version)
         self.store.log(pipeline_id, "info", f"sql version {version} takes effect at the next epoch "
                        "and at the next attempt of an epoch that failed")
         result = {"version": version, "output_schema": output_schema}
@@ -179,18 +187,14 @@ class PipelineService:
             "errors": row.errors, "last_error": row.last_error,
             "last_commit_at": iso(row.last_commit_at),
         }
-        buffer = self._buffer(row.id)
-        counters.update(buffer.totals())
-        counters["backlog_events"] = buffer.backlog(row.committed_seq).events
+        runner = self.runners.holding(row.definition_dict()["runner"]["type"])
+        counters.update(runner.ingest_counters(row.id, row.committed_seq))
         return counters
 
     def monitor(self, ref: str, window_seconds: float) -> dict[str, Any]:
-        from beam_pipelines.monitoring import monitor_snapshot
-
-        with self.store.reading() as s:
-            pipeline_id = self._row(s, ref).id
-        return monitor_snapshot(self.store, self._buffer(pipeline_id), pipeline_id,
-                                self.counters(pipeline_id), window_seconds)
+        definition, pipeline_id = self._definition(ref)
+        return self._holding(definition).monitor(pipeline_id, self.counters(pipeline_id),
+                                                 window_seconds)
 
     def logs(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
         limit = params.get("limit", 100)
@@ -228,23 +232,14 @@ class PipelineService:
                 raise ConflictError(f"cannot {operation} a pipeline that is {row.status}: "
                                     f"{operation} needs status " + " or ".join(allowed),
                                     {"status": row.status})
-            runner = row.definition_dict()["runner"]["type"]
-            if target in SCHEDULED and runner != "direct":
-                # Never run a dataflow/flink definition locally behind the user's back.
-                raise DefinitionError("runner.type", f"runner {runner!r} is not available on this "
-                                      "server: it runs the 'direct' runner only (no Dataflow or "
-                                      "Flink launcher is configured)")
+            runner_type = row.definition_dict()["runner"]["type"]
+            runner = (self.runners.run(runner_type) if target in SCHEDULED
+                      else self.runners.holding(runner_type))
             previous = row.status
-            row.status = target
+            move = {"start": runner.start, "pause": runner.pause, "resume": runner.resume,
+                    "stop": runner.stop}[operation]
+            move(s, row, target)
             row.updated_at = now
-            if target == Status.STOPPING and previous != Status.STOPPING:
-                row.stop_from_epoch = row.next_epoch  # the flush's first epoch
-            if previous == Status.FAILED:
-                # The user fixed the cause: the failed epoch is re-planned with the
-                # current SQL (same range; it committed nothing) and a fresh budget.
-                s.execute(update(Epoch).where(Epoch.pipeline_id == row.id,
-                                              Epoch.status == "planned")
-                          .values(attempts=0, sql_version=row.version))
             public = _public(row)
         if previous == target:
             return public  # stop while stopping: the same flush, waited for again
@@ -262,40 +257,26 @@ class PipelineService:
         ``running``. An epoch that fails for good during the flush makes the
         pipeline ``failed``, which ends the wait with a conflict.
         """
-        pipeline_id = self.transition(ref, "stop")["id"]
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with self.store.reading() as s:
-                status = s.scalar(select(PipelineRow.status).where(PipelineRow.id == pipeline_id))
-            if status is None:
-                raise NotFoundError(f"pipeline {ref!r} was deleted while stopping")
-            if status == Status.STOPPED:
-                return summarize_stop(self.store, pipeline_id)
-            if status != Status.STOPPING:  # failed while flushing, or resumed meanwhile
-                raise ConflictError(f"the pipeline is {status}: the stop's flush did not finish"
-                                    + (" (see last_error; fix the cause, then stop again)"
-                                       if status == Status.FAILED else ""), {"status": status})
-            if time.monotonic() > deadline:
-                raise TimeoutExceeded("the pipeline is still flushing; it will stop by itself",
-                                      {"status": status})
-            time.sleep(0.05)
+        stopping = self.transition(ref, "stop")
+        runner = self.runners.run(stopping["runner"]["type"])
+        try:
+            runner.wait_stopped(stopping["id"], timeout_s)
+        except NotFoundError:
+            raise NotFoundError(f"pipeline {ref!r} was deleted while stopping") from None
+        return summarize_stop(self.store, stopping["id"])
 
     def delete(self, ref: str) -> dict[str, Any]:
         with self.store.session() as s:
             row = self._row(s, ref)
             pipeline_id, name = row.id, row.name
-            try:
-                self._buffer(pipeline_id).mark_deleted()
-            except NotFoundError:
-                pass  # the buffer is already gone: nothing can be appended to it
-            for model in (EpochFile, Epoch, SqlVersion, LogEntry):
+            runner = self.runners.holding(row.definition_dict()["runner"]["type"])
+            runner.delete(s, row)
+            for model in (SqlVersion, LogEntry):
                 s.execute(delete(model).where(model.pipeline_id == pipeline_id))
             s.delete(row)
-        buffer = self._buffers.forget(pipeline_id)
         with self._lock:
             self._targets = {k: v for k, v in self._targets.items() if v[2] != pipeline_id}
-        if buffer is not None:
-            buffer.destroy()
+        runner.release(pipeline_id)
         self._on_event("pipeline.deleted", {"id": pipeline_id, "name": name})
         return {"deleted": True}
 
@@ -335,7 +316,7 @@ class PipelineService:
             decoded = decode(definition)
             rejected = [(r.index, r.code, r.message, r.record) for r in decoded.rejected]
             try:
-                self._buffer(pipeline_id).append(decoded.table, rejected,
+                self._holding(definition).ingest(pipeline_id, decoded.table, rejected,
                                                  raw_bytes=raw_bytes or decoded.table.nbytes)
             except NotFoundError:
                 if attempt == 2:
@@ -378,8 +359,9 @@ class PipelineService:
             raise NotFoundError(f"no pipeline {ref!r}", {"pipeline": ref})
         return row
 
-    def _buffer(self, pipeline_id: str) -> EventBuffer:
-        return self._buffers.get(pipeline_id)
+    def _holding(self, definition: PipelineDefinition) -> Runner:
+        """The runner that holds the pipeline's events (see ``RunnerRegistry``)."""
+        return self.runners.holding(definition.runner.type)
 
 
 _PAST = {"start": "started", "pause": "paused", "resume": "resumed", "stop": "stopped"}

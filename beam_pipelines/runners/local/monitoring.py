@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from beam_pipelines.buffer import EventBuffer
-from beam_pipelines.store import Epoch, Store
+from beam_pipelines.catalog.store import Epoch, Store
+from beam_pipelines.runners.local.buffer import EventBuffer
 
 __all__ = ["monitor_snapshot"]
 

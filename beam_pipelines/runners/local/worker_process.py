@@ -1,4 +1,4 @@
-"""The worker process's side of :class:`beam_pipelines.workers.WorkerPool`.
+"""The worker process's side of :class:`beam_pipelines.runners.local.workers.WorkerPool`.
 
 A worker runs the pool's initializer, says it is ready, then runs one call
 at a time from its pipe and sends back the result or the exception (with

@@ -7,7 +7,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from beam_pipelines.buffer import CHECKPOINT_EVERY_BYTES, RELEASE_ROWS_PER_TRANSACTION, EventBuffer
+from beam_pipelines.runners.local.buffer import (
+    CHECKPOINT_EVERY_BYTES,
+    RELEASE_ROWS_PER_TRANSACTION,
+    EventBuffer,
+)
 from tests.live import wait_for
 
 SCHEMA = pa.schema([("n", pa.int64())])

@@ -40,7 +40,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from beam_pipelines.errors import PipelineDoError
-from beam_pipelines.worker_process import serve_tasks
+from beam_pipelines.runners.local.worker_process import serve_tasks
 
 __all__ = ["TaskCancelled", "WorkerDied", "WorkerPool"]
 

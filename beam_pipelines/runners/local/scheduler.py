@@ -28,7 +28,7 @@ A committed epoch's rows leave the buffer on the manager's own release
 thread, not in the worker: deleting ~100 MB of rows takes a worker a
 fifth of an epoch, during which it could run the next one.
 
-Workers (:mod:`beam_pipelines.workers`) import Beam once and are recycled
+Workers (:mod:`beam_pipelines.runners.local.workers`) import Beam once and are recycled
 after ``max_epochs_per_worker`` epochs so memory stays flat. One that dies
 (``kill -9``, out of memory) fails only its epoch, with :class:`WorkerDied`;
 a new worker takes its place and the epoch, still ``planned``, runs again.
@@ -39,7 +39,7 @@ with an out-of-memory error instead of waking the kernel's OOM killer.
 from the store kills their workers (replaced) and drops the flights, with no
 failure counted. A paused (or failed) pipeline keeps its row: its running
 epoch finishes and commits. :meth:`JobManager.health` says what is wrong with
-a manager that no longer schedules; :mod:`beam_pipelines.supervisor` acts on it.
+a manager that no longer schedules; :mod:`beam_pipelines.runners.local.supervisor` acts on it.
 """
 
 from __future__ import annotations
@@ -50,15 +50,18 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 
-from beam_pipelines.buffer import RELEASE_PAUSE_SECONDS, BufferHandles
-from beam_pipelines.epochs import (
+from beam_pipelines.catalog.store import Epoch, PipelineRow, Store
+from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
+from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
+from beam_pipelines.runners.base import RunnerEvents
+from beam_pipelines.runners.local.buffer import RELEASE_PAUSE_SECONDS, BufferHandles
+from beam_pipelines.runners.local.epochs import (
     EpochResult,
     Plan,
     pending_epoch,
@@ -66,15 +69,12 @@ from beam_pipelines.epochs import (
     run_epoch,
     try_plan_epoch,
 )
-from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
-from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
-from beam_pipelines.periodic import PeriodicThread
+from beam_pipelines.runners.local.periodic import PeriodicThread
+from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from beam_pipelines.settings import data_plane_settings
-from beam_pipelines.store import Epoch, PipelineRow, Store
-from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool
 from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
 
-__all__ = ["SQL_MEMORY_MB", "WORKER_MEMORY_MB", "JobManager", "WorkerDied"]
+__all__ = ["SQL_MEMORY_MB", "WORKER_MEMORY_MB", "JobManager", "NoEvents", "WorkerDied"]
 
 _log = logging.getLogger(__name__)
 _worker_store: Store | None = None
@@ -157,15 +157,27 @@ class _Quiet:
     until: float
 
 
+class NoEvents:
+    """``RunnerEvents`` that nobody listens to."""
+
+    def on_committed(self, result: EpochResult) -> None:
+        pass
+
+    def on_failed(self, pipeline_id: str, epoch: int, message: str, attempts: int) -> None:
+        pass
+
+    def on_stopped(self, pipeline_id: str) -> None:
+        pass
+
+
 class JobManager:
     """Schedules epochs of every running pipeline onto a worker pool."""
 
     def __init__(self, database_url: str, data_dir: str, *, workers: int | None = None,
                  tick_seconds: float = 0.1, max_epochs_per_worker: int = 100,
-                 on_committed: Callable[[EpochResult], None] | None = None,
-                 on_failed: Callable[[str, int, str, int], None] | None = None,
-                 on_stopped: Callable[[str], None] | None = None,
+                 events: RunnerEvents | None = None,
                  worker_memory_mb: int = WORKER_MEMORY_MB) -> None:
+        """``events`` hears of every commit, failure and finished stop (``RunnerEvents``)."""
         self.store = Store(database_url)
         self.database_url = database_url
         self.data_dir = data_dir
@@ -173,9 +185,7 @@ class JobManager:
         self.tick_seconds = tick_seconds
         self.max_epochs_per_worker = max_epochs_per_worker
         self.worker_memory_mb = worker_memory_mb
-        self._on_committed = on_committed or (lambda _result: None)
-        self._on_failed = on_failed or (lambda *_args: None)
-        self._on_stopped = on_stopped or (lambda _pipeline_id: None)
+        self._events: RunnerEvents = events or NoEvents()
         self._pool: WorkerPool | None = None
         self._closed = False
         self._ticked_at = time.monotonic()  # the end of the last tick that succeeded
@@ -357,7 +367,7 @@ class JobManager:
                                f"{result.rows_out} rows out, {len(result.files)} files",
                                epoch=result.epoch)
                 self._releases.put(result)
-                self._on_committed(result)
+                self._events.on_committed(result)
 
     def _exists(self, pipeline_id: str) -> bool:
         with self.store.reading() as s:
@@ -423,7 +433,7 @@ class JobManager:
             self._failures.pop(pipeline_id, None)
             self.store.log(pipeline_id, "error", f"{message}: the pipeline is failed and no "
                            "longer retried; fix the cause (transform), then resume", epoch=epoch)
-            self._on_failed(pipeline_id, epoch, message, attempts)  # once: on the transition
+            self._events.on_failed(pipeline_id, epoch, message, attempts)  # once: on the transition
             return
         delay = min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
         self._failures[pipeline_id] = _Failures(epoch, attempts, terminal, time.time() + delay)
@@ -439,7 +449,7 @@ class JobManager:
             row.updated_at = time.time()
         self.store.log(pipeline_id, "info", "pipeline stopped: every buffered event is written")
         # Announced here, where the flush ends: a stop whose caller timed out still stops.
-        self._on_stopped(pipeline_id)
+        self._events.on_stopped(pipeline_id)
 
     def describe(self) -> dict[str, Any]:
         return {"workers": self.workers,

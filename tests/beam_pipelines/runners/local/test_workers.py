@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from beam_pipelines.workers import TaskCancelled, WorkerDied, WorkerPool
+from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from tests.live import wait_for
 from transforms.sandbox import limit_process_memory
 
