@@ -44,7 +44,8 @@ from transforms.partition import split_partitions
 from transforms.sinks import file_extension, make_sink
 from transforms.sql import DuckDbSql
 
-__all__ = ["EpochBound", "EpochGraph", "EpochScratch", "EpochSpec", "bound_to_epoch",
+__all__ = ["EpochBound", "EpochGraph", "EpochScratch", "EpochSpec", "SplitEpochPartitions",
+           "bound_to_epoch",
            "manifest_entry", "write_manifest"]
 
 logging.getLogger("apache_beam").setLevel(logging.WARNING)
@@ -149,6 +150,23 @@ class _SplitPartitionsFn(beam.DoFn):
         write_manifest(spec.manifest_path, entries)
 
 
+class SplitEpochPartitions(beam.PTransform):
+    """Arrow tables → ``((partition, epoch), rows)`` by the sink's ``partition_by``.
+
+    ``specs`` holds the one ``EpochSpec`` (a side input): its sink, epoch,
+    planned time (for rows without an event time) and manifest path.
+    """
+
+    def __init__(self, specs: beam.PCollection) -> None:
+        super().__init__()
+        self._specs = specs
+
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
+        return tables | beam.ParDo(
+            _SplitPartitionsFn(), beam.pvalue.AsSingleton(self._specs)).with_output_types(
+                tuple[tuple[str, int], pa.Table])
+
+
 def manifest_entry(spec: EpochSpec, partition: str, rows: pa.Table,
                    extension: str) -> dict[str, Any]:
     """The manifest's record of the one file the epoch writes for ``partition``."""
@@ -224,9 +242,7 @@ class EpochGraph(beam.PTransform):
             specs
             | "ReadBufferRange" >> self._source
             | "Sql" >> DuckDbSql(spec.sql, pool_key=self._sql_pool_key)
-            | "SplitPartitions" >> beam.ParDo(
-                _SplitPartitionsFn(), beam.pvalue.AsSingleton(specs)).with_output_types(
-                    tuple[tuple[str, int], pa.Table])
+            | "SplitPartitions" >> SplitEpochPartitions(specs)
             | "WriteFiles" >> fileio.WriteToFiles(
                 path=sink.uri,
                 file_naming=_EpochFileNaming(spec.pipeline_id, extension),

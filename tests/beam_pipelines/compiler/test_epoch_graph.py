@@ -12,18 +12,22 @@ import os
 import pickle
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines.compiler import EpochGraph, ReadBufferRange
+from beam_pipelines.compiler.epoch_graph import SplitEpochPartitions
 from beam_pipelines.layout import part_file_name
 from tests.beam_pipelines.compiler.graph_fixtures import PIPELINE_ID, epoch_spec, fill_buffer
+from transforms.decode import TIMESTAMP
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -80,3 +84,29 @@ def test_the_graph_pickled_here_runs_in_a_fresh_interpreter(tmp_path: Path) -> N
     assert child.returncode == 0, child.stderr.decode()[-3000:]
     written = pq.read_table(tmp_path / "lake" / part_file_name(PIPELINE_ID, 1, 0, "parquet"))
     assert sorted(written.column("twice").to_pylist()) == [2 * n for n in range(10)]
+
+
+def _partition_rows(element: tuple[tuple[str, int], Any]) -> tuple[str, int, list[int]]:
+    (partition, epoch), rows = element
+    return partition, epoch, sorted(rows.column("n").to_pylist())
+
+
+def test_the_split_step_keys_rows_by_partition_and_epoch_and_records_them(
+        tmp_path: Path) -> None:
+    spec = epoch_spec(str(tmp_path), 4, partition_by="dt=%Y-%m-%d/k={k}")
+    rows = pa.table({"n": [1, 2, 3, 4], "k": ["a", "b", "a", None],
+                     "_event_time": pa.array([datetime(2026, 2, 1, tzinfo=timezone.utc)] * 3
+                                             + [None], TIMESTAMP)})
+    with test_pipeline.TestPipeline(runner=BundleBasedDirectRunner()) as p:
+        specs = p | "Spec" >> beam.Create([spec])
+        tables = p | "Rows" >> beam.Create([rows], reshuffle=False).with_output_types(pa.Table)
+        parts = tables | SplitEpochPartitions(specs) | beam.Map(_partition_rows)
+        assert_that(parts, equal_to([("dt=2026-02-01/k=a", 4, [1, 3]),
+                                     ("dt=2026-02-01/k=b", 4, [2]),
+                                     ("dt=2026-03-01/k=__null__", 4, [4])]))  # planned_at
+    manifest = json.loads(Path(spec.manifest_path).read_text())
+    assert sorted((e["path"], e["rows"]) for e in manifest) == [
+        (part_file_name(PIPELINE_ID, 4, 0, "parquet", "dt=2026-02-01/k=a"), 2),
+        (part_file_name(PIPELINE_ID, 4, 0, "parquet", "dt=2026-02-01/k=b"), 1),
+        (part_file_name(PIPELINE_ID, 4, 0, "parquet", "dt=2026-03-01/k=__null__"), 1)]
+    assert (tmp_path / "lake" / "dt=2026-02-01" / "k=a").is_dir()  # made for the local rename
