@@ -49,7 +49,7 @@ def _seconds(call: Callable[[], Any]) -> float:
     start = time.perf_counter()
     try:
         call()
-    except Exception:  # noqa: BLE001 - the dead-server calls are meant to fail
+    except Exception:  # the dead-server calls are meant to fail
         pass
     return time.perf_counter() - start
 
@@ -107,6 +107,34 @@ def _dead(server_cls: type) -> tuple[str, dict[str, str]]:
     return f"{scheme}://{BUCKET}/dead", options
 
 
+Record = Callable[[str, str, float, float], None]
+
+
+def _measure_live(scheme: str, options: dict[str, str], record: Record) -> None:
+    uri = f"{scheme}://{BUCKET}/bench/events"
+    _write_parquet(uri, options, 1500)  # the first run imports and connects
+    record("small_epoch", scheme, _seconds(lambda: _write_parquet(uri, options, 1500)), 5.0)
+    record("probe_ok", scheme, _seconds(
+        lambda: storage.check_sink_reachable(f"{scheme}://{BUCKET}/p", options)), 2.0)
+
+
+def _measure_dead(server_cls: type, record: Record) -> None:
+    base, options = _dead(server_cls)
+    scheme = base.split(":")[0]
+    budget = 6 * FAST_DEADLINE + 5
+    record("probe_dead", scheme, _seconds(
+        lambda: storage.check_sink_reachable(base, options, timeout=2)), 5.0)
+    record("write_dead", scheme, _seconds(lambda: _write_parquet(base, options, 10)), budget)
+    fs = storage.filesystem_for(base, options)
+    calls = {"match": lambda: fs.match([base + "/**"]),
+             "exists": lambda: fs.exists(base + "/x"),
+             "delete": lambda: fs.delete([base + "/x"]),
+             "rename": lambda: fs.rename([base + "/x"], [base + "/y"]),
+             "list_files": lambda: storage.list_files(base, options)}
+    for name, call in calls.items():
+        record(f"fs_dead_{name}", scheme, _seconds(call), budget)
+
+
 def measure_storage() -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
 
@@ -117,34 +145,15 @@ def measure_storage() -> list[dict[str, Any]]:
     with servers.GcsServer() as gcs, servers.S3Server() as s3:
         servers.create_gcs_bucket(gcs.endpoint_url, BUCKET)
         servers.create_s3_bucket(s3.endpoint_url, BUCKET)
-        for scheme, options in (("gs", gcs.sink_options()), ("s3", s3.sink_options())):
-            uri = f"{scheme}://{BUCKET}/bench/events"
-            _write_parquet(uri, options, 1500)  # the first run imports and connects
-            record("small_epoch", scheme, _seconds(lambda: _write_parquet(uri, options, 1500)),
-                   5.0)
-            record("probe_ok", scheme, _seconds(
-                lambda: storage.check_sink_reachable(f"{scheme}://{BUCKET}/p", options)), 2.0)
+        _measure_live("gs", gcs.sink_options(), record)
+        _measure_live("s3", s3.sink_options(), record)
         record("fresh_gcs_io", "gs", _fresh_gcs_io(gcs.endpoint_url), 3.0)
     storage.reset_process_state()
 
     storage.configure_retries(FAST_DEADLINE)
     try:
-        budget = 6 * FAST_DEADLINE + 5
-        for server_cls in (servers.GcsServer, servers.S3Server):
-            base, options = _dead(server_cls)
-            scheme = base.split(":")[0]
-            record("probe_dead", scheme, _seconds(
-                lambda: storage.check_sink_reachable(base, options, timeout=2)), 5.0)
-            record("write_dead", scheme, _seconds(lambda: _write_parquet(base, options, 10)),
-                   budget)
-            fs = storage.filesystem_for(base, options)
-            calls = {"match": lambda: fs.match([base + "/**"]),
-                     "exists": lambda: fs.exists(base + "/x"),
-                     "delete": lambda: fs.delete([base + "/x"]),
-                     "rename": lambda: fs.rename([base + "/x"], [base + "/y"]),
-                     "list_files": lambda: storage.list_files(base, options)}
-            for name, call in calls.items():
-                record(f"fs_dead_{name}", scheme, _seconds(call), budget)
+        _measure_dead(servers.GcsServer, record)
+        _measure_dead(servers.S3Server, record)
     finally:
         storage.configure_retries(storage.DEFAULT_RETRY_DEADLINE)
         storage.reset_process_state()
