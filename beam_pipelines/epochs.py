@@ -40,7 +40,7 @@ from beam_pipelines.store import Epoch, EpochFile, PipelineRow, SqlVersion, Stor
 from transforms.decode import arrow_schema
 
 if TYPE_CHECKING:  # Beam is imported in the workers only, when an epoch runs
-    from beam_pipelines.compiler import PlanCache
+    from beam_pipelines.compiler.plans import PlanCache
 
 __all__ = ["EpochResult", "Plan", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
            "release_epoch", "run_epoch", "try_plan_epoch"]
@@ -159,7 +159,8 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     ``plans``: the caller's compiled epoch plans (``compiler.PlanCache``), so
     an epoch re-runs its pipeline's plan instead of building a Beam graph.
     """
-    from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
+    from beam_pipelines.compiler.epoch_graph import EpochSpec
+    from beam_pipelines.compiler.plans import run_epoch_pipeline
     from beam_pipelines.storage_paths import (
         classify_epoch_error,
         file_sizes,

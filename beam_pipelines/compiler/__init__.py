@@ -11,10 +11,7 @@
 
 A streaming graph (Pub/Sub or Kafka → windows → the same transforms) will
 sit beside the epoch graph as ``streaming_graph``.
+
+Each name is imported from its own module; this package re-exports nothing,
+so moving the local pieces to ``runners/local`` moves one import each.
 """
-
-from beam_pipelines.compiler.epoch_graph import EpochGraph, EpochSpec
-from beam_pipelines.compiler.local_source import ReadBufferRange
-from beam_pipelines.compiler.plans import PlanCache, run_epoch_pipeline
-
-__all__ = ["EpochGraph", "EpochSpec", "PlanCache", "ReadBufferRange", "run_epoch_pipeline"]

@@ -16,7 +16,8 @@ from sqlalchemy import select
 
 from beam_pipelines import jobs
 from beam_pipelines.buffer import EventBuffer, buffer_path
-from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
+from beam_pipelines.compiler.epoch_graph import EpochSpec
+from beam_pipelines.compiler.plans import run_epoch_pipeline
 from beam_pipelines.definition import definition_from_dict
 from beam_pipelines.epochs import plan_epoch, run_epoch
 from beam_pipelines.errors import ConflictError, EpochError, TimeoutExceeded

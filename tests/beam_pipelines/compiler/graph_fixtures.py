@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from beam_pipelines.buffer import EventBuffer
-from beam_pipelines.compiler import EpochSpec
+from beam_pipelines.compiler.epoch_graph import EpochSpec
 from beam_pipelines.definition import Sink
 from transforms.decode import EVENT_TIME, INGESTED_AT, TIMESTAMP
 

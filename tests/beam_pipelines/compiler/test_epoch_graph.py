@@ -23,8 +23,8 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipelines.compiler import EpochGraph, ReadBufferRange
-from beam_pipelines.compiler.epoch_graph import SplitEpochPartitions
+from beam_pipelines.compiler.epoch_graph import EpochGraph, SplitEpochPartitions
+from beam_pipelines.compiler.local_source import ReadBufferRange
 from beam_pipelines.layout import part_file_name
 from tests.beam_pipelines.compiler.graph_fixtures import PIPELINE_ID, epoch_spec, fill_buffer
 from transforms.decode import TIMESTAMP

@@ -8,8 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipelines.compiler import PlanCache, run_epoch_pipeline
-from beam_pipelines.compiler.plans import compile_epoch_plan
+from beam_pipelines.compiler.plans import PlanCache, compile_epoch_plan, run_epoch_pipeline
 from beam_pipelines.layout import part_file_name
 from tests.beam_pipelines.compiler.graph_fixtures import PIPELINE_ID, epoch_spec, fill_buffer
 
