@@ -47,11 +47,18 @@ FAST_DEADLINE = 2.0
 
 def _seconds(call: Callable[[], Any]) -> float:
     start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _seconds_to_fail(call: Callable[[], Any]) -> float:
+    """How long ``call`` takes to raise (calls to a stopped server must fail)."""
+    start = time.perf_counter()
     try:
         call()
-    except Exception:  # the dead-server calls are meant to fail
-        pass
-    return time.perf_counter() - start
+    except Exception:  # any failure ends the measurement
+        return time.perf_counter() - start
+    raise RuntimeError("a call to a stopped server succeeded")
 
 
 def _write_parquet(uri: str, options: dict[str, str], rows: int) -> None:
@@ -122,9 +129,9 @@ def _measure_dead(server_cls: type, record: Record) -> None:
     base, options = _dead(server_cls)
     scheme = base.split(":")[0]
     budget = 6 * FAST_DEADLINE + 5
-    record("probe_dead", scheme, _seconds(
+    record("probe_dead", scheme, _seconds_to_fail(
         lambda: storage.check_sink_reachable(base, options, timeout=2)), 5.0)
-    record("write_dead", scheme, _seconds(lambda: _write_parquet(base, options, 10)), budget)
+    record("write_dead", scheme, _seconds_to_fail(lambda: _write_parquet(base, options, 10)), budget)
     fs = storage.filesystem_for(base, options)
     calls = {"match": lambda: fs.match([base + "/**"]),
              "exists": lambda: fs.exists(base + "/x"),
@@ -132,7 +139,7 @@ def _measure_dead(server_cls: type, record: Record) -> None:
              "rename": lambda: fs.rename([base + "/x"], [base + "/y"]),
              "list_files": lambda: storage.list_files(base, options)}
     for name, call in calls.items():
-        record(f"fs_dead_{name}", scheme, _seconds(call), budget)
+        record(f"fs_dead_{name}", scheme, _seconds_to_fail(call), budget)
 
 
 def measure_storage() -> list[dict[str, Any]]:
