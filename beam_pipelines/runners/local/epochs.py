@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
@@ -45,6 +45,9 @@ from beam_pipelines.storage.process import apply_epoch_sink_environment
 from beam_pipelines.storage.roots import allowed_local_roots, check_local_catalog, check_local_sink
 from beam_pipelines.storage.sealing import SecretBox
 from transforms.decode import arrow_schema
+
+if TYPE_CHECKING:  # Beam is imported in the workers only, when an epoch runs
+    from beam_pipelines.compiler.plans import PlanCache
 
 __all__ = ["EpochResult", "Plan", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
            "release_epoch", "run_epoch", "try_plan_epoch"]
@@ -143,7 +146,8 @@ def try_plan_epoch(store: Store, pipeline_id: str, buffer: EventBuffer, *, flush
 
 def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
               release: bool = True, predecessor_timeout: float = 0.0,
-              local_sink_roots: Sequence[str] | None = None) -> EpochResult:
+              local_sink_roots: Sequence[str] | None = None,
+              plans: PlanCache | None = None) -> EpochResult:
     """Run a planned epoch end to end and commit it. Safe to call again after a crash.
 
     With ``release``, the committed rows then leave the buffer here; the job
@@ -158,8 +162,12 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     A local sink is checked against ``local_sink_roots`` (default: the data
     dir's lake/ and ``PIPELINE_DO_LOCAL_SINK_ROOTS``) again here: a symlink
     made since ``create`` must not lead the epoch's files elsewhere.
+
+    ``plans``: the caller's compiled epoch plans (``compiler.PlanCache``), so
+    an epoch re-runs its pipeline's plan instead of building a Beam graph.
     """
-    from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
+    from beam_pipelines.compiler.epoch_graph import EpochSpec
+    from beam_pipelines.compiler.plans import run_epoch_pipeline
 
     with store.session() as s:
         epoch = s.scalars(select(Epoch).where(Epoch.pipeline_id == pipeline_id,
@@ -211,7 +219,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         # files its snapshot already holds (see beam_pipelines.storage.iceberg).
         table = _iceberg_table(sink, data_dir, pipeline_id)
         appended = table.appended_files(epoch_no) if table is not None else None
-        entries = run_epoch_pipeline(spec) if appended is None else appended
+        entries = run_epoch_pipeline(spec, plans) if appended is None else appended
         sizes = file_sizes(sink, [e.path for e in entries], epoch_no, pipeline_id)
         files = [e.located(sizes[e.path]["uri"], sizes[e.path]["bytes"]) for e in entries]
         sync_local_files(sink, [f.uri for f in files])

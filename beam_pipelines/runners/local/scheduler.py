@@ -52,7 +52,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -74,10 +74,15 @@ from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, Work
 from beam_pipelines.settings import data_plane_settings
 from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
 
+if TYPE_CHECKING:  # Beam is imported in the workers only (_init_worker)
+    from beam_pipelines.compiler.plans import PlanCache
+
 __all__ = ["SQL_MEMORY_MB", "WORKER_MEMORY_MB", "JobManager", "NoEvents", "WorkerDied"]
+
 
 _log = logging.getLogger(__name__)
 _worker_store: Store | None = None
+_worker_plans: PlanCache | None = None  # the worker process's compiled epoch plans
 
 # Failed attempts of one epoch before its pipeline is ``failed``: a bad SQL
 # or an unwritable sink fails the same way every time.
@@ -110,7 +115,7 @@ def _run_in_worker(database_url: str, data_dir: str, pipeline_id: str,
     if _worker_store is None or _worker_store.url != database_url:
         _worker_store = Store(database_url)
     return run_epoch(_worker_store, data_dir, pipeline_id, epoch_no, release=False,
-                     predecessor_timeout=predecessor_timeout)
+                     predecessor_timeout=predecessor_timeout, plans=_worker_plans)
 
 
 def _init_worker(memory_mb: int) -> None:
@@ -120,9 +125,12 @@ def _init_worker(memory_mb: int) -> None:
     starts every worker at once, so this happens early."""
     os.nice(5)
     limit_process_memory(memory_mb)
+    global _worker_plans
     import apache_beam.io.filesystems  # noqa: F401  (registers gs://, s3:// on import)
 
-    import beam_pipelines.compiler  # noqa: F401
+    from beam_pipelines.compiler.plans import PlanCache
+
+    _worker_plans = PlanCache()
 
 
 @dataclass

@@ -244,12 +244,13 @@ def test_import_is_cheap():
 
 # -- writing Parquet through Beam -------------------------------------------
 
-def test_write_parquet_with_beam_and_read_back(store, capsys):
+def test_write_parquet_with_beam_and_read_back(store):
+    """How long it takes: ``benchmarks/bench_storage.py`` (small_epoch)."""
     prefix = f"write-{store.scheme}/events"
     uri = store.uri(prefix)
     tables = [_table(0, 1000), _table(1000, 500)]
-    first = write_parquet(uri, store.options, tables, epoch=7)
-    again = write_parquet(uri, store.options, tables, epoch=7)  # same epoch: same names
+    write_parquet(uri, store.options, tables, epoch=7)
+    write_parquet(uri, store.options, tables, epoch=7)  # same epoch: same names
 
     keys = store.keys(prefix)
     assert keys == [f"{prefix}/part-0000000007-00000.parquet"]
@@ -257,10 +258,6 @@ def test_write_parquet_with_beam_and_read_back(store, capsys):
     want = pa.concat_tables(tables)
     assert got.num_rows == 1500
     assert got.sort_by("id").equals(want.sort_by("id"))
-    with capsys.disabled():
-        print(f"\n[timing] {store.scheme}:// WriteToFiles pipeline: first {first:.2f}s, "
-              f"again {again:.2f}s")
-    assert again < 5, f"a small {store.scheme}:// epoch took {again:.1f}s"
 
 
 def test_filesystem_helpers_match_and_delete(store):
@@ -335,20 +332,26 @@ def test_gcs_endpoint_env_is_set_and_restored(gcs_server):
 
 
 def test_gcs_no_credential_backoff_in_fresh_process(gcs_server, tmp_path):
-    """Without any Google credentials Beam alone backs off ~25 s; apply_sink_environment does not."""
+    """Without any Google credentials Beam alone looks them up (google.auth.default) and
+    backs off ~25 s; apply_sink_environment seeds its cache so no lookup happens. The time it
+    takes: ``benchmarks/bench_storage.py`` (fresh_gcs_io)."""
     script = textwrap.dedent(f"""
-        import time, json
+        import json
+        import google.auth
+        lookups = []
+        real_default = google.auth.default
+        def default(*args, **kwargs):
+            lookups.append(1)
+            return real_default(*args, **kwargs)
+        google.auth.default = default
         from beam_pipelines.storage import files
         uri = "gs://{BUCKET}/fresh/x.txt"
-        t = time.perf_counter()
         fs = files.filesystem_for(uri, {{"endpoint_url": "{gcs_server.endpoint_url}"}})
-        t_import = time.perf_counter() - t
-        t = time.perf_counter()
         with fs.create(uri) as f:
             f.write(b"hi")
         ok = fs.exists(uri)
         fs.delete([uri])
-        print(json.dumps({{"import": t_import, "io": time.perf_counter() - t, "ok": ok}}))
+        print(json.dumps({{"lookups": len(lookups), "ok": ok}}))
     """)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("GOOGLE_", "GCLOUD", "CLOUDSDK", "STORAGE_EMULATOR"))}
@@ -358,15 +361,13 @@ def test_gcs_no_credential_backoff_in_fresh_process(gcs_server, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["ok"]
-    assert result["io"] < 3, f"first GCS calls took {result['io']:.1f}s (credential back-off?)"
+    assert result["lookups"] == 0, "Beam looked for Google credentials (and backs off)"
 
 
 # -- reachability probe ------------------------------------------------------
 
 def test_check_sink_reachable_ok(store):
-    t = time.perf_counter()
-    files.check_sink_reachable(store.uri("any/prefix"), store.options)
-    assert time.perf_counter() - t < 2
+    files.check_sink_reachable(store.uri("any/prefix"), store.options)  # does not raise
 
 
 def test_check_sink_missing_bucket_is_terminal(store):
@@ -381,22 +382,20 @@ def test_check_sink_missing_bucket_is_terminal(store):
 
 @pytest.mark.parametrize("server_cls", [servers.GcsServer, servers.S3Server],
                          ids=["gs", "s3"])
-def test_check_sink_unreachable_is_transient_and_fast(server_cls):
+def test_check_sink_unreachable_is_transient(server_cls):
+    """How long it takes: ``benchmarks/bench_storage.py`` (probe_dead)."""
     endpoint = _dead_endpoint(server_cls)
     scheme = "gs" if server_cls is servers.GcsServer else "s3"
     options = {"endpoint_url": endpoint}
     if scheme == "s3":
         options.update(access_key_id="AKIDLEAKCHECK", secret_access_key="SECRETLEAKCHECK",
                        region="us-east-1")
-    t = time.perf_counter()
     with pytest.raises(StorageError) as info:
         files.check_sink_reachable(f"{scheme}://{BUCKET}/p", options, timeout=2)
-    elapsed = time.perf_counter() - t
     err = info.value
     assert err.transient is True and err.details["reason"] == "unreachable"
     assert endpoint in str(err)
     assert "LEAKCHECK" not in str(err) and "LEAKCHECK" not in repr(err.details)
-    assert elapsed < 5, f"probe of a dead {scheme} endpoint took {elapsed:.1f}s"
 
 
 def test_check_s3_access_denied_is_terminal():
@@ -426,7 +425,8 @@ def test_check_gcs_bad_credentials_file_is_terminal(tmp_path):
 
 @pytest.mark.parametrize("server_cls", [servers.GcsServer, servers.S3Server],
                          ids=["gs", "s3"])
-def test_write_to_dead_server_fails_fast_and_transient(server_cls, fast_failures, capsys):
+def test_write_to_dead_server_fails_transient(server_cls, fast_failures):
+    """How long it takes: ``benchmarks/bench_storage.py`` (write_dead)."""
     endpoint = _dead_endpoint(server_cls)
     if server_cls is servers.GcsServer:
         uri, options = f"gs://{BUCKET}/dead", {"endpoint_url": endpoint}
@@ -434,20 +434,15 @@ def test_write_to_dead_server_fails_fast_and_transient(server_cls, fast_failures
         uri = f"s3://{BUCKET}/dead"
         options = {"endpoint_url": endpoint, "region": "us-east-1",
                    "access_key_id": "k", "secret_access_key": "s"}
-    t = time.perf_counter()
     with pytest.raises(Exception) as info:
         write_parquet(uri, options, [_table(0, 10)])
-    elapsed = time.perf_counter() - t
-    with capsys.disabled():
-        print(f"\n[timing] {uri.split(':')[0]}:// write to a stopped server failed after "
-              f"{elapsed:.2f}s: {type(info.value).__name__}")
     assert errors.is_transient_storage_error(info.value), repr(info.value)
-    assert elapsed < 6 * fast_failures + 5, f"took {elapsed:.1f}s to fail"
 
 
 @pytest.mark.parametrize("server_cls", [servers.GcsServer, servers.S3Server],
                          ids=["gs", "s3"])
-def test_filesystem_calls_on_dead_server_fail_fast(server_cls, fast_failures):
+def test_filesystem_calls_on_dead_server_fail_transient(server_cls, fast_failures):
+    """How long they take: ``benchmarks/bench_storage.py`` (fs_dead_*)."""
     endpoint = _dead_endpoint(server_cls)
     scheme = "gs" if server_cls is servers.GcsServer else "s3"
     options = {"endpoint_url": endpoint}
@@ -461,12 +456,9 @@ def test_filesystem_calls_on_dead_server_fail_fast(server_cls, fast_failures):
              "rename": lambda: fs.rename([base + "/x"], [base + "/y"]),
              "list_files": lambda: files.list_files(base, options)}
     for name, call in calls.items():
-        t = time.perf_counter()
         with pytest.raises(Exception) as info:
             call()
-        elapsed = time.perf_counter() - t
         assert errors.is_transient_storage_error(info.value), (name, repr(info.value))
-        assert elapsed < 6 * fast_failures + 5, f"{scheme} {name} took {elapsed:.1f}s"
 
 
 # -- error classification ----------------------------------------------------

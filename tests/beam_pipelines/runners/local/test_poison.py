@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import select
 
 from beam_pipelines.catalog.store import Epoch, PipelineRow, Store, default_database_url
-from beam_pipelines.compiler import EpochSpec, run_epoch_pipeline
+from beam_pipelines.compiler.epoch_graph import EpochSpec
+from beam_pipelines.compiler.plans import run_epoch_pipeline
 from beam_pipelines.errors import ConflictError, EpochError, TimeoutExceeded
 from beam_pipelines.model.definition import definition_from_dict
 from beam_pipelines.model.layout import part_file_name

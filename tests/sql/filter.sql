@@ -1,0 +1,11 @@
+-- A WHERE clause keeps the events it holds for; NULL is not true.
+-- schema: [{"name": "n", "type": "int64"}, {"name": "country", "type": "string"}]
+-- events:
+-- {"n": 1, "country": "gb"}
+-- {"n": 2, "country": "fr"}
+-- {"n": 3, "country": "gb"}
+-- {"n": 4}
+-- expect:
+-- {"n": 1, "country": "gb"}
+-- {"n": 3, "country": "gb"}
+SELECT n, country FROM events WHERE country = 'gb' ORDER BY n
