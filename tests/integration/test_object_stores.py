@@ -19,10 +19,10 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN_KEY
+from tests.integration.test_end_to_end import SCHEMA, SQL, check_orders, send_orders
 from tests.live import LiveServer, query
 from tests.servers import free_port
 from tests.stores import NO_STORAGE_ENV, Receiver, Store, start_store, wait_for
-from tests.test_end_to_end import SCHEMA, SQL, check_orders, send_orders
 
 START = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
