@@ -16,7 +16,7 @@ pickles and could run on any Beam worker. Two values are bound to the epoch
 by construction rather than carried as data, because Beam's API offers no
 element route for them: the spec the graph starts from, and the
 ``WriteToFiles`` scratch directory. They are :class:`EpochBound`, which is
-how :mod:`beam_pipelines.compiler.plans` re-binds a compiled plan to the next
+how :mod:`beam_pipelines.runners.local.plan_cache` re-binds a compiled plan to the next
 epoch without building the graph again.
 """
 
@@ -215,7 +215,7 @@ class EpochGraph(beam.PTransform):
     """One epoch, from the pipeline's root to its written files (``fileio.FileResult``).
 
     ``source`` turns the ``EpochSpec`` element into the epoch's events as one
-    Arrow table (locally :class:`~beam_pipelines.compiler.local_source.ReadBufferRange`).
+    Arrow table (locally :class:`~beam_pipelines.runners.local.buffer_source.ReadBufferRange`).
     ``sql_pool_key`` lets runs of the same plan in one process share a DuckDB
     connection (``transforms.sql``).
     """

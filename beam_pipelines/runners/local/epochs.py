@@ -47,7 +47,7 @@ from beam_pipelines.storage.sealing import SecretBox
 from transforms.decode import arrow_schema
 
 if TYPE_CHECKING:  # Beam is imported in the workers only, when an epoch runs
-    from beam_pipelines.compiler.plans import PlanCache
+    from beam_pipelines.runners.local.plan_cache import PlanCache
 
 __all__ = ["EpochResult", "Plan", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
            "release_epoch", "run_epoch", "try_plan_epoch"]
@@ -167,7 +167,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     an epoch re-runs its pipeline's plan instead of building a Beam graph.
     """
     from beam_pipelines.compiler.epoch_graph import EpochSpec
-    from beam_pipelines.compiler.plans import run_epoch_pipeline
+    from beam_pipelines.runners.local.plan_cache import run_epoch_pipeline
 
     with store.session() as s:
         epoch = s.scalars(select(Epoch).where(Epoch.pipeline_id == pipeline_id,

@@ -75,7 +75,7 @@ from beam_pipelines.settings import data_plane_settings
 from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
 
 if TYPE_CHECKING:  # Beam is imported in the workers only (_init_worker)
-    from beam_pipelines.compiler.plans import PlanCache
+    from beam_pipelines.runners.local.plan_cache import PlanCache
 
 __all__ = ["SQL_MEMORY_MB", "WORKER_MEMORY_MB", "JobManager", "NoEvents", "WorkerDied"]
 
@@ -128,7 +128,7 @@ def _init_worker(memory_mb: int) -> None:
     global _worker_plans
     import apache_beam.io.filesystems  # noqa: F401  (registers gs://, s3:// on import)
 
-    from beam_pipelines.compiler.plans import PlanCache
+    from beam_pipelines.runners.local.plan_cache import PlanCache
 
     _worker_plans = PlanCache()
 

@@ -25,7 +25,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from beam_pipelines.layout import part_file_name
 
 from beam_pipelines.compiler.epoch_graph import EpochGraph, SplitEpochPartitions
-from beam_pipelines.compiler.local_source import ReadBufferRange
+from beam_pipelines.runners.local.buffer_source import ReadBufferRange
 from tests.beam_pipelines.compiler.graph_fixtures import PIPELINE_ID, epoch_spec, fill_buffer
 from transforms.decode import TIMESTAMP
 

@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from beam_pipelines.catalog.store import Epoch, EpochFile, Store, default_database_url
 from beam_pipelines.compiler.epoch_graph import EpochSpec
-from beam_pipelines.compiler.plans import run_epoch_pipeline
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.epochs import commit_epoch, pending_epoch, plan_epoch, run_epoch
+from beam_pipelines.runners.local.plan_cache import run_epoch_pipeline
 from beam_pipelines.service import PipelineService
 from beam_pipelines.storage.files import file_sizes
 from tests.live import query

@@ -16,13 +16,13 @@ from sqlalchemy import select
 
 from beam_pipelines.catalog.store import Epoch, PipelineRow, Store, default_database_url
 from beam_pipelines.compiler.epoch_graph import EpochSpec
-from beam_pipelines.compiler.plans import run_epoch_pipeline
 from beam_pipelines.errors import ConflictError, EpochError, TimeoutExceeded
 from beam_pipelines.model.definition import definition_from_dict
 from beam_pipelines.model.layout import part_file_name
 from beam_pipelines.runners.local import scheduler
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.epochs import plan_epoch, run_epoch
+from beam_pipelines.runners.local.plan_cache import run_epoch_pipeline
 from beam_pipelines.runners.local.scheduler import JobManager
 from beam_pipelines.service import PipelineService
 from beam_pipelines.storage.errors import classify_epoch_error

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from beam_pipelines.layout import part_file_name
 
-from beam_pipelines.compiler.plans import PlanCache, compile_epoch_plan, run_epoch_pipeline
+from beam_pipelines.runners.local.plan_cache import PlanCache, compile_epoch_plan, run_epoch_pipeline
 from tests.beam_pipelines.compiler.graph_fixtures import PIPELINE_ID, epoch_spec, fill_buffer
 
 

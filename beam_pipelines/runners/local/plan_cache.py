@@ -34,8 +34,8 @@ from apache_beam.transforms import environments
 from apache_beam.transforms.core import DoFnInfo
 
 from beam_pipelines.compiler.epoch_graph import EpochGraph, EpochSpec, bound_to_epoch
-from beam_pipelines.compiler.local_source import ReadBufferRange
 from beam_pipelines.model.manifest import FileEntry, read_manifest
+from beam_pipelines.runners.local.buffer_source import ReadBufferRange
 
 __all__ = ["CompiledPlan", "PlanCache", "compile_epoch_plan", "plan_key", "run_epoch_pipeline",
            "set_process_filesystem_options"]
