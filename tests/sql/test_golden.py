@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from beam_pipelines.definition import Field
 
+from beam_pipelines.model.definition import Field
 from transforms.decode import arrow_schema, decode_json_lines
 from transforms.sandbox import (
     SqlError,

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import apache_beam as beam
 import pyarrow as pa
 
-from beam_pipelines.buffer import EventBuffer
 from beam_pipelines.compiler.epoch_graph import EpochSpec
+from beam_pipelines.runners.local.buffer import EventBuffer
 from transforms.coders import ArrowTableCoder  # noqa: F401  (registers the coder)
 
 __all__ = ["ReadBufferRange"]

@@ -6,10 +6,10 @@ import os
 from datetime import datetime, timezone
 
 import pyarrow as pa
-from beam_pipelines.buffer import EventBuffer
-from beam_pipelines.definition import Sink
 
 from beam_pipelines.compiler.epoch_graph import EpochSpec
+from beam_pipelines.model.definition import Sink
+from beam_pipelines.runners.local.buffer import EventBuffer
 from transforms.decode import EVENT_TIME, INGESTED_AT, TIMESTAMP
 
 __all__ = ["PIPELINE_ID", "SCHEMA", "epoch_spec", "fill_buffer"]

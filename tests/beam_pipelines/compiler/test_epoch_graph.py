@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
-from beam_pipelines.layout import part_file_name
 
 from beam_pipelines.compiler.epoch_graph import EpochGraph, SplitEpochPartitions
+from beam_pipelines.model.layout import part_file_name
 from beam_pipelines.runners.local.buffer_source import ReadBufferRange
 from tests.beam_pipelines.compiler.graph_fixtures import PIPELINE_ID, epoch_spec, fill_buffer
 from transforms.decode import TIMESTAMP
@@ -98,9 +98,8 @@ def test_the_split_step_keys_rows_by_partition_and_epoch_and_records_them(
                      "_event_time": pa.array([datetime(2026, 2, 1, tzinfo=timezone.utc)] * 3
                                              + [None], TIMESTAMP)})
     with test_pipeline.TestPipeline(runner=BundleBasedDirectRunner()) as p:
-        specs = p | "Spec" >> beam.Create([spec])
         tables = p | "Rows" >> beam.Create([rows], reshuffle=False).with_output_types(pa.Table)
-        parts = tables | SplitEpochPartitions(specs) | beam.Map(_partition_rows)
+        parts = tables | SplitEpochPartitions(spec) | beam.Map(_partition_rows)
         assert_that(parts, equal_to([("dt=2026-02-01/k=a", 4, [1, 3]),
                                      ("dt=2026-02-01/k=b", 4, [2]),
                                      ("dt=2026-03-01/k=__null__", 4, [4])]))  # planned_at

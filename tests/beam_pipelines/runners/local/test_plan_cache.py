@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from beam_pipelines.layout import part_file_name
 
+from beam_pipelines.model.layout import part_file_name
 from beam_pipelines.runners.local.plan_cache import PlanCache, compile_epoch_plan, run_epoch_pipeline
 from tests.beam_pipelines.compiler.graph_fixtures import PIPELINE_ID, epoch_spec, fill_buffer
 
@@ -46,11 +46,12 @@ def test_a_new_sql_is_a_new_plan_and_the_oldest_plan_leaves_a_full_cache(
     assert len(plans) == 2
 
 
-def test_only_the_spec_and_the_scratch_directory_are_bound_to_the_epoch(tmp_path: Path) -> None:
+def test_only_the_spec_split_and_scratch_directory_are_bound_to_the_epoch(
+        tmp_path: Path) -> None:
     plan = compile_epoch_plan(epoch_spec(str(tmp_path), 1))
     names = sorted(plan.proto.components.transforms[t].unique_name for t in plan.epoch_steps)
-    assert names[0] == "Epoch/EpochSpec"
-    assert len(names) == 4 and all(n.startswith("Epoch/WriteFiles/") for n in names[1:])
+    assert names[:2] == ["Epoch/EpochSpec", "Epoch/SplitPartitions/ParDo(_SplitPartitionsFn)"]
+    assert len(names) == 5 and all(n.startswith("Epoch/WriteFiles/") for n in names[2:])
     # Binding copies: the compiled proto keeps the epoch it was built for.
     before = plan.proto.SerializeToString()
     assert plan.for_epoch(epoch_spec(str(tmp_path), 7)).SerializeToString() != before
