@@ -3,15 +3,18 @@ what it wrote back with DuckDB."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
 import duckdb
+import psutil
 
 from control_api.devserver import LiveServer, free_port
 
-__all__ = ["LiveServer", "free_port", "query", "wait_for"]
+__all__ = ["LiveServer", "busy_epoch_workers", "free_port", "planned_epoch", "query", "wait_for"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
@@ -36,3 +39,25 @@ def query(sql: str) -> list[tuple[Any, ...]]:
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         return con.execute(sql).fetchall()
+
+
+def busy_epoch_workers(server: LiveServer) -> list[psutil.Process]:
+    """Epoch workers running an epoch now (the pool names them ``pdo-epoch-busy``)."""
+    assert server.process is not None
+    busy = []
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if child.name() == "pdo-epoch-busy":
+                busy.append(child)
+        except psutil.Error:
+            pass  # ended while we looked
+    return busy
+
+
+def planned_epoch(data_dir: str) -> bool:
+    """Whether the server's catalog holds an epoch planned and not yet committed."""
+    con = sqlite3.connect(os.path.join(data_dir, "pipeline-do.sqlite"), timeout=10)
+    try:
+        return con.execute("SELECT count(*) FROM epochs WHERE status = 'planned'").fetchone()[0] > 0
+    finally:
+        con.close()

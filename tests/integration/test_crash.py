@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections import Counter
 from typing import Any
 
-import psutil
 import requests
 
-from tests.live import LiveServer, query, wait_for
+from tests.live import LiveServer, busy_epoch_workers, planned_epoch, query, wait_for
 
 SCHEMA = [{"name": "seq", "type": "int64", "required": True},
           {"name": "payload", "type": "string"}]
@@ -35,27 +33,6 @@ def _written(server: LiveServer, name: str) -> Counter[int]:
     return Counter(r[0] for r in rows)
 
 
-def _planned_epoch(data_dir: str) -> bool:
-    con = sqlite3.connect(os.path.join(data_dir, "pipeline-do.sqlite"), timeout=10)
-    try:
-        return con.execute("SELECT count(*) FROM epochs WHERE status = 'planned'").fetchone()[0] > 0
-    finally:
-        con.close()
-
-
-def _busy_epoch_workers(server: LiveServer) -> list[psutil.Process]:
-    """Epoch workers running an epoch now (the pool names them ``pdo-epoch-busy``)."""
-    assert server.process is not None
-    busy = []
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        try:
-            if child.name() == "pdo-epoch-busy":
-                busy.append(child)
-        except psutil.Error:
-            pass  # ended while we looked
-    return busy
-
-
 def test_kill_9_of_a_worker_during_an_epoch_reruns_it_exactly_once(live_server: Any) -> None:
     server = live_server
     server.ok("create", {"name": "crash", "schema": SCHEMA,
@@ -69,7 +46,7 @@ def test_kill_9_of_a_worker_during_an_epoch_reruns_it_exactly_once(live_server: 
 
     # A worker still starting runs no epoch: killing it fails none (the pool
     # just starts another). Kill the ones running an epoch.
-    workers = wait_for(lambda: _busy_epoch_workers(server), timeout=120, interval=0.01,
+    workers = wait_for(lambda: busy_epoch_workers(server), timeout=120, interval=0.01,
                        message="an epoch worker running an epoch")
     for worker in workers:
         os.kill(worker.pid, signal.SIGKILL)
@@ -113,7 +90,7 @@ def test_kill_9_of_the_whole_server_during_ingest_loses_no_acknowledged_event(
         for t in threads:
             t.start()
         deadline = time.monotonic() + 60
-        while len(acked) < 60 or not _planned_epoch(server.data_dir):
+        while len(acked) < 60 or not planned_epoch(server.data_dir):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         server.kill(signal.SIGKILL)

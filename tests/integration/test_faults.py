@@ -24,7 +24,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from tests.conftest import ADMIN_KEY
 from tests.control_api.conftest import WEBHOOK_ENV, Receiver
 from tests.integration.lake import lake_files, read_lake, send, sink_dir
 from tests.integration.outcomes import OutcomeLog
-from tests.live import LiveServer, wait_for
+from tests.live import LiveServer, planned_epoch, wait_for
 
 SCHEMA = [{"name": "id", "type": "int64", "required": True}, {"name": "payload", "type": "string"},
           {"name": "country", "type": "string"}]
@@ -192,14 +191,6 @@ def _assert_clean_error(message: str | None, server: LiveServer) -> None:
 # -- (a) epoch workers killed during epochs -----------------------------------------------
 
 
-def _planned_epoch(data_dir: str) -> bool:
-    con = sqlite3.connect(os.path.join(data_dir, "pipeline-do.sqlite"), timeout=10)
-    try:
-        return con.execute("SELECT count(*) FROM epochs WHERE status = 'planned'").fetchone()[0] > 0
-    finally:
-        con.close()
-
-
 def _epoch_workers(server: LiveServer) -> list[psutil.Process]:
     assert server.process is not None
     children = psutil.Process(server.process.pid).children(recursive=True)
@@ -215,7 +206,7 @@ def _epoch_workers(server: LiveServer) -> list[psutil.Process]:
 
 def _kill_a_worker_during_an_epoch(server: LiveServer, names: list[str], rng: random.Random) -> bool:
     """SIGKILL one epoch worker while an epoch is planned, then wait for a commit."""
-    wait_for(lambda: _planned_epoch(server.data_dir) and _epoch_workers(server),
+    wait_for(lambda: planned_epoch(server.data_dir) and _epoch_workers(server),
              timeout=60, interval=0.05, message="an epoch running on a worker")
     committed = _total_epochs(server, names)
     try:

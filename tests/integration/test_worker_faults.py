@@ -19,25 +19,12 @@ from typing import Any
 import psutil
 import requests
 
-from tests.live import LiveServer, query, wait_for
+from tests.live import LiveServer, busy_epoch_workers, query, wait_for
 
 SCHEMA = [{"name": "seq", "type": "int64", "required": True},
           {"name": "payload", "type": "string"}]
 PIPELINES = ("kill-a", "kill-b", "kill-c")
 KILLS = 5
-
-
-def _busy_epoch_workers(server: LiveServer) -> list[psutil.Process]:
-    """Epoch workers running an epoch now (the pool names them ``pdo-epoch-busy``)."""
-    assert server.process is not None
-    busy = []
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        try:
-            if child.name() == "pdo-epoch-busy":
-                busy.append(child)
-        except psutil.Error:
-            pass  # ended while we looked
-    return busy
 
 
 def _events_out(server: LiveServer) -> dict[str, int]:
@@ -96,7 +83,7 @@ def test_killing_epoch_workers_again_and_again_stops_no_pipeline_and_loses_nothi
         with _Ingest(server) as ingest:
             for kill in range(KILLS):
                 before = _events_out(server)
-                victim = wait_for(lambda: _busy_epoch_workers(server), timeout=120,
+                victim = wait_for(lambda: busy_epoch_workers(server), timeout=120,
                                   interval=0.02, message=f"a busy epoch worker (kill {kill})")[0]
                 os.kill(victim.pid, signal.SIGKILL)
                 assert _healthy(server)
@@ -161,7 +148,7 @@ def test_delete_stops_the_running_epoch_and_frees_its_worker(tmp_path: Any) -> N
         for name in ("endless", "other"):
             server.ok("start", {"name": name})
         assert server.post_ndjson("endless", b'{"seq": 1}').status_code == 200
-        busy = wait_for(lambda: _busy_epoch_workers(server), timeout=120,
+        busy = wait_for(lambda: busy_epoch_workers(server), timeout=120,
                         message="the endless epoch to run")[0]
 
         assert server.ok("delete", {"name": "endless"}) == {"deleted": True}
