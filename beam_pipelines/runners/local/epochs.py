@@ -170,10 +170,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     from beam_pipelines.runners.local.plan_cache import run_epoch_pipeline
 
     with store.session() as s:
-        epoch = s.scalars(select(Epoch).where(Epoch.pipeline_id == pipeline_id,
-                                              Epoch.epoch == epoch_no)).one()
-        row = s.get(PipelineRow, pipeline_id)
-        assert row is not None
+        epoch, row = _epoch_and_row(s, pipeline_id, epoch_no)
         if epoch.status == "committed":
             return EpochResult(pipeline_id, epoch_no, epoch.events, epoch.rows_out, [],
                                already_committed=True)
@@ -303,15 +300,21 @@ def _iceberg_table(sink: Any, data_dir: str, pipeline_id: str) -> Any:
     return EpochTable(sink, data_dir, pipeline_id)
 
 
+def _epoch_and_row(session: Any, pipeline_id: str, epoch_no: int) -> tuple[Epoch, PipelineRow]:
+    """The epoch's row and its pipeline's, read in the caller's transaction."""
+    epoch = session.scalars(select(Epoch).where(Epoch.pipeline_id == pipeline_id,
+                                                Epoch.epoch == epoch_no)).one()
+    row = session.get(PipelineRow, pipeline_id)
+    assert row is not None
+    return epoch, row
+
+
 def commit_epoch(store: Store, pipeline_id: str, epoch_no: int,
                  files: list[FileEntry]) -> EpochResult:
     """Mark committed, store the manifest, advance the offset: one transaction."""
     now = time.time()
     with store.session() as s:
-        epoch = s.scalars(select(Epoch).where(Epoch.pipeline_id == pipeline_id,
-                                              Epoch.epoch == epoch_no)).one()
-        row = s.get(PipelineRow, pipeline_id)
-        assert row is not None
+        epoch, row = _epoch_and_row(s, pipeline_id, epoch_no)
         if epoch.status == "committed":
             return EpochResult(pipeline_id, epoch_no, epoch.events, epoch.rows_out, [],
                                already_committed=True)
