@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from beam_pipelines.catalog.store import Epoch, EpochFile, Store, default_database_url
+from beam_pipelines.catalog.store import Epoch, EpochFile
 from beam_pipelines.errors import StorageError
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.epochs import plan_epoch, run_epoch
@@ -132,13 +132,6 @@ def s3() -> Iterator[servers.S3Server]:
 def _restore_process_state() -> Iterator[None]:
     yield
     process.reset_process_state()
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> PipelineService:
-    store = Store(default_database_url(str(tmp_path)))
-    store.create_all()
-    return PipelineService(store, str(tmp_path), default_sink_uri=str(tmp_path / "lake/{name}"))
 
 
 def _plan(service: PipelineService, data_dir: Path, pipeline_id: str) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-from beam_pipelines.catalog.store import PipelineRow, Store, default_database_url
+from beam_pipelines.catalog.store import PipelineRow
 from beam_pipelines.errors import StorageError
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.epochs import plan_epoch, run_epoch
@@ -31,13 +31,6 @@ SECRETS = {"access_key_id": "AKIASEALEDTEST00001", "secret_access_key": "s3cr3t-
 ENDPOINT = "http://minio:Endpoint-Pw-1@127.0.0.1:9/"
 CATALOG = "postgresql://cat:Catalog-Pw-2@127.0.0.1/catalog"
 PLAIN = [*SECRETS.values(), "Endpoint-Pw-1", "Catalog-Pw-2"]
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> PipelineService:
-    store = Store(default_database_url(str(tmp_path)))
-    store.create_all()
-    return PipelineService(store, str(tmp_path), default_sink_uri=str(tmp_path / "lake/{name}"))
 
 
 def _create(service: PipelineService, name: str = "s", **sink: Any) -> dict[str, Any]:

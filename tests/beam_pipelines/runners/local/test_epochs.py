@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from beam_pipelines.catalog.store import Epoch, EpochFile, Store, default_database_url
+from beam_pipelines.catalog.store import Epoch, EpochFile
 from beam_pipelines.compiler.epoch_graph import EpochSpec
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.epochs import commit_epoch, pending_epoch, plan_epoch, run_epoch
@@ -19,13 +19,6 @@ from beam_pipelines.service import PipelineService
 from beam_pipelines.storage.files import file_sizes
 from tests.live import query
 from transforms.decode import arrow_schema
-
-
-@pytest.fixture
-def service(tmp_path: Any) -> PipelineService:
-    store = Store(default_database_url(str(tmp_path)))
-    store.create_all()
-    return PipelineService(store, str(tmp_path), default_sink_uri=str(tmp_path / "lake/{name}"))
 
 
 def _create(service: PipelineService, **sink: Any) -> str:

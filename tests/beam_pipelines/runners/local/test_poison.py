@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from beam_pipelines.catalog.store import Epoch, PipelineRow, Store, default_database_url
+from beam_pipelines.catalog.store import Epoch, PipelineRow
 from beam_pipelines.compiler.epoch_graph import EpochSpec
 from beam_pipelines.errors import ConflictError, EpochError, TimeoutExceeded
 from beam_pipelines.model.definition import definition_from_dict
@@ -32,13 +32,6 @@ from transforms.decode import arrow_schema
 SCHEMA = [{"name": "i", "type": "int64", "required": True}, {"name": "s", "type": "string"}]
 POISONED_SQL = "SELECT i, CAST(s AS INTEGER) AS n FROM events"  # fails on 'x'
 FIXED_SQL = "SELECT i, TRY_CAST(s AS INTEGER) AS n FROM events"
-
-
-@pytest.fixture
-def service(tmp_path: Path) -> PipelineService:
-    store = Store(default_database_url(str(tmp_path)))
-    store.create_all()
-    return PipelineService(store, str(tmp_path), default_sink_uri=str(tmp_path / "lake/{name}"))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from beam_pipelines.catalog.store import Epoch, Store, default_database_url
+from beam_pipelines.catalog.store import Epoch, Store
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.epochs import plan_epoch
 from beam_pipelines.runners.local.scheduler import JobManager
@@ -16,13 +16,6 @@ from beam_pipelines.service import PipelineService
 from tests.live import query, wait_for
 
 SCHEMA = [{"name": "n", "type": "int64", "required": True}]
-
-
-@pytest.fixture
-def service(tmp_path: Any) -> PipelineService:
-    store = Store(default_database_url(str(tmp_path)))
-    store.create_all()
-    return PipelineService(store, str(tmp_path), default_sink_uri=str(tmp_path / "lake/{name}"))
 
 
 @pytest.fixture
