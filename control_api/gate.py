@@ -23,7 +23,8 @@ from control_api.errors import ApiError, validation_error
 from control_api.idempotency import claim
 from transforms.json_depth import MAX_JSON_DEPTH, depth_exceeded
 
-__all__ = ["admit", "init_app", "json_body", "run_with_retries", "timeout_seconds"]
+__all__ = ["admit", "init_app", "json_body", "json_bytes", "malformed_json", "run_with_retries",
+           "timeout_seconds"]
 
 T = TypeVar("T")
 
@@ -40,10 +41,20 @@ def admit() -> Principal:
     return principal
 
 
-def json_body() -> Any:
+def json_bytes() -> bytes:
+    """The request's (decoded, size-limited) body; a 400 when it is empty."""
     raw = request.get_data(cache=True)
     if not raw:
         raise validation_error("body", "the request body must be JSON")
+    return raw
+
+
+def malformed_json(err: Exception) -> ApiError:
+    return validation_error("body", f"malformed JSON: {str(err)[:120]}")
+
+
+def json_body() -> Any:
+    raw = json_bytes()
     # Measured on the bytes before json.loads recurses (RecursionError past ~1000).
     if depth_exceeded(raw, MAX_JSON_DEPTH):
         raise validation_error("body", f"JSON nests deeper than {MAX_JSON_DEPTH} levels: "
@@ -51,7 +62,7 @@ def json_body() -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
-        raise validation_error("body", f"malformed JSON: {str(err)[:120]}") from None
+        raise malformed_json(err) from None
 
 
 def timeout_seconds(options: Any) -> float:

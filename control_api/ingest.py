@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, request
 from control_api import context
 from control_api.auth import require_scope
 from control_api.errors import envelope, validation_error
-from control_api.gate import admit
+from control_api.gate import admit, json_bytes, malformed_json
 from transforms.json_depth import load_json_events
 
 __all__ = ["bp", "init_app"]
@@ -34,13 +34,11 @@ def ingest_events(ref: str):  # type: ignore[no-untyped-def]
     if content_type in _NDJSON:
         return envelope(service.ingest_json_lines(ref, request.get_data()))
     if content_type == "application/json":
-        raw = request.get_data(cache=True)
-        if not raw:
-            raise validation_error("body", "the request body must be JSON")
+        raw = json_bytes()
         try:  # a too-deep record is left out and rejected by itself, not the request
             parsed = load_json_events(raw)
         except ValueError as err:
-            raise validation_error("body", f"malformed JSON: {str(err)[:120]}") from None
+            raise malformed_json(err) from None
         if not isinstance(parsed.events, list):
             raise validation_error("body", "the body must be a JSON array of event objects")
         return envelope(service.ingest_objects(ref, parsed.events, body_bytes=len(raw),
