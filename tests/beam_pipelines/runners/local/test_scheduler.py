@@ -153,7 +153,8 @@ def test_delete_cancels_the_running_epoch_and_its_worker_runs_other_pipelines(
     assert not (tmp_path / "lake" / "slow").exists()
     rows = query(f"SELECT count(*) FROM read_parquet('{tmp_path}/lake/fast/**/*.parquet')")
     assert rows == [(5,)]
-    assert service.get("fast")["errors"] == 0
+    fast = service.get("fast")
+    assert fast["errors"] == 0, fast["last_error"]
 
 
 def test_pause_lets_the_running_epoch_finish_and_commit(
