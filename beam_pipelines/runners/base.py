@@ -32,6 +32,7 @@ whoever listens (control_api's webhook outbox), so nothing imports upward.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
     from beam_pipelines.catalog.store import PipelineRow
     from beam_pipelines.runners.local.epochs import EpochResult
 
-__all__ = ["Rejected", "Runner", "RunnerEvents", "RunnerRegistry"]
+__all__ = ["Engine", "JobHandle", "JobRequest", "JobState", "JobView", "Rejected", "Runner",
+           "RunnerEvents", "RunnerRegistry", "Transport"]
 
 # A record refused at decode: (index in the request, code, message, raw record).
 Rejected = tuple[int, str, str, str | None]
@@ -136,3 +138,114 @@ class RunnerRegistry:
 
     def holding(self, runner_type: str) -> Runner:
         return self._runners.get(runner_type, self._buffering)
+
+
+# -- distributed engines (issue #8) -------------------------------------------
+#
+# ``runners.distributed.DistributedRunner`` is the ``Runner`` for both
+# distributed engines: it keeps the catalog's status, the job record and the
+# transport (ingest publishes each accepted batch), and asks an ``Engine``
+# (``runners.dataflow.DataflowEngine``, ``runners.flink.FlinkEngine``) for the
+# engine's own calls. An engine knows nothing of the catalog.
+
+class JobState:
+    """An engine job's state, in Dataflow's words (Flink's are mapped onto them)."""
+
+    PENDING = "JOB_STATE_PENDING"
+    RUNNING = "JOB_STATE_RUNNING"
+    DRAINING = "JOB_STATE_DRAINING"
+    DRAINED = "JOB_STATE_DRAINED"
+    CANCELLING = "JOB_STATE_CANCELLING"
+    CANCELLED = "JOB_STATE_CANCELLED"
+    FAILED = "JOB_STATE_FAILED"
+    DONE = "JOB_STATE_DONE"
+    UPDATED = "JOB_STATE_UPDATED"
+    UNKNOWN = "JOB_STATE_UNKNOWN"
+
+    TERMINAL = frozenset({DRAINED, CANCELLED, FAILED, DONE, UPDATED})
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What an engine needs to run one pipeline as a streaming job.
+
+    ``definition`` is the pipeline's whole definition (``to_dict`` form, secrets
+    included: it goes to the engine, never to a reply); ``sql`` and ``version``
+    the SQL to run; ``input_schema`` the decoded events' Arrow schema;
+    ``savepoint`` where a Flink job resumes from (None: a fresh start).
+    """
+
+    pipeline_id: str
+    job_name: str
+    definition: Mapping[str, Any]
+    sql: str
+    version: int
+    input_schema: pa.Schema
+    savepoint: str | None = None
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """The catalog's record of a pipeline's engine job."""
+
+    job_id: str
+    job_name: str
+    savepoint: str | None = None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """An engine job as the engine reports it: its state and the metrics it can give.
+
+    ``metrics`` uses the monitor's names (``events_out``, ``bytes_out``,
+    ``files_written``...) for what the engine reports; anything it cannot
+    report is absent, never zero.
+    """
+
+    state: str
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    message: str | None = None
+
+
+class Transport(Protocol):
+    """Where ingest publishes a pipeline's accepted batches (one topic per pipeline)."""
+
+    def ensure(self, pipeline_id: str) -> None:
+        """Create the pipeline's topic (and subscription) if missing; idempotent."""
+
+    def publish(self, pipeline_id: str, data: bytes, attributes: Mapping[str, str],
+                timeout_s: float) -> None:
+        """Publish one message; return only once the broker confirmed it, else raise."""
+
+    def remove(self, pipeline_id: str) -> None:
+        """Delete the pipeline's topic and subscription (missing ones are fine)."""
+
+
+class Engine(Protocol):
+    """One distributed engine's own calls, for ``DistributedRunner``."""
+
+    type: str  # the definition's runner.type: "dataflow" | "flink"
+    transport: Transport
+
+    def check(self, options: Mapping[str, Any]) -> None:
+        """Raise ``DefinitionError`` naming each missing/invalid setting (runner.options + env)."""
+
+    def launch(self, request: JobRequest) -> JobHandle:
+        """Start (or, with ``request.savepoint``, resume) the streaming job."""
+
+    def pause(self, handle: JobHandle) -> JobHandle:
+        """Dataflow: drain (the subscription keeps what is not read). Flink: stop with a
+        savepoint, no drain; the returned handle names the savepoint."""
+
+    def drain(self, handle: JobHandle) -> None:
+        """Ask the job to finish everything it has read and end (stop's flush)."""
+
+    def update(self, handle: JobHandle, request: JobRequest) -> JobHandle:
+        """Run ``request.sql`` in place of the job's (Dataflow: update; Flink: savepoint,
+        resubmit)."""
+
+    def cancel(self, handle: JobHandle) -> None:
+        """End the job now, without draining (delete)."""
+
+    def view(self, handle: JobHandle) -> JobView:
+        """The job's state and metrics as the engine reports them now."""
