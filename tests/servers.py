@@ -40,6 +40,8 @@ from typing import Any, Self
 
 __all__ = [
     "GcsServer",
+    "PUBSUB_EMULATOR",
+    "PubSubEmulator",
     "S3Server",
     "S3_ACCESS_KEY_ID",
     "S3_REGION",
@@ -251,6 +253,35 @@ class GcsServer(_ServerProcess):
         env = {**os.environ, **self.extra_env}
         env.pop("STORAGE_EMULATOR_HOST", None)
         return env
+
+
+PUBSUB_EMULATOR = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
+
+
+class PubSubEmulator(_ServerProcess):
+    """Google's Pub/Sub emulator (Debian package google-cloud-cli-pubsub-emulator) on 127.0.0.1.
+
+    Clients find it through ``PUBSUB_EMULATOR_HOST=host_port`` (google-cloud-pubsub
+    and Beam's ReadFromPubSub both honour it). Tests that need it skip, saying
+    why, on a machine without the package (``PubSubEmulator.available()``).
+    """
+
+    name = "pubsub-emulator"
+    project = "test-project"
+
+    @staticmethod
+    def available() -> bool:
+        return os.access(PUBSUB_EMULATOR, os.X_OK) and shutil.which("java") is not None
+
+    @property
+    def host_port(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _command(self, port: int) -> list[str]:
+        return [PUBSUB_EMULATOR, "--host=127.0.0.1", f"--port={port}"]
+
+    def _probe_path(self) -> str:
+        return "/"
 
 
 class S3Server(_ServerProcess):
