@@ -94,6 +94,13 @@ class _Worker:
     task: _Task | None = None
     tasks_done: int = 0
     hung_up: bool = False  # its end of the pipe closed: only the sentinel is left to watch
+    # Killed by the pool (cancel, start timeout, shutdown): it gets no task
+    # even if the result of the one it ran arrives before its death does.
+    killed: bool = False
+
+    def kill(self) -> None:
+        self.killed = True
+        self.process.kill()
 
 
 class WorkerPool:
@@ -149,7 +156,7 @@ class WorkerPool:
             for worker in self._workers:
                 if worker.task is not None and worker.task.future is future:
                     worker.task.cancelled = True
-                    worker.process.kill()
+                    worker.kill()
                     return True
         return False
 
@@ -261,13 +268,14 @@ class WorkerPool:
             if not worker.ready and now - worker.started_at > START_TIMEOUT_SECONDS:
                 _log.warning("epoch worker %s not ready after %.0f s: killing it",
                              worker.process.pid, START_TIMEOUT_SECONDS)
-                worker.process.kill()
+                worker.kill()
 
     def _dispatch(self) -> None:
         for worker in self._workers:
             if not self._queue:
                 return
-            if worker.ready and worker.task is None and worker.tasks_done < self._max_tasks:
+            if worker.ready and worker.task is None and not worker.killed \
+                    and worker.tasks_done < self._max_tasks:
                 task = self._queue.popleft()
                 if task.future.cancelled():
                     continue  # cancelled through the future itself
@@ -345,7 +353,7 @@ class WorkerPool:
                 if worker.task is not None:
                     worker.task.cancelled = True
                 if worker.process.is_alive():
-                    worker.process.kill()
+                    worker.kill()
                 worker.process.join(5.0)
                 self._buried(worker)
         if past_deadline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -139,6 +140,32 @@ def test_cancel_kills_the_running_task_and_the_pool_goes_on(
     wait_for(lambda: not _alive(pid), message="the cancelled task's worker to end")
     assert pool.submit(_pid).result(timeout=120) != pid
     assert not pool.cancel(running)  # done already
+
+
+def test_a_task_is_never_sent_to_a_worker_cancelled_after_its_result_was_sent(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """The race seen once in a full run: ``cancel`` kills a worker whose result
+    is already in the pipe; the pool thread takes the result, finds the worker
+    idle and gives it the next task, which then dies with it (exit code -9).
+    Held here by the pool's lock (made re-entrant) so the order is certain."""
+    monkeypatch.setattr(threading, "Lock", threading.RLock)
+    pool = WorkerPool(1, initializer=_no_setup, name="pdo-test")
+    monkeypatch.undo()
+    try:
+        gate = str(tmp_path / "gate")
+        first = pool.submit(_hold, gate)
+        wait_for(lambda: os.path.exists(f"{gate}.pid"), message="the first task to run")
+        with pool._lock:
+            worker = pool._workers[0]
+            open(gate, "w").close()
+            wait_for(worker.conn.poll, message="the first task's result in the pipe")
+            assert pool.cancel(first)
+            second = pool.submit(_pid)
+        first_pid = worker.process.pid
+        assert second.result(timeout=120) != first_pid
+        assert first.done()  # its result counted, or it was cancelled: never lost silently
+    finally:
+        pool.shutdown(10.0)
 
 
 def test_an_allocation_past_the_memory_cap_fails_its_task_and_the_next_task_runs() -> None:
