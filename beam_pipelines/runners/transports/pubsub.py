@@ -99,8 +99,9 @@ class PubSubTransport:
         from google.api_core import exceptions
         from google.api_core.retry import Retry
 
+        topic = self.topic_path(pipeline_id)
         publisher, _ = self._clients()
-        future = publisher.publish(self.topic_path(pipeline_id), data,
+        future = publisher.publish(topic, data,
                                    retry=Retry(timeout=timeout_s), timeout=timeout_s,
                                    **dict(attributes))
         try:
@@ -116,16 +117,16 @@ class PubSubTransport:
         """Delete the subscription (what is unread goes with it), then the topic."""
         from google.api_core import exceptions
 
+        topic, subscription = self.topic_path(pipeline_id), self.subscription_path(pipeline_id)
         publisher, subscriber = self._clients()
         try:
             try:
-                subscriber.delete_subscription(subscription=self.subscription_path(pipeline_id),
+                subscriber.delete_subscription(subscription=subscription,
                                                timeout=ADMIN_TIMEOUT_SECONDS)
             except exceptions.NotFound:
                 pass
             try:
-                publisher.delete_topic(topic=self.topic_path(pipeline_id),
-                                       timeout=ADMIN_TIMEOUT_SECONDS)
+                publisher.delete_topic(topic=topic, timeout=ADMIN_TIMEOUT_SECONDS)
             except exceptions.NotFound:
                 pass
         except exceptions.GoogleAPIError as err:
@@ -145,11 +146,18 @@ class PubSubTransport:
                                           "google-cloud-pubsub: pip install 'pipeline-do[gcp]'"
                                           ) from None
 
-                # Each message is one whole ingest request, confirmed before the
-                # ack: batching would only add its latency (10 ms by default).
-                self._publisher = pubsub_v1.PublisherClient(
-                    batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
-                self._subscriber = pubsub_v1.SubscriberClient()
+                from google.auth.exceptions import DefaultCredentialsError
+
+                try:
+                    # Each message is one whole ingest request, confirmed before the
+                    # ack: batching would only add its latency (10 ms by default).
+                    self._publisher = pubsub_v1.PublisherClient(
+                        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
+                    self._subscriber = pubsub_v1.SubscriberClient()
+                except DefaultCredentialsError:
+                    raise Unavailable("the server has no Google credentials for Pub/Sub: set "
+                                      "GOOGLE_APPLICATION_CREDENTIALS (or PUBSUB_EMULATOR_HOST)",
+                                      {"transport": "pubsub"}) from None
                 self._pid = os.getpid()
             return self._publisher, self._subscriber
 
