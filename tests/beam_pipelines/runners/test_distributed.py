@@ -20,8 +20,14 @@ import pytest
 from sqlalchemy import select
 
 from beam_pipelines.catalog.store import EngineJob, LogEntry
+from beam_pipelines.errors import Unavailable
 from beam_pipelines.runners.base import JobState, RunnerRegistry
-from beam_pipelines.runners.distributed import DistributedRunner, job_name
+from beam_pipelines.runners.distributed import (
+    SAMPLE_ROWS,
+    TRIM_EVERY,
+    DistributedRunner,
+    job_name,
+)
 from beam_pipelines.runners.job_watcher import JobWatcher
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.runner import LocalRunner
@@ -407,3 +413,51 @@ def test_the_job_log_names_each_call(api: Api, engine: RecordingEngine) -> None:
                              .order_by(LogEntry.id)).all()
     assert "dataflow job job-1: launched with sql version 1" in messages
     assert "dataflow job job-1: paused" in messages
+
+
+class FlakyTransport:
+    """The real transport, whose first ``failures`` publishes fail as an outage would."""
+
+    def __init__(self, real: PubSubTransport, failures: int) -> None:
+        self.real = real
+        self.failures = failures
+        self.attempts: list[dict[str, str]] = []
+
+    def ensure(self, pipeline_id: str) -> None:
+        self.real.ensure(pipeline_id)
+
+    def publish(self, pipeline_id: str, data: bytes, attributes: Any, timeout_s: float) -> None:
+        self.attempts.append(dict(attributes))
+        if len(self.attempts) <= self.failures:
+            raise Unavailable("Pub/Sub did not confirm the publish", {"transport": "pubsub"})
+        self.real.publish(pipeline_id, data, attributes, timeout_s)
+
+    def remove(self, pipeline_id: str) -> None:
+        self.real.remove(pipeline_id)
+
+
+def test_a_transient_failure_is_retried_with_the_same_batch_id(
+        api: Api, engine: RecordingEngine) -> None:
+    real = engine.transport
+    flaky = engine.transport = FlakyTransport(real, failures=1)
+    pipeline_id = _create(api, "flaky")
+    assert api.ok("ingest", {"name": "flaky", "events": [{"n": 1}, {"n": 2}]})["accepted"] == 2
+    assert len(flaky.attempts) == 2 and flaky.attempts[0] == flaky.attempts[1]
+    messages = _pull(real, pipeline_id, expected=1)
+    assert [m.attributes[BATCH_ID] for m in messages] == [flaky.attempts[0][BATCH_ID]]
+    assert api.ok("monitor", {"name": "flaky"})["events_in"] == 2
+
+
+def test_the_ledger_keeps_recent_requests_only_and_counts_all(
+        api: Api, engine: RecordingEngine) -> None:
+    pipeline_id = _create(api, "many")
+    requests = SAMPLE_ROWS + 2 * TRIM_EVERY
+    for i in range(requests):
+        api.ok("ingest", {"name": "many", "events": [{"n": i}]})
+    ledger = EventBuffer(buffer_path(api.ctx.settings.data_dir, pipeline_id))
+    assert ledger.totals()["events_in"] == requests
+    assert SAMPLE_ROWS <= ledger.backlog(0).events < SAMPLE_ROWS + TRIM_EVERY
+    dry = api.ok("transform", {"name": "many", "sql": "SELECT n FROM events", "dry_run": True,
+                               "limit": 3})
+    assert [r["n"] for r in dry["rows"]] == [requests - 3, requests - 2, requests - 1]
+    assert len(_pull(engine.transport, pipeline_id, expected=requests)) == requests
