@@ -23,9 +23,10 @@ DRAINED; a replaced one is UPDATED). Each move is announced once through
 one transaction, so the watcher and a ``stop`` waiting in the API never both
 announce it.
 
-``JobWatcher`` runs ``observe_job`` for every distributed pipeline that has a
-job, on a ``PeriodicThread`` in the ``serve`` process (beside the local job
-manager). Each engine call is bounded (``call_timeout``): an engine that does
+``JobWatcher`` runs ``observe_job`` for every distributed pipeline whose job
+may still change (not ended, or its pipeline running or stopping), on a
+``PeriodicThread`` in the ``serve`` process (beside the local job manager).
+Each engine call is bounded (``call_timeout``): an engine that does
 not answer is logged, once per outage, and asked again at the next tick.
 """
 
@@ -42,7 +43,7 @@ from typing import Any
 from sqlalchemy import select
 
 from beam_pipelines.catalog.store import EngineJob, LogEntry, PipelineRow, Store
-from beam_pipelines.model.lifecycle import MANAGER_MOVES, Status
+from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
 from beam_pipelines.runners.base import Engine, JobHandle, JobState, JobView, RunnerEvents
 from beam_pipelines.runners.local.periodic import PeriodicThread
 
@@ -180,9 +181,13 @@ class JobWatcher:
     def tick(self) -> None:
         """One look at every job; returns once each answered or timed out."""
         with self.store.reading() as s:
+            # A job that ended, of a pipeline that no longer runs, has nothing more to say.
             jobs: list[tuple[str, str]] = [
-                (pid, engine) for pid, engine in s.execute(select(EngineJob.pipeline_id,
-                                                                  EngineJob.engine)).all()]
+                (pid, engine) for pid, engine in s.execute(
+                    select(EngineJob.pipeline_id, EngineJob.engine)
+                    .join(PipelineRow, PipelineRow.id == EngineJob.pipeline_id)
+                    .where(EngineJob.state.not_in(JobState.TERMINAL)
+                           | PipelineRow.status.in_(SCHEDULED))).all()]
             # A stop of a pipeline that never ran ends without an engine.
             jobless = s.scalars(select(PipelineRow.id).where(
                 PipelineRow.status == Status.STOPPING,

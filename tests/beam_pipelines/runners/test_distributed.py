@@ -360,6 +360,9 @@ def test_a_missing_setting_is_named_and_nothing_is_launched(api: Api,
     assert engine.names() == ["check"]
     assert api.ok("get", {"name": "bare"})["status"] == "created"
     assert _exists(engine.transport, pipeline_id) == (False, False)
+    # It never ran: a stop has nothing to drain.
+    assert api.ok("stop", {"name": "bare"})["status"] == "stopped"
+    assert engine.names() == ["check"]
 
 
 def test_a_server_without_a_pubsub_project_names_the_variable(

@@ -101,14 +101,29 @@ def test_an_engine_that_does_not_answer_is_logged_once_and_asked_again(
         unknown = [m for m in _logs(service, pipeline_id) if m.startswith("job state unknown")]
         assert unknown == ["job state unknown: the engine did not answer within 0.2 s; "
                            "asking again"]
+        engine.states["job-9"] = JobState.RUNNING
         engine.answer.set()
-        time.sleep(0.1)  # let the two queued views finish before the next tick
+        watcher.tick()
+    finally:
+        watcher.close()
+    assert _status(service, pipeline_id) == "running" and heard.failed == []
+    assert _logs(service, pipeline_id)[-1] == "the engine answers again"
+
+
+def test_a_failed_job_fails_its_pipeline_once(service: PipelineService) -> None:
+    engine = RecordingEngine(PubSubTransport(None))
+    engine.states["job-9"] = JobState.FAILED
+    engine.messages["job-9"] = "boom"
+    pipeline_id = _pipeline(service, "failing", "running", "job-9")
+    heard = Heard()
+    watcher = JobWatcher(service.store, {"dataflow": engine}, heard)
+    try:
+        watcher.tick()
         watcher.tick()
     finally:
         watcher.close()
     assert _status(service, pipeline_id) == "failed"
-    assert heard.failed == [(pipeline_id, "the dataflow job job-9 ended: FAILED")]
-    assert "the engine answers again" in _logs(service, pipeline_id)
+    assert heard.failed == [(pipeline_id, "the dataflow job job-9 ended: FAILED: boom")]
 
 
 def test_an_engine_error_is_logged_and_not_fatal(service: PipelineService) -> None:
@@ -148,3 +163,24 @@ def test_the_local_job_manager_leaves_distributed_pipelines_alone(
     finally:
         manager.close(1)
     assert (_status(service, local), _status(service, remote)) == ("stopped", "stopping")
+
+
+def test_an_ended_job_of_a_pipeline_that_no_longer_runs_is_not_asked_again(
+        service: PipelineService) -> None:
+    engine = RecordingEngine(PubSubTransport(None))
+    engine.states.update({"job-1": JobState.DRAINED, "job-2": JobState.DRAINED})
+    stopped = _pipeline(service, "done", "stopped", "job-1")
+    paused = _pipeline(service, "resting", "paused", "job-2")
+    with service.store.session() as s:
+        s.get(EngineJob, stopped).state = JobState.DRAINED  # type: ignore[union-attr]
+        s.get(EngineJob, paused).state = JobState.DRAINING  # type: ignore[union-attr]
+    watcher = JobWatcher(service.store, {"dataflow": engine}, Heard())
+    try:
+        watcher.tick()
+        watcher.tick()
+    finally:
+        watcher.close()
+    # The paused one's drain ended at the first look; nothing is asked after that.
+    assert [c.handle.job_id for c in engine.calls if c.name == "view"] == ["job-2"]
+    assert _status(service, paused) == "paused"
+    assert "dataflow job job-2: DRAINING → DRAINED" in _logs(service, paused)
