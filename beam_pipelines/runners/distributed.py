@@ -42,6 +42,8 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from typing import Any
 
@@ -145,24 +147,43 @@ class DistributedRunner:
         """Ask the engine until the drain ended (stopped), the job failed, or time is up.
 
         A timed-out wait leaves ``stopping``; the job watcher finishes the move.
+        An engine that does not answer within the time left ends the wait too:
+        its view goes on in a thread of its own and is recorded when it comes.
         """
         deadline = time.monotonic() + timeout_s
-        while True:
-            observe_job(self.store, self.engine, pipeline_id, self.events)
-            with self.store.reading() as s:
-                status = s.scalar(select(PipelineRow.status).where(PipelineRow.id == pipeline_id))
-            if status is None:
-                raise NotFoundError(f"pipeline {pipeline_id!r} was deleted while stopping")
-            if status == Status.STOPPED:
-                return
-            if status != Status.STOPPING:
-                raise ConflictError(f"the pipeline is {status}: the job's drain did not finish"
-                                    + (" (see last_error)" if status == Status.FAILED else ""),
-                                    {"status": status})
-            if time.monotonic() > deadline:
-                raise TimeoutExceeded("the job is still draining; the pipeline will stop by "
-                                      "itself", {"status": status})
-            time.sleep(self.stop_poll_s)
+        asking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stop-wait")
+        try:
+            while True:
+                status = self._observe_status(asking, pipeline_id, deadline)
+                if status == Status.STOPPED:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutExceeded("the job is still draining; the pipeline will stop by "
+                                          "itself", {"status": status})
+                time.sleep(self.stop_poll_s)
+        finally:
+            asking.shutdown(wait=False)
+
+    def _observe_status(self, asking: ThreadPoolExecutor, pipeline_id: str,
+                        deadline: float) -> str:
+        """Observe the job (bounded by ``deadline``), then the pipeline's status:
+        ``stopped`` or ``stopping``, else the reason the wait cannot succeed."""
+        try:
+            asking.submit(observe_job, self.store, self.engine, pipeline_id, self.events
+                          ).result(timeout=max(0.1, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise TimeoutExceeded(f"the {self.type} engine did not say whether the job has "
+                                  "drained; the pipeline will stop by itself",
+                                  {"status": Status.STOPPING}) from None
+        with self.store.reading() as s:
+            status = s.scalar(select(PipelineRow.status).where(PipelineRow.id == pipeline_id))
+        if status is None:
+            raise NotFoundError(f"pipeline {pipeline_id!r} was deleted while stopping")
+        if status not in (Status.STOPPED, Status.STOPPING):
+            raise ConflictError(f"the pipeline is {status}: the job's drain did not finish"
+                                + (" (see last_error)" if status == Status.FAILED else ""),
+                                {"status": status})
+        return str(status)
 
     def transform(self, session: Session, row: PipelineRow, version: int) -> None:
         """Update a running job in place; otherwise the next launch runs SQL ``version``."""

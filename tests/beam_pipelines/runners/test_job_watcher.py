@@ -184,3 +184,21 @@ def test_an_ended_job_of_a_pipeline_that_no_longer_runs_is_not_asked_again(
     assert [c.handle.job_id for c in engine.calls if c.name == "view"] == ["job-2"]
     assert _status(service, paused) == "paused"
     assert "dataflow job job-2: DRAINING → DRAINED" in _logs(service, paused)
+
+
+def test_a_stop_waits_no_longer_than_its_timeout_for_an_engine_that_hangs(
+        service: PipelineService, tmp_path: Path) -> None:
+    from beam_pipelines.errors import TimeoutExceeded
+
+    engine = SlowEngine()
+    engine.states["job-1"] = JobState.DRAINED
+    pipeline_id = _pipeline(service, "hung", "stopping", "job-1")
+    runner = DistributedRunner(service.store, str(tmp_path), engine)
+    try:
+        with pytest.raises(TimeoutExceeded, match="did not say whether the job has drained"):
+            runner.wait_stopped(pipeline_id, 0.3)
+        assert _status(service, pipeline_id) == "stopping"
+    finally:
+        engine.answer.set()
+    runner.wait_stopped(pipeline_id, 10)  # the engine answers: DRAINED
+    assert _status(service, pipeline_id) == "stopped"
