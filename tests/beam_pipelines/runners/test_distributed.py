@@ -464,3 +464,16 @@ def test_the_ledger_keeps_recent_requests_only_and_counts_all(
                                "limit": 3})
     assert [r["n"] for r in dry["rows"]] == [requests - 3, requests - 2, requests - 1]
     assert len(_pull(engine.transport, pipeline_id, expected=requests)) == requests
+
+
+def test_counters_are_shared_by_every_api_process(api: Api, engine: RecordingEngine,
+                                                  tmp_path: Path) -> None:
+    """Two apps on one data dir, as two gunicorn workers are: one ledger, one count."""
+    other = _api_on(tmp_path, engine, publish_timeout_s=2.0)
+    pipeline_id = _create(api, "shared")
+    assert api.ok("ingest", {"name": "shared", "events": [{"n": 1}, {"x": 0}]})["accepted"] == 1
+    assert other.ok("ingest", {"name": "shared", "events": [{"n": 2}, {"n": 3}]})["accepted"] == 2
+    for each in (api, other):
+        monitor = each.ok("monitor", {"name": "shared"})
+        assert (monitor["events_in"], monitor["events_rejected"]) == (3, 1)
+    assert len(_pull(engine.transport, pipeline_id, expected=2)) == 2
