@@ -477,3 +477,18 @@ def test_counters_are_shared_by_every_api_process(api: Api, engine: RecordingEng
         monitor = each.ok("monitor", {"name": "shared"})
         assert (monitor["events_in"], monitor["events_rejected"]) == (3, 1)
     assert len(_pull(engine.transport, pipeline_id, expected=2)) == 2
+
+
+def test_metrics_leave_out_what_a_distributed_job_cannot_report(
+        api: Api, engine: RecordingEngine) -> None:
+    pipeline_id = _create(api, "metered")
+    api.ok("ingest", {"name": "metered", "events": [{"n": 1}, {"n": 2}]})
+    response = api.client.get("/metrics", headers=AUTH)
+    assert response.status_code == 200
+    lines = [line for line in response.get_data(as_text=True).splitlines()
+             if f'pipeline_id="{pipeline_id}"' in line]
+    assert any(line.startswith("pipeline_do_events_in_total") and line.endswith(" 2.0")
+               for line in lines), lines
+    for unreported in ("pipeline_do_events_out", "pipeline_do_backlog_events",
+                       'direction="out"'):
+        assert not any(unreported in line for line in lines), unreported
