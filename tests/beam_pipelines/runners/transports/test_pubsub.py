@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -96,8 +98,14 @@ def test_a_forked_process_publishes_with_its_own_clients(transport: PubSubTransp
                 code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + 60
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if waited[0] == 0:  # bounded: a hung child is killed and the test fails
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked process did not finish its publish within 60 s")
+    assert os.waitstatus_to_exitcode(waited[1]) == 0
     assert sorted(_pull_all(transport, "pl_forked")) == [(b"child", {"batch_id": "c"}),
                                                          (b"parent", {"batch_id": "p"})]
 
