@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
-	$(PY) -m pip install -q -c constraints.txt -e '.[gcp,aws,iceberg,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[gcp,aws,iceberg,flink,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

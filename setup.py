@@ -25,9 +25,12 @@ setup(
         "cryptography>=42",  # sink secrets at rest (Fernet)
     ],
     extras_require={
-        "gcp": ["google-cloud-storage>=2.14", "apache-beam[gcp]>=2.77,<2.78"],
+        # google-cloud-pubsub: the Dataflow pipelines' transport (runners.transports.pubsub)
+        "gcp": ["google-cloud-storage>=2.14", "google-cloud-pubsub>=2.44",
+                "apache-beam[gcp]>=2.77,<2.78"],
         "aws": ["boto3>=1.34", "apache-beam[aws]>=2.77,<2.78"],
-        "flink": [],
+        # confluent-kafka: the Flink pipelines' transport (runners.transports.kafka)
+        "flink": ["confluent-kafka==2.16.1"],
         "iceberg": ["pyiceberg[sql-sqlite,pyarrow]>=0.12,<0.13"],
         "dev": [
             "pytest>=8",

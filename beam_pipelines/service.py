@@ -47,7 +47,8 @@ from beam_pipelines.model.definition import (
 )
 from beam_pipelines.model.lifecycle import OPERATIONS, SCHEDULED, Status
 from beam_pipelines.model.times import iso
-from beam_pipelines.runners.base import Runner, RunnerRegistry
+from beam_pipelines.runners.base import Runner, RunnerEvents, RunnerRegistry
+from beam_pipelines.runners.engines import distributed_runners
 from beam_pipelines.runners.local.runner import LocalRunner
 from beam_pipelines.storage.roots import allowed_local_roots
 from beam_pipelines.storage.sealing import SecretBox
@@ -68,18 +69,23 @@ class PipelineService:
                  local_sink_roots: Sequence[str] | None = None,
                  secret_box: SecretBox | None = None,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None,
-                 runners: RunnerRegistry | None = None) -> None:
+                 runners: RunnerRegistry | None = None,
+                 events: RunnerEvents | None = None) -> None:
         """``local_sink_roots``: where local sinks may write besides ``<data dir>/lake``
         (default: ``PIPELINE_DO_LOCAL_SINK_ROOTS``); ``secret_box`` seals sink secrets
         before they are stored (default: the data dir's, see ``beam_pipelines.storage.sealing``);
-        ``runners``: the engines by ``runner.type`` (default: ``direct``, the local runner)."""
+        ``runners``: the engines by ``runner.type`` (default: ``direct``, the local runner,
+        and each distributed engine this installation has, ``runners.engines``);
+        ``events`` hears of the moves those make while a ``stop`` waits."""
         self.store = store
         self.data_dir = data_dir
         self.default_sink_uri = default_sink_uri
         self.local_sink_roots = allowed_local_roots(data_dir, local_sink_roots)
         self._secrets = secret_box or SecretBox.for_data_dir(data_dir)
         self._on_event = on_event or (lambda _type, _data: None)
-        self.runners = runners or RunnerRegistry({"direct": LocalRunner(store, data_dir)})
+        self.runners = runners or RunnerRegistry({
+            "direct": LocalRunner(store, data_dir),
+            **distributed_runners(store, data_dir, events=events, secret_box=self._secrets)})
         self._targets: dict[str, tuple[float, PipelineDefinition, str]] = {}
         self._lock = threading.Lock()
 

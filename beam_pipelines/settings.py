@@ -21,10 +21,12 @@ EPOCH_MAX_TRANSIENT_ATTEMPTS_ENV = "PIPELINE_DO_EPOCH_MAX_TRANSIENT_ATTEMPTS"
 STORAGE_RETRY_DEADLINE_ENV = "PIPELINE_DO_STORAGE_RETRY_DEADLINE"
 SECRET_KEY_ENV = "PIPELINE_DO_SECRET_KEY"
 LOCAL_SINK_ROOTS_ENV = "PIPELINE_DO_LOCAL_SINK_ROOTS"
+DATAFLOW_PROJECT_ENV = "PIPELINE_DO_DATAFLOW_PROJECT"
+KAFKA_BOOTSTRAP_ENV = "PIPELINE_DO_KAFKA_BOOTSTRAP"
 
 #: Every variable this module reads.
 ENV_NAMES = (EPOCH_MAX_ATTEMPTS_ENV, EPOCH_MAX_TRANSIENT_ATTEMPTS_ENV, STORAGE_RETRY_DEADLINE_ENV,
-             SECRET_KEY_ENV, LOCAL_SINK_ROOTS_ENV)
+             SECRET_KEY_ENV, LOCAL_SINK_ROOTS_ENV, DATAFLOW_PROJECT_ENV, KAFKA_BOOTSTRAP_ENV)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class DataPlaneSettings:
     #: Where local sinks may write besides <data dir>/lake, ``os.pathsep``-separated,
     #: as written (``beam_pipelines.storage.roots.parse_local_roots`` checks it).
     local_sink_roots: str = ""
+    #: The project of distributed pipelines' Pub/Sub topics (the server's, not a definition's).
+    dataflow_project: str | None = None
+    #: The Kafka brokers of Flink pipelines' topics, ``host:port[,...]``.
+    kafka_bootstrap: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DataPlaneSettings:
@@ -52,7 +58,9 @@ class DataPlaneSettings:
         return cls(epoch_max_attempts=max_attempts, epoch_max_transient_attempts=transient,
                    storage_retry_deadline=float(env.get(STORAGE_RETRY_DEADLINE_ENV) or "10"),
                    secret_key=env.get(SECRET_KEY_ENV) or None,
-                   local_sink_roots=env.get(LOCAL_SINK_ROOTS_ENV, ""))
+                   local_sink_roots=env.get(LOCAL_SINK_ROOTS_ENV, ""),
+                   dataflow_project=env.get(DATAFLOW_PROJECT_ENV) or None,
+                   kafka_bootstrap=env.get(KAFKA_BOOTSTRAP_ENV) or None)
 
 
 @functools.cache

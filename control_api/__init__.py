@@ -44,11 +44,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     store = Store(settings.database_url)
     tables.create_all(store)
+    outbox = Outbox(store)
     service = PipelineService(
         store, settings.data_dir, default_sink_uri=os.path.join(settings.data_dir, "lake", "{name}"),
         local_sink_roots=settings.local_sink_roots,
         secret_box=SecretBox.for_data_dir(settings.data_dir, settings.secret_key),
-        on_event=Outbox(store).on_event)
+        on_event=outbox.on_event, events=outbox)
     limiter = RateLimiter(os.path.join(settings.data_dir, "ratelimit.sqlite"), settings.rate_limit)
     context.register(app, context.AppContext(settings, store, service, limiter))
     if settings.api_key:

@@ -46,6 +46,8 @@ def _store_for(args: argparse.Namespace) -> tuple[Store, Settings]:
 
 def _serve(args: argparse.Namespace) -> int:
     from beam_pipelines.catalog.store import Store
+    from beam_pipelines.runners.engines import distributed_engines
+    from beam_pipelines.runners.job_watcher import JobWatcher
     from beam_pipelines.runners.local.scheduler import JobManager
     from beam_pipelines.runners.local.supervisor import ManagerSupervisor
     from control_api.auth import create_key, ensure_key, has_keys
@@ -82,6 +84,11 @@ def _serve(args: argparse.Namespace) -> int:
         retry_base_seconds=settings.webhook_retry_seconds,
         ingested_interval=settings.webhook_ingested_interval)
     dispatcher.start()
+    # Dataflow and Flink jobs change state by themselves: a watcher asks their engines.
+    engines = distributed_engines()
+    watcher = JobWatcher(Store(settings.database_url), engines, outbox) if engines else None
+    if watcher is not None:
+        watcher.start()
 
     env = dict(os.environ, PIPELINE_DO_DATA_DIR=settings.data_dir,
                PIPELINE_DO_DATABASE_URL=settings.database_url, PIPELINE_DO_RUN_JOB_MANAGER="1")
@@ -115,6 +122,8 @@ def _serve(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
     dispatcher.close()
+    if watcher is not None:
+        watcher.close()
     supervisor.close()
     return 0 if done.is_set() else (server.returncode or 1)
 

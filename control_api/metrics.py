@@ -84,13 +84,15 @@ class StoreCollector(Collector):
                 continue  # deleted while we looked
             labels = [name, pipeline_id]
             for key, family in families.items():
-                family.add_metric(labels, float(snapshot[key] or 0))
+                if snapshot[key] is not None:  # null: a distributed job cannot report it
+                    family.add_metric(labels, float(snapshot[key]))
             for state in STATUSES:
                 status.add_metric([*labels, state], 1.0 if state == current else 0.0)
             if committed_at is not None:
                 last_commit.add_metric(labels, committed_at)
             throughput.add_metric([*labels, "in"], snapshot["throughput"]["in_eps"])
-            throughput.add_metric([*labels, "out"], snapshot["throughput"]["out_eps"])
+            if snapshot["throughput"]["out_eps"] is not None:
+                throughput.add_metric([*labels, "out"], snapshot["throughput"]["out_eps"])
             for mark, quantile in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):
                 value = snapshot["latency_ms"][mark]
                 if value is not None:

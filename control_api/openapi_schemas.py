@@ -63,6 +63,7 @@ def component_schemas() -> dict[str, Any]:
     number = {"type": "number"}
     integer = {"type": "integer", "minimum": 0}
     latency = {"type": ["number", "null"]}
+    unreported = {"type": ["integer", "null"], "minimum": 0}
     return {
         "Meta": obj({"requestId": {"type": "string"}, "timestamp": date_time(),
                       "duration": {"type": "integer", "minimum": 0}},
@@ -131,11 +132,13 @@ def component_schemas() -> dict[str, Any]:
         "DryRunResult": obj({"dry_run": {"const": True}, "output_schema": ref("OutputSchema"),
                               "rows": {"type": "array", "items": {"type": "object"}}},
                              ("dry_run", "output_schema", "rows")),
+        # null: a counter a distributed (Dataflow, Flink) job cannot report; never for direct.
         "Monitor": obj({
             "status": {"enum": list(STATUSES)}, "events_in": integer, "events_rejected": integer,
-            "events_out": integer, "bytes_in": integer, "bytes_out": integer,
-            "files_written": integer, "epochs": integer, "backlog_events": integer,
-            "throughput": obj({"in_eps": number, "out_eps": number}, ("in_eps", "out_eps")),
+            "events_out": unreported, "bytes_in": integer, "bytes_out": unreported,
+            "files_written": unreported, "epochs": unreported, "backlog_events": unreported,
+            "throughput": obj({"in_eps": number, "out_eps": {"type": ["number", "null"]}},
+                              ("in_eps", "out_eps")),
             "latency_ms": obj({"p50": latency, "p95": latency, "p99": latency},
                                ("p50", "p95", "p99")),
             "errors": integer, "last_error": {

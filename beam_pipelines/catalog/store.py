@@ -36,6 +36,7 @@ from beam_pipelines.model.times import iso
 
 __all__ = [
     "Base",
+    "EngineJob",
     "Epoch",
     "EpochFile",
     "LogEntry",
@@ -127,6 +128,31 @@ class EpochFile(Base):
     def public(self) -> dict[str, Any]:
         return public_file(self.path, self.rows, self.bytes, self.min_event_time,
                            self.max_event_time, epoch=self.epoch)
+
+
+class EngineJob(Base):
+    """A distributed pipeline's engine job (Dataflow, Flink): the one it runs or ran last.
+
+    ``job_id``/``job_name``/``savepoint`` are the engine's ``JobHandle``; ``state``
+    (a ``runners.base.JobState``), ``metrics`` (JSON, the monitor's names) and
+    ``message`` are what the engine last reported, at ``state_at``.
+    """
+
+    __tablename__ = "engine_jobs"
+
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    engine: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str] = mapped_column(String(255))
+    job_name: Mapped[str] = mapped_column(String(255))
+    savepoint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    state: Mapped[str] = mapped_column(String(32))
+    state_at: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[str] = mapped_column(Text, default="{}")
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    def metrics_dict(self) -> dict[str, float]:
+        return json.loads(self.metrics or "{}")  # type: ignore[no-any-return]
 
 
 class LogEntry(Base):

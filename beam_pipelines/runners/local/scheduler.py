@@ -251,6 +251,8 @@ class JobManager:
             rows = s.execute(select(PipelineRow.id, PipelineRow.status, PipelineRow.definition,
                                     PipelineRow.committed_seq)
                              .where(PipelineRow.status.in_(SCHEDULED))).all()
+        # Dataflow and Flink pipelines run on their engines: their buffer is only a ledger.
+        rows = [row for row in rows if json.loads(row[2])["runner"]["type"] == "direct"]
         now = time.time()
         active = {row[0] for row in rows}
         if set(self._flights) - active:
