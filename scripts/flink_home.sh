@@ -25,8 +25,11 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/flink-home.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-"$PY" -m pip download -q --no-deps --dest "$work/dl" \
-    "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
+# Only the wheel's shell scripts and configuration are used, identical in every
+# build: always take the CPython 3.11 x86_64 one, whatever runs this script.
+"$PY" -m pip download -q --no-deps --dest "$work/dl" --only-binary=:all: \
+    --python-version 3.11 --platform manylinux2014_x86_64 "apache-flink==$FLINK_VERSION"
+"$PY" -m pip download -q --no-deps --dest "$work/dl" "apache-flink-libraries==$FLINK_VERSION"
 
 # The wheel: scripts and default configuration.
 "$PY" -m zipfile -e "$work"/dl/apache_flink-"$FLINK_VERSION"-*.whl "$work/wheel"

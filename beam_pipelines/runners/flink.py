@@ -81,10 +81,20 @@ class FlinkEngine:
 
     # -- settings ----------------------------------------------------------
     def check(self, options: Mapping[str, Any]) -> None:
-        resolve_settings(options, self._env)
+        self.settings(options)
 
     def settings(self, options: Mapping[str, Any]) -> FlinkSettings:
-        return resolve_settings(options, self._env)
+        """The resolved settings; a job-server jar named by path must exist on this server."""
+        settings = resolve_settings(options, self._env)
+        jar = settings.job_server_jar
+        if (settings.job_endpoint is None and jar and "://" not in jar
+                and not os.path.isfile(jar)):
+            raise DefinitionError("runner.options.job_server_jar", "the Flink job server jar is "
+                                  "not a file on this server: download Beam's "
+                                  "beam-runners-flink-<version>-job-server jar and set "
+                                  "runner.options.job_server_jar or "
+                                  "PIPELINE_DO_FLINK_JOB_SERVER_JAR to its path")
+        return settings
 
     def _cluster(self, job_id: str) -> _Cluster:
         cluster = self._clusters.get(job_id)

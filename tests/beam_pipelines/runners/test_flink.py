@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,7 +32,6 @@ from beam_pipelines.runners.flink_rest import FlinkRest
 from beam_pipelines.runners.flink_submit import FlinkSettings
 from tests.flink_cluster import FlinkCluster, build_job_jar
 from tests.flink_cluster import flink_cluster as flink_cluster  # the session fixture
-from tests.servers import free_port
 
 pytestmark = pytest.mark.flink
 
@@ -214,18 +214,14 @@ def test_a_savepoint_that_fails_is_reported_without_internals(
 
 # -- launch and update: the Beam submission swapped for the jar, the rest real ------
 
-def definition(cluster: FlinkCluster, **options: Any) -> dict[str, Any]:
-    return {"name": "orders", "sql": "SELECT * FROM events", "runner": {"type": "flink", "options": {
-        "rest_url": cluster.rest_url, "savepoint_dir": f"file://{cluster.savepoint_dir}",
-        "kafka_bootstrap": "127.0.0.1:9092", "job_server_jar": "/opt/beam/flink-job-server.jar",
-        **options}}}
-
-
-def request(cluster: FlinkCluster, sql: str = "SELECT * FROM events",
-            savepoint: str | None = None) -> JobRequest:
-    return JobRequest(pipeline_id="pl_1", job_name="pipeline-do-pl-1",
-                      definition=definition(cluster), sql=sql, version=1,
-                      input_schema=pa.schema([("a", pa.int64())]), savepoint=savepoint)
+def request(cluster: FlinkCluster, job_server_jar: Path) -> JobRequest:
+    options = {"rest_url": cluster.rest_url, "savepoint_dir": f"file://{cluster.savepoint_dir}",
+               "kafka_bootstrap": "127.0.0.1:9092", "job_server_jar": str(job_server_jar)}
+    definition = {"name": "orders", "sql": "SELECT * FROM events",
+                  "runner": {"type": "flink", "options": options}}
+    return JobRequest(pipeline_id="pl_1", job_name="pipeline-do-pl-1", definition=definition,
+                      sql="SELECT * FROM events", version=1,
+                      input_schema=pa.schema([("a", pa.int64())]))
 
 
 class JarAsBeamJob:
@@ -247,10 +243,12 @@ class JarAsBeamJob:
 
 
 def test_launch_finds_the_job_by_name_and_update_resubmits_from_a_savepoint(
-        flink_cluster: FlinkCluster, counter_jar: Path, out_dir: Path) -> None:
+        flink_cluster: FlinkCluster, counter_jar: Path, out_dir: Path, tmp_path: Path) -> None:
+    job_server_jar = tmp_path / "beam-runners-flink-1.20-job-server.jar"
+    job_server_jar.write_bytes(b"a stand-in: the real one is on Maven Central only")
     submit_beam = JarAsBeamJob(counter_jar, out_dir)
     engine = FlinkEngine(NullTransport(), env={}, submit_beam=submit_beam)
-    first = request(flink_cluster)
+    first = request(flink_cluster, job_server_jar)
 
     handle = engine.launch(first)
 
@@ -258,8 +256,7 @@ def test_launch_finds_the_job_by_name_and_update_resubmits_from_a_savepoint(
     assert handle.job_name == "pipeline-do-pl-1" and handle.savepoint is None
     before = wait_counts(out_dir, "v1", 10)
 
-    updated = engine.update(handle, JobRequest(**{**first.__dict__, "sql": "SELECT a FROM events",
-                                                  "version": 2}))
+    updated = engine.update(handle, replace(first, sql="SELECT a FROM events", version=2))
 
     assert updated.job_id != handle.job_id
     assert engine.view(handle).state == JobState.DRAINED
@@ -268,6 +265,8 @@ def test_launch_finds_the_job_by_name_and_update_resubmits_from_a_savepoint(
     savepoint = next(a.split("=", 1)[1] for a in resubmitted if a.startswith("--savepoint_path="))
     assert local_path(savepoint).parent == flink_cluster.savepoint_dir / "pipeline-do-pl-1"
     assert "--allow_non_restored_state" in resubmitted
+    assert f"--flink_job_server_jar={job_server_jar}" in resubmitted
+    assert "--job_name=pipeline-do-pl-1" in resubmitted and "--streaming" in resubmitted
     after = wait_counts(out_dir, "v2", 1)
     assert after[0][0] > before[-1][0]  # the state came along
     engine.cancel(updated)
