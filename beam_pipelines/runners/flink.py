@@ -30,25 +30,24 @@ earlier process.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from beam_pipelines.errors import ConflictError, DefinitionError, NotFoundError, TimeoutExceeded
+from beam_pipelines.errors import (
+    ConflictError,
+    DefinitionError,
+    NotFoundError,
+    PipelineDoError,
+    TimeoutExceeded,
+)
 from beam_pipelines.runners.base import JobHandle, JobRequest, JobState, JobView, Transport
 from beam_pipelines.runners.flink_rest import FlinkRest, flink_state_to_job_state
 from beam_pipelines.runners.flink_submit import FlinkSettings, beam_pipeline_args, resolve_settings
 
 __all__ = ["FlinkEngine"]
-
-_LOG = logging.getLogger(__name__)
-
-# Flink states in which a job still holds its slots (not yet ended).
-_LIVE = frozenset({"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "RECONCILING",
-                   "FAILING", "CANCELLING", "SUSPENDED"})
 
 
 @dataclass(frozen=True)
@@ -128,11 +127,15 @@ class FlinkEngine:
         return JobHandle(job_id=job_id, job_name=request.job_name)
 
     def _find_job(self, rest: FlinkRest, job_name: str, *, exclude: set[str]) -> str:
-        """The new job named ``job_name``: the Beam job server gives no Flink job id back."""
+        """The new job named ``job_name``: the Beam job server gives no Flink job id back.
+
+        Any state counts (a job that failed at once is still ours, and ``view`` says so);
+        ``exclude`` holds the jobs that were there before the submission.
+        """
         deadline = time.monotonic() + self._find_job_timeout_s
         while True:
-            found = [job for job in rest.jobs() if job.get("name") == job_name
-                     and job.get("jid") not in exclude and job.get("state") in _LIVE]
+            found = [job for job in rest.jobs()
+                     if job.get("name") == job_name and job.get("jid") not in exclude]
             if found:
                 return str(max(found, key=lambda job: job.get("start-time", 0))["jid"])
             if time.monotonic() >= deadline:
@@ -144,8 +147,16 @@ class FlinkEngine:
         """Savepoint, then the new SQL from it: a changed SQL may drop a stateful step, so
         state that maps onto nothing is allowed to go (``allow_non_restored_state``)."""
         paused = self.pause(handle)
-        return self._launch(replace(request, savepoint=paused.savepoint),
-                            allow_non_restored_state=True)
+        try:
+            return self._launch(replace(request, savepoint=paused.savepoint),
+                                allow_non_restored_state=True)
+        except PipelineDoError as exc:
+            # The old job is gone: say where its state is, so a resume can use it.
+            exc.message = (f"{exc.message} (the previous job stopped with savepoint "
+                           f"{paused.savepoint})")
+            exc.details["savepoint"] = paused.savepoint
+            exc.args = (exc.message,)
+            raise
 
     # -- a job jar through REST ------------------------------------------------
     def submit_jar(self, rest_url: str, jar_path: str, entry_class: str, args: list[str], *,

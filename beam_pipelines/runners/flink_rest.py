@@ -28,7 +28,13 @@ from typing import Any
 
 import requests
 
-from beam_pipelines.errors import ConflictError, NotFoundError, TimeoutExceeded, Unavailable
+from beam_pipelines.errors import (
+    ConflictError,
+    NotFoundError,
+    PipelineDoError,
+    TimeoutExceeded,
+    Unavailable,
+)
 
 __all__ = ["FlinkRest", "flink_state_to_job_state"]
 
@@ -88,7 +94,10 @@ class FlinkRest:
             payload["allowNonRestoredState"] = allow_non_restored_state
         if parallelism:
             payload["parallelism"] = parallelism
-        body = self._call("run the job", "POST", f"/jars/{jar_id}/run", json=payload)
+        # Flink answers 500 when the program itself fails (no such entry class, main()
+        # threw, a savepoint it cannot restore): retrying the same run cannot help.
+        body = self._call("run the job", "POST", f"/jars/{jar_id}/run", json=payload,
+                          server_error=ConflictError)
         return str(body["jobid"])
 
     def delete_jar(self, jar_id: str) -> None:
@@ -150,7 +159,8 @@ class FlinkRest:
             time.sleep(poll_s)
 
     # -- the one place HTTP happens ---------------------------------------
-    def _call(self, what: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def _call(self, what: str, method: str, path: str, *,
+              server_error: type[PipelineDoError] = Unavailable, **kwargs: Any) -> dict[str, Any]:
         url = self.base_url + path
         try:
             resp = self._http.request(method, url, timeout=self.timeout_s, **kwargs)
@@ -163,7 +173,7 @@ class FlinkRest:
         if resp.status_code >= 400:
             _LOG.warning("Flink REST %s %s answered %s: %s", method, url, resp.status_code,
                          resp.text[:2000])
-            error = Unavailable if resp.status_code >= 500 else ConflictError
+            error = server_error if resp.status_code >= 500 else ConflictError
             raise error(f"could not {what}: Flink answered HTTP {resp.status_code}")
         if not resp.content:
             return {}

@@ -227,8 +227,8 @@ def request(cluster: FlinkCluster, job_server_jar: Path) -> JobRequest:
 class JarAsBeamJob:
     """Stands in for the Beam submission: runs the counter jar under the options' job name."""
 
-    def __init__(self, jar: Path, out_dir: Path) -> None:
-        self.jar, self.out_dir = jar, out_dir
+    def __init__(self, jar: Path, out_dir: Path, entries: tuple[str, ...] = (ENTRY, ENTRY)) -> None:
+        self.jar, self.out_dir, self.entries = jar, out_dir, entries
         self.submissions: list[list[str]] = []
 
     def __call__(self, req: JobRequest, settings: FlinkSettings, args: list[str]) -> None:
@@ -236,7 +236,8 @@ class JarAsBeamJob:
         options = dict(arg.removeprefix("--").split("=", 1) for arg in args if "=" in arg)
         rest = FlinkRest(settings.rest_url)
         jar_id = rest.upload_jar(str(self.jar))
-        rest.run_jar(jar_id, ENTRY, ["--out", str(self.out_dir), "--tag", f"v{req.version}",
+        entry = self.entries[len(self.submissions) - 1]
+        rest.run_jar(jar_id, entry, ["--out", str(self.out_dir), "--tag", f"v{req.version}",
                                      "--name", options["job_name"]],
                      savepoint=options.get("savepoint_path"),
                      allow_non_restored_state="--allow_non_restored_state" in args)
@@ -270,3 +271,24 @@ def test_launch_finds_the_job_by_name_and_update_resubmits_from_a_savepoint(
     after = wait_counts(out_dir, "v2", 1)
     assert after[0][0] > before[-1][0]  # the state came along
     engine.cancel(updated)
+
+
+def test_an_update_whose_new_job_is_refused_names_the_savepoint(
+        flink_cluster: FlinkCluster, counter_jar: Path, out_dir: Path, tmp_path: Path) -> None:
+    job_server_jar = tmp_path / "job-server.jar"
+    job_server_jar.write_bytes(b"a stand-in")
+    # The second submission names a class the jar does not have: Flink refuses the run.
+    engine = FlinkEngine(NullTransport(), env={}, submit_beam=JarAsBeamJob(
+        counter_jar, out_dir, entries=(ENTRY, "pipelinedo.testjob.Missing")))
+    first = request(flink_cluster, job_server_jar)
+    handle = engine.launch(first)
+    wait_counts(out_dir, "v1", 1)
+
+    with pytest.raises(ConflictError) as caught:  # Flink says 500; retrying cannot help
+        engine.update(handle, replace(first, version=2))
+
+    savepoint = caught.value.details["savepoint"]
+    assert local_path(savepoint).is_dir()
+    assert caught.value.message == ("could not run the job: Flink answered HTTP 500 (the previous "
+                                    f"job stopped with savepoint {savepoint})")
+    assert engine.view(handle).state == JobState.DRAINED
