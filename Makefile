@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DATA_DIR ?= ./data
 
-.PHONY: install run test lint bench fuzz clean
+.PHONY: install run test lint bench fuzz clean flink-home
 
 install: $(STAMP)
 
@@ -22,8 +22,14 @@ $(STAMP): constraints.txt setup.py
 run: install
 	$(VENV)/bin/pipeline-do serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
-test: install
+test: install flink-home
 	$(PY) -m pytest -q tests
+
+# A Flink 1.20 distribution from PyPI (apache-flink + apache-flink-libraries, unpacked,
+# never installed: their pinned apache-beam conflicts with ours) for the Flink tests.
+# Skipped when present; FLINK_HOME for the tests is .flink/flink-<version>.
+flink-home: install
+	PYTHON=$(PY) scripts/flink_home.sh
 
 lint: install
 	$(VENV)/bin/ruff check beam_pipelines control_api transforms tests benchmarks fuzz
@@ -38,4 +44,4 @@ fuzz: install
 	$(PY) -X faulthandler -m pytest -q -p no:cacheprovider fuzz
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .flink
