@@ -112,3 +112,14 @@ def screenshot(page: Any, name: str) -> Path:
     path = ARTIFACTS / f"console-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def make_key(server: LiveServer, scope: str) -> str:
+    """``pipeline-do keys create`` on the server's data dir; the key is the last line."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "control_api.cli", "keys", "create",
+                          "--scope", scope, "--data-dir", server.data_dir],
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    return out.strip().splitlines()[-1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import requests
@@ -18,7 +19,7 @@ BATCH = 200
 
 
 def _ingest(server: LiveServer, name: str, start: int, count: int = BATCH) -> None:
-    events = [{"user_id": i, "page": f"/p/{i % 7}", "ts": "2026-12-03T12:00:00Z"}
+    events: list[Any] = [{"user_id": i, "page": f"/p/{i % 7}", "ts": "2026-12-03T12:00:00Z"}
               for i in range(start, start + count)]
     response = requests.post(f"{server.url}/pipelines/{name}/events", json=events, timeout=60,
                              headers={"Authorization": f"Bearer {server.api_key}"})
@@ -89,6 +90,10 @@ def test_a_pipeline_from_form_to_delete(server: LiveServer, watched: Watched) ->
     wait_for(throughput_shows, timeout=90, interval=0.5, message="throughput and files on the page")
     assert "dt=" in page.inner_text("#files-table")
     assert "dt=%Y-%m-%d/<file>" in page.inner_text("#partition-layout")
+    for _ in range(12):  # a few more seconds of load, so the screenshot's charts have a shape
+        _ingest(server, name, sent_events)
+        sent_events += BATCH
+        time.sleep(0.5)
     screenshot(page, "pipeline-under-load")
 
     # The list shows it with its counters.

@@ -58,7 +58,8 @@ export function lineChart({ id, title, unit, series, samples, spanMs, format }) 
     root.append(svg("line", { x1: PAD.left, x2: WIDTH - PAD.right, y1: gy, y2: gy, class: "grid" }));
     root.append(text(PAD.left - 4, gy + 4, format(top * fraction), { class: "axis", "text-anchor": "end" }));
   }
-  root.append(text(PAD.left, HEIGHT - 4, `−${Math.round(spanMs / 60000)} min`, { class: "axis" }));
+  const ago = spanMs >= 120000 ? `−${Math.round(spanMs / 60000)} min` : `−${Math.round(spanMs / 1000)} s`;
+  root.append(text(PAD.left, HEIGHT - 4, ago, { class: "axis" }));
   root.append(text(WIDTH - PAD.right, HEIGHT - 4, "now", { class: "axis", "text-anchor": "end" }));
 
   for (const { key, cls } of series) {

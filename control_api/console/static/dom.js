@@ -47,6 +47,11 @@ export function display(value) {
   return String(value);
 }
 
+// An ISO time from the API, shorter: "2026-12-03 12:40:58Z" (no T, no fraction).
+export function when(iso) {
+  return typeof iso === "string" ? iso.replace("T", " ").replace(/\.\d+Z$/, "Z") : display(iso);
+}
+
 export function count(n) {
   return typeof n === "number" ? n.toLocaleString("en-US") : display(n);
 }

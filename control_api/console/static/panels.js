@@ -2,7 +2,7 @@
 // letters (only where the server offers the `dead_letters` operation), and the log tail.
 
 import { call } from "./api.js";
-import { bytes, clear, count, display, el, failureText, table } from "./dom.js";
+import { bytes, clear, count, display, el, failureText, table, when } from "./dom.js";
 
 const LOGS_MS = 4000;
 const DEAD_MS = 8000;
@@ -24,7 +24,7 @@ export function filesPanel() {
       clear(body).append(files.length
         ? table(["Path", "Epoch", "Rows", "Bytes", "Event time from", "to"], files.map((f) =>
           [el("span", { class: "path", text: f.path }), display(f.epoch), count(f.rows), bytes(f.bytes),
-            display(f.min_event_time), display(f.max_event_time)]), { id: "files-table" })
+            when(f.min_event_time), when(f.max_event_time)]), { id: "files-table" })
         : el("p", { class: "muted", text: "No files written yet." }));
     },
   };
@@ -85,7 +85,7 @@ export function logsPanel(ref, { onFailure }) {
       clear(body).append(logs.length
         ? el("ol", { class: "log", id: "log-lines" }, logs.slice().reverse().map((l) =>
           el("li", { class: `log-${l.level}`, "data-level": l.level },
-            el("time", { text: l.timestamp }), " ", el("span", { class: "level", text: l.level }), " ",
+            el("time", { datetime: l.timestamp, text: when(l.timestamp) }), " ", el("span", { class: "level", text: l.level }), " ",
             l.epoch === null || l.epoch === undefined ? null : el("span", { class: "muted", text: `epoch ${l.epoch} ` }),
             el("span", { class: "message", text: l.message }))))
         : el("p", { class: "muted", text: "No log lines at this level." }));

@@ -3,14 +3,15 @@
 
 import { call } from "./api.js";
 import { lineChart } from "./charts.js";
-import { bytes, clear, count, display, el, failureText, rate } from "./dom.js";
+import { bytes, clear, count, display, el, failureText, rate, when } from "./dom.js";
 import { deadLettersPanel, filesPanel, logsPanel } from "./panels.js";
 import { sqlPanel } from "./sql.js";
 
 const MONITOR_MS = 2000;
 const DETAIL_MS = 4000;
 const WINDOW_SECONDS = 10; // throughput averaged over this; short so a burst shows at once
-const SPAN_MS = 5 * 60 * 1000;
+const SPAN_MS = 5 * 60 * 1000; // the charts' x axis at most ...
+const MIN_SPAN_MS = 30 * 1000; // ... and at least, growing with the time the page is open
 const KEEP = 400; // samples kept (more than SPAN_MS / MONITOR_MS)
 
 // Statuses each lifecycle operation may start from (beam_pipelines.model.lifecycle).
@@ -79,13 +80,15 @@ export function pipelineView(root, ref, { can, onFailure, go }) {
   }
 
   function renderCharts() {
+    const open = samples.length ? samples[samples.length - 1].t - samples[0].t : 0;
+    const spanMs = Math.min(SPAN_MS, Math.max(MIN_SPAN_MS, open));
     clear(charts).append(
-      lineChart({ id: "throughput", title: "Throughput (events/s)", unit: "", spanMs: SPAN_MS, samples, format: rate,
+      lineChart({ id: "throughput", title: "Throughput (events/s)", unit: "", spanMs, samples, format: rate,
         series: [{ key: "in_eps", label: "in", cls: "s-in" }, { key: "out_eps", label: "out", cls: "s-out" }] }),
-      lineChart({ id: "latency", title: "Ack → committed latency (ms)", unit: " ms", spanMs: SPAN_MS, samples,
+      lineChart({ id: "latency", title: "Ack → committed latency (ms)", unit: " ms", spanMs, samples,
         format: (v) => v.toLocaleString("en-US", { maximumFractionDigits: 0 }),
         series: [{ key: "p50", label: "p50", cls: "s-in" }, { key: "p99", label: "p99", cls: "s-out" }] }),
-      lineChart({ id: "backlog", title: "Backlog (events)", unit: "", spanMs: SPAN_MS, samples, format: count,
+      lineChart({ id: "backlog", title: "Backlog (events)", unit: "", spanMs, samples, format: count,
         series: [{ key: "backlog_events", label: "backlog", cls: "s-backlog" }] }));
   }
 
@@ -108,7 +111,7 @@ export function pipelineView(root, ref, { can, onFailure, go }) {
         document.getElementById(`stat-${key}`).textContent = count(m[key]);
       }
       document.getElementById("stat-bytes_out").textContent = bytes(m.bytes_out);
-      document.getElementById("stat-last_commit_at").textContent = display(m.last_commit_at);
+      document.getElementById("stat-last_commit_at").textContent = when(m.last_commit_at);
       document.getElementById("stat-last_error").textContent = display(m.last_error);
     }
     renderCharts();

@@ -1,0 +1,107 @@
+"""What the console must never do, in a real browser: offer a key more than its scope
+allows, or run markup that came from the API."""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+from tests.conftest import ADMIN_KEY
+from tests.console.conftest import Watched, make_key, sign_in
+from tests.live import LiveServer
+
+MARKUP_EVENT = "<script>alert('event')</script><img src=x onerror=alert('img')>"
+MARKUP_SQL = "SELECT page, '<img src=y onerror=alert(1)>' AS tag FROM events"
+
+
+def _pipeline(server: LiveServer, name: str, sql: str = "SELECT * FROM events") -> None:
+    server.ok("create", {"name": name, "sql": sql,
+                         "schema": [{"name": "page", "type": "string"}]})
+
+
+def _forced(page: Any, operation: str, name: str) -> Any:
+    """Call the API from the page with the key the console holds, as a user could."""
+    return page.evaluate("""async ([operation, name]) => {
+        const key = window.sessionStorage.getItem("pipeline-do.key");
+        const response = await fetch("/pipeline", {method: "POST",
+            headers: {"Authorization": "Bearer " + key, "Content-Type": "application/json"},
+            body: JSON.stringify({operation, parameters: {name}})});
+        return [response.status, (await response.json()).error];
+    }""", [operation, name])
+
+
+def test_a_read_key_sees_no_controls_and_the_api_refuses_it(server: LiveServer,
+                                                           watched: Watched) -> None:
+    page = watched.page
+    _pipeline(server, "read_only_view")
+    key = make_key(server, "read")
+    sign_in(page, server, key)
+    assert page.inner_text("#who").endswith("scope read")
+    page.wait_for_selector("#pipelines-table a:text-is('read_only_view')")
+    assert page.locator("#new-pipeline").count() == 0
+    assert page.is_hidden("#nav-create")
+
+    page.click("#pipelines-table a:text-is('read_only_view')")
+    page.wait_for_selector("#pipeline-status[data-status=created]")
+    page.wait_for_selector("[data-chart=throughput]")
+    page.wait_for_selector("#sql-versions button[data-version='1']")
+    for control in ("#btn-start", "#btn-pause", "#btn-resume", "#btn-stop", "#btn-delete",
+                    "#sql-editor", "#btn-apply"):
+        assert page.locator(control).count() == 0, control
+
+    status, error = _forced(page, "start", "read_only_view")
+    assert status == 403 and error["code"] == "AUTHORIZATION_ERROR"
+    status, error = _forced(page, "delete", "read_only_view")
+    assert status == 403 and error["code"] == "AUTHORIZATION_ERROR"
+    assert server.ok("get", {"name": "read_only_view"})["status"] == "created"
+
+    # The key travels in headers only: no URL the page asked for, no server log, holds it.
+    assert not [u for u in watched.urls if key in u]
+    for log in glob.glob(os.path.join(server.data_dir, "**", "*.log"), recursive=True):
+        with open(log, errors="replace") as fh:
+            assert key not in fh.read(), log
+    assert not watched.dialogs and not watched.errors, (watched.dialogs, watched.errors)
+
+
+def test_an_ingest_key_signs_in_and_is_told_what_it_cannot_read(server: LiveServer,
+                                                                watched: Watched) -> None:
+    page = watched.page
+    sign_in(page, server, make_key(server, "ingest"))
+    assert page.inner_text("#who").endswith("scope ingest")
+    page.wait_for_selector("#list-status:has-text('AUTHORIZATION_ERROR')")
+    assert page.is_hidden("#nav-create")
+
+
+def test_a_wrong_key_is_refused_at_sign_in(server: LiveServer, watched: Watched) -> None:
+    page = watched.page
+    page.goto(server.url + "/console")
+    page.fill("#key", "pdo_not_a_key")
+    page.click("#sign-in-form button[type=submit]")
+    page.wait_for_selector("#sign-in-error:has-text('AUTHENTICATION_ERROR')")
+    assert page.evaluate("window.sessionStorage.length") == 0
+
+
+def test_markup_from_the_api_shows_as_text_and_never_runs(server: LiveServer,
+                                                          watched: Watched) -> None:
+    page = watched.page
+    _pipeline(server, "markup_probe", MARKUP_SQL)
+    # Buffered (the pipeline is not started): the dry run's sample.
+    server.ok("ingest", {"name": "markup_probe", "events": [{"page": MARKUP_EVENT}]})
+    sign_in(page, server, ADMIN_KEY)
+    page.goto(server.url + "/console#/p/markup_probe")
+    page.wait_for_selector("#pipeline-status[data-status=created]")
+    assert page.text_content("#sql-current") == MARKUP_SQL
+    page.wait_for_selector("#sql-versions code")
+    assert page.text_content("#sql-versions code") == MARKUP_SQL
+
+    page.fill("#sql-editor", MARKUP_SQL + " WHERE page LIKE '<script>%'")
+    page.wait_for_selector("#dry-run .rows-table")
+    cells = page.locator("#dry-run .rows-table tbody td").all_text_contents()
+    assert cells == [MARKUP_EVENT, "<img src=y onerror=alert(1)>"]
+
+    # Nothing of it became an element, and no script of it ran.
+    assert page.evaluate("document.querySelectorAll('script').length") == 1
+    assert page.evaluate("document.querySelectorAll('img').length") == 0
+    assert not watched.dialogs
+    assert not watched.errors, watched.errors
