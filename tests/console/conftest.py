@@ -30,8 +30,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 WAIT_MS = 60_000  # the longest a page may take to show what a step expects
 
-pytestmark = pytest.mark.browser
-
 
 @dataclass
 class Watched:

@@ -9,11 +9,14 @@ import re
 import time
 from typing import Any
 
+import pytest
 import requests
 
 from tests.conftest import ADMIN_KEY
 from tests.console.conftest import Watched, screenshot, sign_in
 from tests.live import LiveServer, wait_for
+
+pytestmark = pytest.mark.browser
 
 BATCH = 200
 

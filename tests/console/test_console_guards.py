@@ -7,9 +7,13 @@ import glob
 import os
 from typing import Any
 
+import pytest
+
 from tests.conftest import ADMIN_KEY
 from tests.console.conftest import Watched, make_key, sign_in
-from tests.live import LiveServer
+from tests.live import LiveServer, wait_for
+
+pytestmark = pytest.mark.browser
 
 MARKUP_EVENT = "<script>alert('event')</script><img src=x onerror=alert('img')>"
 MARKUP_SQL = "SELECT page, '<img src=y onerror=alert(1)>' AS tag FROM events"
@@ -64,12 +68,13 @@ def test_a_read_key_sees_no_controls_and_the_api_refuses_it(server: LiveServer,
     assert not watched.dialogs and not watched.errors, (watched.dialogs, watched.errors)
 
 
-def test_an_ingest_key_signs_in_and_is_told_what_it_cannot_read(server: LiveServer,
+def test_an_ingest_key_signs_in_and_is_told_it_can_only_send_events(server: LiveServer,
                                                                 watched: Watched) -> None:
     page = watched.page
     sign_in(page, server, make_key(server, "ingest"))
     assert page.inner_text("#who").endswith("scope ingest")
-    page.wait_for_selector("#list-status:has-text('AUTHORIZATION_ERROR')")
+    page.wait_for_selector("#list-status:has-text('only lets it send events')")
+    assert page.locator("#pipelines-table").count() == 0
     assert page.is_hidden("#nav-create")
 
 
@@ -105,3 +110,24 @@ def test_markup_from_the_api_shows_as_text_and_never_runs(server: LiveServer,
     assert page.evaluate("document.querySelectorAll('img').length") == 0
     assert not watched.dialogs
     assert not watched.errors, watched.errors
+
+
+def test_an_outage_shows_as_a_message_and_a_gap_in_the_charts(tmp_path: Any,
+                                                              watched: Watched) -> None:
+    page = watched.page
+    own = LiveServer(str(tmp_path), api_key=ADMIN_KEY, args=("--job-workers", "1")).start()
+    try:
+        _pipeline(own, "outage_probe")
+        sign_in(page, own, ADMIN_KEY)
+        page.goto(own.url + "/console#/p/outage_probe")
+        page.wait_for_selector("[data-chart=throughput] .s-in")
+        own.kill()
+        page.wait_for_selector("#poll-error:has-text('monitor has failed since')")
+        own.start()
+        page.wait_for_selector("#poll-error", state="hidden")
+        wait_for(lambda: page.locator("[data-chart=throughput] polyline.s-in, "
+                                      "[data-chart=throughput] circle.s-in").count() >= 2,
+                 message="the line broken by the outage")
+    finally:
+        own.kill()
+    assert not watched.dialogs

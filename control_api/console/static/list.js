@@ -37,6 +37,12 @@ export function listView(root, { can, onFailure, go }) {
   root.append(header, status, body);
   let stopped = false;
 
+  if (!can("list")) {
+    status.textContent = "This key may not read pipelines: its scope only lets it send events "
+      + "(POST /pipelines/<name>/events or the ingest operation).";
+    return () => {};
+  }
+
   async function refresh() {
     try {
       const { pipelines } = await call("list");

@@ -54,6 +54,8 @@ export function pipelineView(root, ref, { can, onFailure, go }) {
     stat("Backlog", "backlog_events"), stat("Files", "files_written"), stat("Bytes out", "bytes_out"),
     stat("Errors", "errors"), stat("Last commit", "last_commit_at"), stat("Last error", "last_error"));
   const charts = el("div", { class: "charts", id: "charts" });
+  const outage = el("p", { class: "error", id: "poll-error", role: "alert", hidden: true });
+  let failingSince = null;
   const sql = sqlPanel(ref, { can, onFailure });
   const files = filesPanel();
   const dead = deadLettersPanel(ref, { can, onFailure });
@@ -61,7 +63,7 @@ export function pipelineView(root, ref, { can, onFailure, go }) {
 
   root.append(
     el("div", { class: "title-row title-left" }, title, badge),
-    meta, actions, notice, confirmBox, stats, charts,
+    meta, actions, notice, confirmBox, stats, outage, charts,
     sql.node, files.node, dead.node, logs.node);
 
   function show(message, kind = "info") {
@@ -99,8 +101,15 @@ export function pipelineView(root, ref, { can, onFailure, go }) {
     } catch (err) {
       onFailure(err);
       if (err.status === 404) return gone();
+      failingSince = failingSince || new Date();
+      outage.hidden = false;
+      outage.textContent = `monitor has failed since ${failingSince.toLocaleTimeString()}: ${failureText(err)}`;
     }
     if (stopped) return;
+    if (m) {
+      failingSince = null;
+      outage.hidden = true;
+    }
     samples.push({ t: Date.now(), values: m && {
       in_eps: m.throughput.in_eps, out_eps: m.throughput.out_eps,
       p50: m.latency_ms.p50, p99: m.latency_ms.p99, backlog_events: m.backlog_events } });
