@@ -11,6 +11,7 @@ every URL it requested, for the tests to assert on.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -33,12 +34,14 @@ WAIT_MS = 60_000  # the longest a page may take to show what a step expects
 
 @dataclass
 class Watched:
-    """A page and what it did: dialogs opened, errors (scripts', CSP violations), URLs requested."""
+    """A page and what it did: dialogs opened, errors (scripts', CSP violations), URLs
+    requested and the API operations called."""
 
     page: Any
     dialogs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    operations: list[str] = field(default_factory=list)  # of the POST /pipeline calls
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +93,12 @@ def watched(browser_context: Any) -> Iterator[Watched]:
 
     page.on("console", on_console)
     page.on("pageerror", lambda exc: seen.errors.append(str(exc)))
-    page.on("request", lambda request: seen.urls.append(request.url))
+    def on_request(request: Any) -> None:
+        seen.urls.append(request.url)
+        if request.method == "POST" and request.url.endswith("/pipeline"):
+            seen.operations.append(json.loads(request.post_data or "{}").get("operation"))
+
+    page.on("request", on_request)
     try:
         yield seen
     finally:

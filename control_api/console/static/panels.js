@@ -7,6 +7,7 @@ import { bytes, clear, count, display, el, failureText, table, when } from "./do
 const LOGS_MS = 4000;
 const DEAD_MS = 8000;
 const FILES_SHOWN = 50;
+const FIRST_COLUMNS = ["code", "message", "record", "received_at", "index"]; // then any others
 
 export function filesPanel() {
   const layout = el("p", { id: "partition-layout" });
@@ -48,7 +49,8 @@ export function deadLettersPanel(ref, { can, onFailure }) {
   async function refresh() {
     try {
       const entries = entriesOf(await call("dead_letters", { pipeline_id: ref, limit: 100 }));
-      const columns = [...new Set(entries.slice(0, 20).flatMap((e) => Object.keys(e || {})))].slice(0, 8);
+      const keys = new Set(entries.slice(0, 20).flatMap((e) => Object.keys(e || {})));
+      const columns = [...FIRST_COLUMNS.filter((c) => keys.has(c)), ...[...keys].filter((c) => !FIRST_COLUMNS.includes(c))].slice(0, 8);
       clear(body).append(entries.length
         ? table(columns, entries.map((e) => columns.map((c) => display(e[c]))), { id: "dead-letters-table" })
         : el("p", { class: "muted", text: "No rejected records." }));
