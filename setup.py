@@ -9,7 +9,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["beam_pipelines*", "control_api*", "transforms*"]),
     include_package_data=True,
-    package_data={"control_api": ["openapi.json"]},
+    package_data={"control_api": ["openapi.json"],
+                  "control_api.console": ["templates/*.html", "static/*", "static/*/*"]},
     install_requires=[
         "apache-beam>=2.77,<2.78",
         "duckdb>=1.2",
@@ -43,6 +44,7 @@ setup(
             "schemathesis>=4.32",
             "hypothesis>=6.100",
             "openapi-spec-validator>=0.7",
+            "playwright==1.65.2",  # drives Debian's chromium in tests/console (no browser download)
         ],
     },
     entry_points={"console_scripts": ["pipeline-do=control_api.cli:main"]},

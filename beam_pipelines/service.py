@@ -92,9 +92,16 @@ class PipelineService:
     # -- definition -------------------------------------------------------
 
     def create(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Make the pipeline; with ``dry_run`` only check the definition and plan its SQL
+        (a form checks as the user types), answering like ``transform``'s dry run."""
+        dry_run = params.get("dry_run", False) if isinstance(params, dict) else False
+        if not isinstance(dry_run, bool):
+            raise DefinitionError("dry_run", "dry_run must be true or false")
         definition = parse_definition(params, default_sink_uri=self.default_sink_uri,
                                       local_sink_roots=self.local_sink_roots)
         output_schema = self._plan(definition, definition.sql)
+        if dry_run:
+            return {"dry_run": True, "output_schema": output_schema, "rows": []}
         now = time.time()
         pipeline_id = "pl_" + secrets.token_hex(8)
         with self.store.session() as s:
@@ -173,6 +180,16 @@ class PipelineService:
                                .order_by(EpochFile.id.desc()).limit(RECENT_FILES)).all()
             files = [f.public() for f in reversed(recent)]
         return {**public, **counters, "files": files}
+
+    def versions(self, ref: str) -> dict[str, Any]:
+        """Every SQL version of the pipeline, oldest first, as ``transform`` made them."""
+        with self.store.reading() as s:
+            row = self._row(s, ref)
+            found = s.scalars(select(SqlVersion).where(SqlVersion.pipeline_id == row.id)
+                              .order_by(SqlVersion.version)).all()
+            return {"versions": [{"version": v.version, "sql": v.sql,
+                                  "output_schema": json.loads(v.output_schema),
+                                  "created_at": iso(v.created_at)} for v in found]}
 
     def list_all(self) -> dict[str, Any]:
         with self.store.reading() as s:

@@ -20,6 +20,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from control_api import (
         auth,
         bodies,
+        console,
         context,
         errors,
         gate,
@@ -66,4 +67,5 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     webhook_routes.init_app(app)
     metrics.init_app(app)
     openapi.init_app(app)
+    console.init_app(app)
     return app

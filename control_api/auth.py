@@ -24,10 +24,11 @@ from control_api import context
 from control_api.errors import ApiError
 from control_api.tables import ApiKey
 
-__all__ = ["SCOPES", "Principal", "create_key", "ensure_key", "hash_key", "init_app",
-           "require_scope", "revoke_key"]
+__all__ = ["ANY_SCOPE", "SCOPES", "Principal", "allows", "create_key", "ensure_key", "hash_key",
+           "init_app", "require_scope", "revoke_key"]
 
 SCOPES = ("admin", "ingest", "read")
+ANY_SCOPE = "any"  # an operation every valid key may run (``whoami``)
 _CACHE_SECONDS = 2.0
 
 
@@ -114,8 +115,13 @@ def authenticate() -> Principal:
     return principal
 
 
+def allows(scope: str, needed: str) -> bool:
+    """Whether a key of ``scope`` may run an operation that needs ``needed``."""
+    return needed == ANY_SCOPE or scope == "admin" or scope == needed
+
+
 def require_scope(principal: Principal, needed: str, operation: str) -> None:
-    if principal.scope == "admin" or principal.scope == needed:
+    if allows(principal.scope, needed):
         return
     raise ApiError(403, "AUTHORIZATION_ERROR",
                    f"a key with scope {principal.scope!r} cannot run {operation!r}: "

@@ -66,7 +66,8 @@ def _operation_parameters() -> dict[str, dict[str, Any]]:
                         "event_time_field": {"type": "string"}, "sink": ref("Sink"),
                         "runner": ref("Runner"),
                         "unknown_fields": {"enum": list(UNKNOWN_FIELD_POLICIES),
-                                           "default": "drop"}}, ("name",)),
+                                           "default": "drop"},
+                        "dry_run": {"type": "boolean", "default": False}}, ("name",)),
         "get": _pipeline_ref(), "list": no_parameters, "pipeline": no_parameters,
         "delete": _pipeline_ref(), "start": _pipeline_ref(), "pause": _pipeline_ref(),
         "resume": _pipeline_ref(), "stop": _pipeline_ref(),
@@ -82,6 +83,7 @@ def _operation_parameters() -> dict[str, dict[str, Any]]:
         "logs": _pipeline_ref({"since": date_time(),
                                "level": {"enum": ["debug", "info", "warning", "error"]},
                                "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
+        "versions": _pipeline_ref(), "whoami": no_parameters,
     }
 
 
@@ -89,7 +91,7 @@ _DATA_BY_OPERATION = {
     "create": "Pipeline", "get": "Pipeline", "list": "PipelineList", "pipeline": "PipelineList",
     "delete": "Deleted", "start": "Pipeline", "pause": "Pipeline", "resume": "Pipeline",
     "stop": "Pipeline", "ingest": "IngestResult", "transform": "TransformResult",
-    "monitor": "Monitor", "logs": "Logs",
+    "monitor": "Monitor", "logs": "Logs", "versions": "Versions", "whoami": "WhoAmI",
 }
 
 
@@ -156,7 +158,7 @@ def _paths() -> dict[str, Any]:
     requests = []
     for name, (scope, _handler) in OPERATIONS.items():
         params = parameters[name]
-        if name in ("list", "pipeline"):
+        if name in ("list", "pipeline", "whoami"):
             params = {"type": ["object", "null"]}
         requests.append(obj({"operation": {"const": name}, "parameters": params,
                               "options": {"oneOf": [ref("Options"), {"type": "null"}]}},

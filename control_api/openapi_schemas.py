@@ -157,6 +157,14 @@ def component_schemas() -> dict[str, Any]:
             "timestamp": date_time(), "level": {"enum": ["debug", "info", "warning", "error"]},
             "message": {"type": "string"}, "epoch": {"type": ["integer", "null"]}},
             ("timestamp", "level", "message", "epoch"))}}, ("logs",)),
+        "Versions": obj({"versions": {"type": "array", "items": obj({
+            "version": integer, "sql": {"type": "string"}, "output_schema": ref("OutputSchema"),
+            "created_at": date_time()}, ("version", "sql", "output_schema", "created_at"))}},
+            ("versions",)),
+        "WhoAmI": obj({"scope": {"enum": ["admin", "ingest", "read"]},
+                       "key_prefix": {"type": "string"},
+                       "operations": {"type": "array", "items": {"type": "string"}}},
+                      ("scope", "key_prefix", "operations")),
         "EventType": {"enum": list(EVENT_TYPES)},
         "WebhookRequest": obj({
             "url": {"type": "string", "format": "uri", "maxLength": 2048},

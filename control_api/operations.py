@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, request
+from flask import Blueprint, Flask, g, request
 
 from beam_pipelines.service import PipelineService
 from control_api import context
-from control_api.auth import require_scope
+from control_api.auth import ANY_SCOPE, allows, require_scope
 from control_api.errors import envelope, validation_error
 from control_api.gate import admit, json_body, run_with_retries, timeout_seconds
 
@@ -55,6 +55,14 @@ def _monitor(service: PipelineService, params: dict[str, Any], _options: dict[st
     return service.monitor(_ref(params), float(window))
 
 
+def _whoami(_service: PipelineService, _params: dict[str, Any], _options: dict[str, Any]) -> Any:
+    """What the calling key may do, so a client (the console) offers only that."""
+    principal = g.principal
+    return {"scope": principal.scope, "key_prefix": principal.prefix,
+            "operations": [name for name, (scope, _h) in OPERATIONS.items()
+                           if allows(principal.scope, scope)]}
+
+
 OPERATIONS: dict[str, tuple[str, Handler]] = {
     "create": ("admin", lambda s, p, o: s.create(p)),
     "get": ("read", lambda s, p, o: s.get(_ref(p))),
@@ -69,6 +77,8 @@ OPERATIONS: dict[str, tuple[str, Handler]] = {
     "transform": ("admin", lambda s, p, o: s.transform(_ref(p), p)),
     "monitor": ("read", _monitor),
     "logs": ("read", lambda s, p, o: s.logs(_ref(p), p)),
+    "versions": ("read", lambda s, p, o: s.versions(_ref(p))),
+    "whoami": (ANY_SCOPE, _whoami),
 }
 
 
