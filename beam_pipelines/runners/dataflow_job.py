@@ -19,6 +19,7 @@ over every stage's state (the windows in flight) by name.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,8 @@ import pyarrow as pa
 
 from beam_pipelines.model.definition import definition_from_dict
 
-__all__ = ["JobSpec", "build_job_graph", "submit", "update_name_mapping"]
+__all__ = ["JobSpec", "build_job_graph", "launcher_main", "read_spec", "run", "submit",
+           "update_name_mapping", "write_spec"]
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,12 @@ def update_name_mapping() -> dict[str, str]:
     return {name: name for name in STAGE_NAMES}
 
 
-def submit(job: JobSpec, flags: Sequence[str]) -> str:
-    """Build the job's graph and submit it with Beam's ``DataflowRunner``; return the job id.
+def run(job: JobSpec, flags: Sequence[str]) -> Any:
+    """Build the job's graph and run it with Beam's ``DataflowRunner``; Beam's result.
 
     ``flags`` are Beam's own command-line options (``--streaming``,
     ``--project``, ``--update``...). Beam's ``FileSystems`` options are
-    process-wide: callers submit one job at a time.
+    process-wide: callers run one submission at a time.
     """
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -99,8 +101,43 @@ def submit(job: JobSpec, flags: Sequence[str]) -> str:
 
     pipeline = beam.Pipeline(runner=DataflowRunner(), options=PipelineOptions(list(flags)))
     build_job_graph(pipeline, job)
-    result = pipeline.run()
-    job_id = cast(Any, result).job_id()  # a DataflowPipelineResult
+    return pipeline.run()
+
+
+def submit(job: JobSpec, flags: Sequence[str]) -> str:
+    """:func:`run`, and the id of the job the service created."""
+    result = cast(Any, run(job, flags))  # a DataflowPipelineResult
+    job_id = result.job_id() if result.has_job else None
     if not job_id:
         raise RuntimeError("Dataflow created no job (a template location was set?)")
     return str(job_id)
+
+
+def write_spec(job: JobSpec, uri: str) -> None:
+    """Store the spec at ``uri`` (gs://) for a Flex Template launch: through Beam's filesystems,
+    so with the credentials Beam uses for staging."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(uri, mime_type="application/json") as out:
+        out.write(job.to_json().encode())
+
+
+def read_spec(uri: str) -> JobSpec:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(uri, mime_type="application/json") as src:
+        return JobSpec.from_json(src.read())
+
+
+def launcher_main(argv: Sequence[str] | None = None) -> None:
+    """The Flex Template launcher (``templates/dataflow/main.py``).
+
+    ``--job_spec=gs://...`` names the spec the control plane wrote; every other
+    argument is Beam's (the Flex Template service passes ``--project``,
+    ``--region``, ``--job_name``, ``--temp_location``, ``--update``...).
+    """
+    parser = argparse.ArgumentParser(description="pipeline.do's Dataflow Flex Template launcher")
+    parser.add_argument("--job_spec", required=True,
+                        help="gs:// URI of the pipeline's job spec (JSON) written by pipeline.do")
+    known, beam_args = parser.parse_known_args(argv)
+    run(read_spec(known.job_spec), ["--runner=DataflowRunner", "--streaming", *beam_args])

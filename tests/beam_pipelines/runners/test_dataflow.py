@@ -152,6 +152,30 @@ def test_resume_while_the_old_job_still_drains_is_refused_by_name(
     assert dataflow.state_of(first.job_id) == JobState.DRAINING
 
 
+def test_the_flex_template_launcher_submits_the_same_job_from_a_spec_in_gcs(
+        gcs: GcsServer, dataflow: DataflowServer) -> None:
+    """templates/dataflow/main.py's work: the options are the ones Dataflow passes a launcher."""
+    from beam_pipelines.runners.dataflow_job import JobSpec, launcher_main, read_spec, write_spec
+
+    request = _request()
+    spec = JobSpec(request.pipeline_id, request.definition, request.sql, request.version,
+                   request.input_schema, SUBSCRIPTION)
+    uri = f"gs://{BUCKET}/staging/specs/pdo-clicks-1.json"
+    write_spec(spec, uri)
+    assert read_spec(uri) == spec
+
+    launcher_main([f"--job_spec={uri}", f"--project={PROJECT}", f"--region={REGION}",
+                   "--job_name=pdo-clicks", f"--temp_location=gs://{BUCKET}/tmp",
+                   f"--staging_location=gs://{BUCKET}/staging",
+                   f"--dataflow_endpoint={dataflow.endpoint}", "--no_auth"])
+
+    [create] = dataflow.calls()
+    assert (create.method, create.path) == ("POST", JOBS)
+    assert create.job is not None and create.job["type"] == "JOB_TYPE_STREAMING"
+    proto, data = _staged_pipeline(gcs, create)
+    assert set(STAGE_NAMES) <= _transform_names(proto) and SUBSCRIPTION.encode() in data
+
+
 # -- stop / delete --------------------------------------------------------------
 
 def test_stop_drains_until_the_job_is_drained(engine: DataflowEngine,
