@@ -15,9 +15,12 @@ view       ``GET .../jobs/{id}`` (``currentState``) and ``GET .../jobs/{id}/metr
            user counters of namespace ``pipeline_do``)
 =========  ==================================================================================
 
-Launch and update take the ``DataflowRunner`` path in this process (the
-Flex Template in ``templates/dataflow/`` runs the same ``dataflow_job.submit``
-in Google's launcher container instead). Why the update checks first: Beam
+Launch and update take the ``DataflowRunner`` path in this process, unless
+``runner.options.flex_template`` names a built Flex Template
+(``templates/dataflow/``): then the engine writes the job spec to
+``{staging_location}/specs/`` and calls ``POST .../flexTemplates:launch``
+(``update`` and ``transformNameMappings`` for an update), and Google's
+launcher container runs the same ``dataflow_job`` code. Why the update checks first: Beam
 2.77's ``job_id_for_name`` lists jobs until it finds one of that name running
 and never stops when there is none (it compares the last page's token, an
 empty string, with ``None``). The check here lists the same way, bounded.
@@ -46,7 +49,7 @@ from beam_pipelines.errors import (
 )
 from beam_pipelines.runners.base import JobHandle, JobRequest, JobState, JobView
 from beam_pipelines.runners.dataflow_api import DataflowApi, api_error
-from beam_pipelines.runners.dataflow_job import JobSpec, submit, update_name_mapping
+from beam_pipelines.runners.dataflow_job import JobSpec, submit, update_name_mapping, write_spec
 from beam_pipelines.runners.dataflow_settings import DataflowSettings, resolve_settings
 
 __all__ = ["COUNTERS", "DataflowEngine", "METRICS_NAMESPACE", "job_state"]
@@ -100,7 +103,10 @@ class DataflowEngine:
 
     def launch(self, request: JobRequest) -> JobHandle:
         settings = self._settings_of(request)
-        job_id = self._submit(request, settings, settings.beam_flags(request.job_name))
+        if settings.flex_template:
+            job_id = self._launch_template(request, settings, request.job_name, update=False)
+        else:
+            job_id = self._submit(request, settings, settings.beam_flags(request.job_name))
         return JobHandle(job_id=job_id, job_name=request.job_name)
 
     def pause(self, handle: JobHandle) -> JobHandle:
@@ -116,9 +122,12 @@ class DataflowEngine:
     def update(self, handle: JobHandle, request: JobRequest) -> JobHandle:
         settings = self._settings_of(request)
         self._check_replaceable(settings, handle)
-        flags = [*settings.beam_flags(handle.job_name), "--update",
-                 f"--transform_name_mapping={json.dumps(update_name_mapping())}"]
-        job_id = self._submit(request, settings, flags)
+        if settings.flex_template:
+            job_id = self._launch_template(request, settings, handle.job_name, update=True)
+        else:
+            flags = [*settings.beam_flags(handle.job_name), "--update",
+                     f"--transform_name_mapping={json.dumps(update_name_mapping())}"]
+            job_id = self._submit(request, settings, flags)
         return JobHandle(job_id=job_id, job_name=handle.job_name)
 
     def view(self, handle: JobHandle) -> JobView:
@@ -182,10 +191,40 @@ class DataflowEngine:
             raise ConflictError(f"cannot update: the running job named {handle.job_name!r} is "
                                 f"{found.get('id')}, not this pipeline's {handle.job_id}")
 
+    def _job_spec(self, request: JobRequest) -> JobSpec:
+        return JobSpec(pipeline_id=request.pipeline_id, definition=request.definition,
+                       sql=request.sql, version=request.version,
+                       input_schema=request.input_schema,
+                       subscription=self.transport.subscription_path(request.pipeline_id))
+
+    def _launch_template(self, request: JobRequest, settings: DataflowSettings, job_name: str,
+                         *, update: bool) -> str:
+        """Write the job spec next to the staged files, then launch the Flex Template on it.
+
+        The spec holds the definition with its sink secrets: it lives in the
+        staging bucket, which only the project's Dataflow accounts read.
+        """
+        uri = f"{settings.staging_location.rstrip('/')}/specs/{job_name}-{request.version}.json"
+        with self._submit_lock:
+            try:
+                write_spec(self._job_spec(request), uri)
+            except Exception as exc:
+                _LOGGER.warning("writing the Dataflow job spec %s failed", uri, exc_info=True)
+                raise submit_error(exc, settings) from None
+        launch: dict[str, Any] = {"jobName": job_name,
+                                  "containerSpecGcsPath": settings.flex_template,
+                                  "parameters": {"job_spec": uri},
+                                  "environment": settings.flex_environment()}
+        if update:
+            launch.update(update=True, transformNameMappings=update_name_mapping())
+        job = self._api(settings).launch_flex_template(settings.location, launch)
+        if not job.get("id"):
+            raise Unavailable("the Dataflow Flex Template launch answered without a job id")
+        self._where[str(job["id"])] = settings
+        return str(job["id"])
+
     def _submit(self, request: JobRequest, settings: DataflowSettings, flags: list[str]) -> str:
-        job = JobSpec(pipeline_id=request.pipeline_id, definition=request.definition,
-                      sql=request.sql, version=request.version, input_schema=request.input_schema,
-                      subscription=self.transport.subscription_path(request.pipeline_id))
+        job = self._job_spec(request)
         with self._submit_lock:
             try:
                 job_id = submit(job, flags)

@@ -1,13 +1,15 @@
 """The few Dataflow v1b3 REST calls the engine makes itself, each bounded by a timeout.
 
 Launching and updating a job go through Beam's own ``DataflowRunner``
-(``runners.dataflow_job``); everything after that is a plain REST call, in the
-shapes of the API's reference (and of ``gcloud dataflow jobs drain|cancel``):
+(``runners.dataflow_job``) unless a Flex Template is configured; everything
+else is a plain REST call, in the shapes of the API's reference (and of
+``gcloud dataflow jobs drain|cancel``):
 
 * get a job:      ``GET  v1b3/projects/{p}/locations/{r}/jobs/{id}``
 * list jobs:      ``GET  v1b3/projects/{p}/locations/{r}/jobs?filter=ACTIVE``
 * drain / cancel: ``PUT  v1b3/projects/{p}/locations/{r}/jobs/{id}``
   with ``{"requestedState": "JOB_STATE_DRAINING" | "JOB_STATE_CANCELLED"}``
+* Flex Template:  ``POST v1b3/projects/{p}/locations/{r}/flexTemplates:launch``
 * metrics:        ``GET  .../jobs/{id}/metrics``
 * messages:       ``GET  .../jobs/{id}/messages?minimumImportance=...``
 
@@ -48,8 +50,12 @@ class JobLocation:
     region: str
 
     @property
+    def location_path(self) -> str:
+        return f"v1b3/projects/{self.project}/locations/{self.region}"
+
+    @property
     def jobs_path(self) -> str:
-        return f"v1b3/projects/{self.project}/locations/{self.region}/jobs"
+        return f"{self.location_path}/jobs"
 
 
 class DataflowApi:
@@ -82,6 +88,14 @@ class DataflowApi:
         return self._call("PUT", f"{where.jobs_path}/{job_id}",
                           f"set Dataflow job {job_id} to {state}",
                           body={"requestedState": state})
+
+    def launch_flex_template(self, where: JobLocation,
+                             launch_parameter: dict[str, Any]) -> dict[str, Any]:
+        """``POST .../flexTemplates:launch``; the created job (``{"id": ...}``)."""
+        reply = self._call("POST", f"{where.location_path}/flexTemplates:launch",
+                           "launch the Dataflow Flex Template",
+                           body={"launchParameter": launch_parameter})
+        return dict(reply.get("job") or {})
 
     def metrics(self, where: JobLocation, job_id: str) -> list[dict[str, Any]]:
         reply = self._call("GET", f"{where.jobs_path}/{job_id}/metrics",

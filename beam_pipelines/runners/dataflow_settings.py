@@ -13,13 +13,18 @@ sdk_container_image    PIPELINE_DO_DATAFLOW_SDK_CONTAINER_IMAGE     no
 subnetwork             PIPELINE_DO_DATAFLOW_SUBNETWORK              no
 machine_type           PIPELINE_DO_DATAFLOW_MACHINE_TYPE            no
 max_num_workers        PIPELINE_DO_DATAFLOW_MAX_NUM_WORKERS         no
+flex_template          PIPELINE_DO_DATAFLOW_FLEX_TEMPLATE (gs://)   no
 =====================  ===========================================  ========
 
-Each setting becomes Beam's flag of the same name. Beam's Dataflow client
-speaks plain-http REST, unauthenticated (``--no_auth``), only to an endpoint
-whose host is ``localhost`` (a recording or emulating server): such an
-endpoint is the one case where calls go without Google credentials; any
-other endpoint must be https and is called with them.
+Each setting but ``flex_template`` becomes Beam's flag of the same name.
+``flex_template`` (the spec file ``gcloud dataflow flex-template build``
+wrote) switches launch and update from the DataflowRunner in this process to
+a Flex Template launch of ``templates/dataflow``.
+
+Beam's Dataflow client speaks plain-http REST, unauthenticated
+(``--no_auth``), only to an endpoint whose host is ``localhost`` (a recording
+or emulating server): such an endpoint is the one case where calls go without
+Google credentials; any other endpoint must be https and is called with them.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ __all__ = ["DataflowSettings", "resolve_settings"]
 
 _REQUIRED = ("project", "region", "temp_location", "staging_location")
 _OPTIONAL = ("dataflow_endpoint", "service_account_email", "sdk_container_image", "subnetwork",
-             "machine_type", "max_num_workers")
+             "machine_type", "max_num_workers", "flex_template")
 
 _PROJECT = re.compile(r"^(?:[a-z0-9.-]+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z][-a-z0-9]{0,62}[0-9]$")
@@ -47,6 +52,7 @@ _RULES: dict[str, tuple[re.Pattern[str], str]] = {
     "region": (_REGION, "a Dataflow region such as 'us-central1'"),
     "temp_location": (_GCS_URI, "a gs://bucket/path URI"),
     "staging_location": (_GCS_URI, "a gs://bucket/path URI"),
+    "flex_template": (_GCS_URI, "the gs://bucket/path of a Flex Template spec"),
 }
 
 
@@ -66,6 +72,7 @@ class DataflowSettings:
     staging_location: str
     endpoint: str | None = None
     extras: Mapping[str, str] = field(default_factory=dict)  # optional Beam flags, by name
+    flex_template: str | None = None
 
     @property
     def location(self) -> JobLocation:
@@ -90,6 +97,23 @@ class DataflowSettings:
         return flags
 
 
+    def flex_environment(self) -> dict[str, Any]:
+        """The Flex Template launch's ``environment`` (``FlexTemplateRuntimeEnvironment``)."""
+        env: dict[str, Any] = {"tempLocation": self.temp_location,
+                               "stagingLocation": self.staging_location,
+                               "enableStreamingEngine": True}
+        for key, name in _FLEX_ENVIRONMENT.items():
+            if key in self.extras:
+                value = self.extras[key]
+                env[name] = int(value) if key == "max_num_workers" else value
+        return env
+
+
+_FLEX_ENVIRONMENT = {"service_account_email": "serviceAccountEmail",
+                     "sdk_container_image": "sdkContainerImage", "subnetwork": "subnetwork",
+                     "machine_type": "machineType", "max_num_workers": "maxWorkers"}
+
+
 def resolve_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> DataflowSettings:
     """``runner.options`` first, then ``env``; ``DefinitionError`` names the first bad setting
     (and lists every missing one in ``details['missing']``)."""
@@ -111,10 +135,11 @@ def resolve_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> Data
                               f"runner.options.{missing[0]} or {env_var(missing[0])}",
                               missing=[f"runner.options.{k}" for k in missing])
     for key, (pattern, allowed) in _RULES.items():
-        if not pattern.match(values[key]):
+        if key in values and not pattern.match(values[key]):
             raise DefinitionError(f"runner.options.{key}", f"runner.options.{key} "
                                   f"{values[key]!r} is not {allowed}")
     endpoint = values.pop("dataflow_endpoint", None)
+    flex_template = values.pop("flex_template", None)
     if endpoint is not None:
         _check_endpoint(endpoint)
     if "max_num_workers" in values and not _positive_int(values["max_num_workers"]):
@@ -123,7 +148,7 @@ def resolve_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> Data
     return DataflowSettings(project=values.pop("project"), region=values.pop("region"),
                             temp_location=values.pop("temp_location"),
                             staging_location=values.pop("staging_location"), endpoint=endpoint,
-                            extras=values)
+                            extras=values, flex_template=flex_template)
 
 
 def _check_endpoint(endpoint: str) -> None:

@@ -14,10 +14,12 @@ GET      ``/jobs/{id}``                                      get
 PUT      ``/jobs/{id}``                                      ``requestedState``: drain, cancel
 GET      ``/jobs/{id}/metrics``                              the scripted metric updates
 GET      ``/jobs/{id}/messages``                             the scripted job messages
+POST     ``/flexTemplates:launch``                           a job from a Flex Template
 =======  ==================================================  ===============================
 
 Request bodies are parsed with the API's own message types
-(``google.cloud.dataflow_v1beta3.Job``), unknown fields refused with HTTP 400
+(``google.cloud.dataflow_v1beta3.Job``, ``LaunchFlexTemplateRequest``
+into ``Request.launch``), unknown fields refused with HTTP 400
 as the service does, so a body the real API would reject fails here too.
 ``Request.job`` is that parse in the API's canonical JSON (camelCase, enum
 names), whether the client sent enum names or numbers (Beam's REST transport
@@ -53,6 +55,8 @@ from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["DataflowServer", "Request"]
 
+_LAUNCH = re.compile(r"^/v1b3/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)"
+                     r"/flexTemplates:launch$")
 _JOBS = re.compile(r"^/v1b3/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/jobs"
                    r"(?:/(?P<job>[^/:]+)(?:/(?P<sub>metrics|messages))?)?$")
 
@@ -66,6 +70,7 @@ class Request:
     query: dict[str, list[str]]
     body: Any  # the JSON body as sent (None when there is none)
     job: dict[str, Any] | None = None  # the body's Job in canonical JSON (create, update)
+    launch: dict[str, Any] | None = None  # a Flex Template launch's request, canonical JSON
 
 
 @dataclass
@@ -180,6 +185,9 @@ class DataflowServer:
     def handle(self, method: str, path: str, query: dict[str, list[str]],
                raw: bytes) -> tuple[int, dict[str, Any]]:
         body = json.loads(raw) if raw else None
+        launch = _LAUNCH.match(path)
+        if launch and method == "POST":
+            return self._launch(path, query, body, raw, launch["project"], launch["region"])
         match = _JOBS.match(path)
         job_msg: dict[str, Any] | None = None
         status, reply = 404, _error(404, "NOT_FOUND", f"no such resource: {path}")
@@ -238,6 +246,36 @@ class DataflowServer:
         self._jobs[job_id] = _Job(job_id, project, region, job)
         return 200, self._jobs[job_id].view()
 
+    def _launch(self, path: str, query: dict[str, list[str]], body: Any, raw: bytes,
+                project: str, region: str) -> tuple[int, dict[str, Any]]:
+        try:
+            request = _canonical(raw, "LaunchFlexTemplateRequest")
+        except ValueError as exc:
+            self.requests.append(Request("POST", path, query, body))
+            return 400, _error(400, "INVALID_ARGUMENT", f"Invalid JSON payload received. {exc}")
+        self.requests.append(Request("POST", path, query, body, launch=request))
+        param = request.get("launchParameter", {})
+        name = param.get("jobName")
+        with self._lock:
+            active = next((j for j in self._jobs.values()
+                           if (j.project, j.region) == (project, region)
+                           and j.record.get("name") == name and j.states[0] not in _TERMINAL),
+                          None)
+            record: dict[str, Any] = {"name": name, "type": "JOB_TYPE_STREAMING"}
+            if param.get("update"):
+                if active is None:
+                    return 400, _error(400, "FAILED_PRECONDITION",
+                                       f"No running job named {name} to update.")
+                active.states = ["JOB_STATE_UPDATED"]
+                record["replaceJobId"] = active.id
+            elif active is not None:
+                return 409, _error(409, "ALREADY_EXISTS",
+                                   f"There is already an active job named {name}.")
+            job_id = self._new_id()
+            self._jobs[job_id] = _Job(job_id, project, region, record, ["JOB_STATE_PENDING",
+                                                                        "JOB_STATE_RUNNING"])
+            return 200, {"job": self._jobs[job_id].view()}
+
     def _list(self, project: str, region: str, query: dict[str, list[str]]) -> tuple[int, dict]:
         jobs = [j for j in self._jobs.values() if (j.project, j.region) == (project, region)]
         start = int((query.get("pageToken") or ["0"])[0] or 0)
@@ -267,16 +305,21 @@ _TERMINAL = frozenset({"JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLE
 
 
 def _canonical_job(raw: bytes) -> dict[str, Any]:
-    """The body as the API's ``Job`` message in canonical JSON; ValueError if it is not one."""
-    from google.cloud.dataflow_v1beta3 import Job
+    return _canonical(raw, "Job")
+
+
+def _canonical(raw: bytes, message: str) -> dict[str, Any]:
+    """The body as the API's ``message`` in canonical JSON; ValueError if it is not one."""
+    import google.cloud.dataflow_v1beta3 as api
     from google.protobuf import json_format
 
+    kind = getattr(api, message)
     try:
-        job = Job.from_json(raw, ignore_unknown_fields=False)
+        parsed = kind.from_json(raw, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
         raise ValueError(str(exc)) from None
-    reply: dict[str, Any] = json.loads(Job.to_json(job, use_integers_for_enums=False,
-                                                   always_print_fields_with_no_presence=False))
+    reply: dict[str, Any] = json.loads(kind.to_json(parsed, use_integers_for_enums=False,
+                                                    always_print_fields_with_no_presence=False))
     return reply
 
 

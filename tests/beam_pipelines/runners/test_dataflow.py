@@ -70,12 +70,14 @@ def engine(gcs: GcsServer, dataflow: DataflowServer) -> DataflowEngine:
     return DataflowEngine(_Subscriptions(), env=_env(dataflow), timeout_s=10)
 
 
-def _request(sql: str = "SELECT user, n FROM events", version: int = 1) -> JobRequest:
+def _request(sql: str = "SELECT user, n FROM events", version: int = 1,
+             **options: Any) -> JobRequest:
     definition = parse_definition(
         {"name": "clicks", "sql": sql, "schema": [{"name": "user", "type": "string"},
                                                   {"name": "n", "type": "int64"}],
          "sink": {"uri": "gs://lake/clicks", "roll": {"interval_seconds": 60}},
-         "runner": {"type": "dataflow", "options": {"allowed_lateness_seconds": 30}}},
+         "runner": {"type": "dataflow",
+                    "options": {"allowed_lateness_seconds": 30, **options}}},
         default_sink_uri="gs://lake/{name}", local_sink_roots=[])
     schema = pa.schema([("user", pa.string()), ("n", pa.int64())])
     return JobRequest(pipeline_id="clicks", job_name="pdo-clicks", definition=definition.to_dict(),
@@ -174,6 +176,51 @@ def test_the_flex_template_launcher_submits_the_same_job_from_a_spec_in_gcs(
     assert create.job is not None and create.job["type"] == "JOB_TYPE_STREAMING"
     proto, data = _staged_pipeline(gcs, create)
     assert set(STAGE_NAMES) <= _transform_names(proto) and SUBSCRIPTION.encode() in data
+
+
+TEMPLATE = f"gs://{BUCKET}/templates/pipeline-do.json"
+
+
+def test_with_a_flex_template_launch_writes_the_spec_and_launches_the_template(
+        engine: DataflowEngine, dataflow: DataflowServer) -> None:
+    from beam_pipelines.runners.dataflow_job import read_spec
+
+    request = _request(flex_template=TEMPLATE, max_num_workers=3)
+    handle = engine.launch(request)
+
+    [launch] = dataflow.calls()
+    spec_uri = f"gs://{BUCKET}/staging/specs/pdo-clicks-1.json"
+    assert (launch.method, launch.path) == (
+        "POST", f"/v1b3/projects/{PROJECT}/locations/{REGION}/flexTemplates:launch")
+    assert launch.body == {"launchParameter": {
+        "jobName": "pdo-clicks", "containerSpecGcsPath": TEMPLATE,
+        "parameters": {"job_spec": spec_uri},
+        "environment": {"tempLocation": f"gs://{BUCKET}/tmp",
+                        "stagingLocation": f"gs://{BUCKET}/staging",
+                        "enableStreamingEngine": True, "maxWorkers": 3}}}
+    assert launch.launch is not None  # the API's LaunchFlexTemplateRequest parsed it
+    spec = read_spec(spec_uri)
+    assert (spec.subscription, spec.sql, spec.input_schema) == (
+        SUBSCRIPTION, request.sql, request.input_schema)
+    assert spec.definition == request.definition
+    assert [engine.view(handle).state for _ in range(2)] == [JobState.PENDING, JobState.RUNNING]
+
+
+def test_with_a_flex_template_update_launches_it_as_the_replacement(
+        engine: DataflowEngine, dataflow: DataflowServer) -> None:
+    old = engine.launch(_request(flex_template=TEMPLATE))
+    dataflow.script_states(old.job_id, [JobState.RUNNING])
+    dataflow.clear()
+
+    new = engine.update(old, _request("SELECT user FROM events", 2, flex_template=TEMPLATE))
+
+    assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in dataflow.calls()] == [
+        ("GET", old.job_id), ("GET", "jobs"), ("POST", "flexTemplates:launch")]
+    body = dataflow.calls("POST")[0].body["launchParameter"]
+    assert body["update"] is True and body["jobName"] == "pdo-clicks"
+    assert body["transformNameMappings"] == {name: name for name in STAGE_NAMES}
+    assert body["parameters"] == {"job_spec": f"gs://{BUCKET}/staging/specs/pdo-clicks-2.json"}
+    assert new.job_id != old.job_id and dataflow.state_of(old.job_id) == JobState.UPDATED
 
 
 # -- stop / delete --------------------------------------------------------------
