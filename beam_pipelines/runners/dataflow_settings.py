@@ -7,9 +7,9 @@ project                PIPELINE_DO_DATAFLOW_PROJECT                 yes
 region                 PIPELINE_DO_DATAFLOW_REGION                  yes
 temp_location          PIPELINE_DO_DATAFLOW_TEMP_LOCATION (gs://)   yes
 staging_location       PIPELINE_DO_DATAFLOW_STAGING_LOCATION        yes
+sdk_container_image    PIPELINE_DO_DATAFLOW_SDK_CONTAINER_IMAGE     yes
 dataflow_endpoint      PIPELINE_DO_DATAFLOW_ENDPOINT                no
 service_account_email  PIPELINE_DO_DATAFLOW_SERVICE_ACCOUNT_EMAIL   no
-sdk_container_image    PIPELINE_DO_DATAFLOW_SDK_CONTAINER_IMAGE     no
 subnetwork             PIPELINE_DO_DATAFLOW_SUBNETWORK              no
 machine_type           PIPELINE_DO_DATAFLOW_MACHINE_TYPE            no
 max_num_workers        PIPELINE_DO_DATAFLOW_MAX_NUM_WORKERS         no
@@ -17,6 +17,8 @@ flex_template          PIPELINE_DO_DATAFLOW_FLEX_TEMPLATE (gs://)   no
 =====================  ===========================================  ========
 
 Each setting but ``flex_template`` becomes Beam's flag of the same name.
+``sdk_container_image`` is required because Beam's stock worker image has
+neither pipeline.do nor DuckDB: the workers run ``templates/dataflow``'s image.
 ``flex_template`` (the spec file ``gcloud dataflow flex-template build``
 wrote) switches launch and update from the DataflowRunner in this process to
 a Flex Template launch of ``templates/dataflow``.
@@ -40,9 +42,9 @@ from beam_pipelines.runners.dataflow_api import JobLocation
 
 __all__ = ["DataflowSettings", "resolve_settings"]
 
-_REQUIRED = ("project", "region", "temp_location", "staging_location")
-_OPTIONAL = ("dataflow_endpoint", "service_account_email", "sdk_container_image", "subnetwork",
-             "machine_type", "max_num_workers", "flex_template")
+_REQUIRED = ("project", "region", "temp_location", "staging_location", "sdk_container_image")
+_OPTIONAL = ("dataflow_endpoint", "service_account_email", "subnetwork", "machine_type",
+             "max_num_workers", "flex_template")
 
 _PROJECT = re.compile(r"^(?:[a-z0-9.-]+:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z][-a-z0-9]{0,62}[0-9]$")
@@ -70,6 +72,7 @@ class DataflowSettings:
     region: str
     temp_location: str
     staging_location: str
+    sdk_container_image: str
     endpoint: str | None = None
     extras: Mapping[str, str] = field(default_factory=dict)  # optional Beam flags, by name
     flex_template: str | None = None
@@ -88,7 +91,8 @@ class DataflowSettings:
         flags = ["--runner=DataflowRunner", "--streaming", f"--job_name={job_name}",
                  f"--project={self.project}", f"--region={self.region}",
                  f"--temp_location={self.temp_location}",
-                 f"--staging_location={self.staging_location}"]
+                 f"--staging_location={self.staging_location}",
+                 f"--sdk_container_image={self.sdk_container_image}"]
         if self.endpoint:
             flags.append(f"--dataflow_endpoint={self.endpoint}")
         if self.no_auth:
@@ -101,6 +105,7 @@ class DataflowSettings:
         """The Flex Template launch's ``environment`` (``FlexTemplateRuntimeEnvironment``)."""
         env: dict[str, Any] = {"tempLocation": self.temp_location,
                                "stagingLocation": self.staging_location,
+                               "sdkContainerImage": self.sdk_container_image,
                                "enableStreamingEngine": True}
         for key, name in _FLEX_ENVIRONMENT.items():
             if key in self.extras:
@@ -109,8 +114,7 @@ class DataflowSettings:
         return env
 
 
-_FLEX_ENVIRONMENT = {"service_account_email": "serviceAccountEmail",
-                     "sdk_container_image": "sdkContainerImage", "subnetwork": "subnetwork",
+_FLEX_ENVIRONMENT = {"service_account_email": "serviceAccountEmail", "subnetwork": "subnetwork",
                      "machine_type": "machineType", "max_num_workers": "maxWorkers"}
 
 
@@ -147,7 +151,9 @@ def resolve_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> Data
                               f"{values['max_num_workers']!r} is not a whole number >= 1")
     return DataflowSettings(project=values.pop("project"), region=values.pop("region"),
                             temp_location=values.pop("temp_location"),
-                            staging_location=values.pop("staging_location"), endpoint=endpoint,
+                            staging_location=values.pop("staging_location"),
+                            sdk_container_image=values.pop("sdk_container_image"),
+                            endpoint=endpoint,
                             extras=values, flex_template=flex_template)
 
 

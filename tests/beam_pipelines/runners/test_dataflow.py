@@ -29,6 +29,7 @@ pytestmark = pytest.mark.dataflow
 PROJECT, REGION, BUCKET = "test-project", "us-central1", "pdo-staging"
 JOBS = f"/v1b3/projects/{PROJECT}/locations/{REGION}/jobs"
 SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/pdo-clicks"
+IMAGE = f"us-central1-docker.pkg.dev/{PROJECT}/pipeline-do/pipeline-do:test"
 
 
 class _Subscriptions:
@@ -62,6 +63,7 @@ def _env(dataflow: DataflowServer) -> dict[str, str]:
     return {"PIPELINE_DO_DATAFLOW_PROJECT": PROJECT, "PIPELINE_DO_DATAFLOW_REGION": REGION,
             "PIPELINE_DO_DATAFLOW_TEMP_LOCATION": f"gs://{BUCKET}/tmp",
             "PIPELINE_DO_DATAFLOW_STAGING_LOCATION": f"gs://{BUCKET}/staging",
+            "PIPELINE_DO_DATAFLOW_SDK_CONTAINER_IMAGE": IMAGE,
             "PIPELINE_DO_DATAFLOW_ENDPOINT": dataflow.endpoint}
 
 
@@ -95,6 +97,13 @@ def _staged_pipeline(gcs: GcsServer, create: Any) -> Any:
     return beam_runner_api_pb2.Pipeline.FromString(data), data
 
 
+def _container_images(proto: Any) -> set[str]:
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    return {beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image
+            for env in proto.components.environments.values()}
+
+
 def _transform_names(proto: Any) -> set[str]:
     return {t.unique_name.rsplit("/", 1)[-1] for t in proto.components.transforms.values()}
 
@@ -119,6 +128,7 @@ def test_launch_creates_a_streaming_job_and_stages_its_pipeline(
     proto, data = _staged_pipeline(gcs, create)
     assert set(STAGE_NAMES) <= _transform_names(proto)
     assert SUBSCRIPTION.encode() in data  # the Read stage reads the pipeline's subscription
+    assert _container_images(proto) == {IMAGE}  # workers run pipeline.do's image
 
 
 def test_pause_drains_and_resume_launches_again_on_the_same_subscription(
@@ -197,7 +207,8 @@ def test_with_a_flex_template_launch_writes_the_spec_and_launches_the_template(
         "parameters": {"job_spec": spec_uri},
         "environment": {"tempLocation": f"gs://{BUCKET}/tmp",
                         "stagingLocation": f"gs://{BUCKET}/staging",
-                        "enableStreamingEngine": True, "maxWorkers": 3}}}
+                        "sdkContainerImage": IMAGE, "enableStreamingEngine": True,
+                        "maxWorkers": 3}}}
     assert launch.launch is not None  # the API's LaunchFlexTemplateRequest parsed it
     spec = read_spec(spec_uri)
     assert (spec.subscription, spec.sql, spec.input_schema) == (
@@ -385,10 +396,12 @@ def test_a_missing_setting_is_named_with_its_environment_variable() -> None:
     assert err.value.field == "runner.options.project"
     assert "PIPELINE_DO_DATAFLOW_PROJECT" in err.value.message
     assert err.value.details["missing"] == ["runner.options.project",
-                                            "runner.options.staging_location"]
+                                            "runner.options.staging_location",
+                                            "runner.options.sdk_container_image"]
 
     engine.check({"project": PROJECT, "temp_location": f"gs://{BUCKET}/tmp",
-                  "staging_location": f"gs://{BUCKET}/staging"})  # options first, then env
+                  "staging_location": f"gs://{BUCKET}/staging",
+                  "sdk_container_image": IMAGE})  # options first, then env
 
 
 @pytest.mark.parametrize(("key", "value", "allowed"), [
@@ -400,7 +413,8 @@ def test_a_missing_setting_is_named_with_its_environment_variable() -> None:
 def test_an_invalid_setting_is_named_with_what_is_allowed(key: str, value: str,
                                                           allowed: str) -> None:
     options = {"project": PROJECT, "region": REGION, "temp_location": f"gs://{BUCKET}/tmp",
-               "staging_location": f"gs://{BUCKET}/staging", key: value}
+               "staging_location": f"gs://{BUCKET}/staging", "sdk_container_image": IMAGE,
+               key: value}
     with pytest.raises(DefinitionError) as err:
         DataflowEngine(_Subscriptions(), env={}).check(options)
     assert err.value.field == f"runner.options.{key}" and allowed in err.value.message
@@ -410,6 +424,7 @@ def test_an_unreachable_api_is_unavailable_without_internals() -> None:
     env = {"PIPELINE_DO_DATAFLOW_PROJECT": PROJECT, "PIPELINE_DO_DATAFLOW_REGION": REGION,
            "PIPELINE_DO_DATAFLOW_TEMP_LOCATION": f"gs://{BUCKET}/tmp",
            "PIPELINE_DO_DATAFLOW_STAGING_LOCATION": f"gs://{BUCKET}/staging",
+           "PIPELINE_DO_DATAFLOW_SDK_CONTAINER_IMAGE": IMAGE,
            "PIPELINE_DO_DATAFLOW_ENDPOINT": f"http://localhost:{free_port()}"}
     engine = DataflowEngine(_Subscriptions(), env=env, timeout_s=2)
     with pytest.raises(Unavailable) as err:
