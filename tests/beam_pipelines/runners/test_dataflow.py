@@ -303,7 +303,7 @@ def test_transform_updates_the_running_job_in_place(engine: DataflowEngine,
     assert create.job["transformNameMapping"] == {name: name for name in STAGE_NAMES}
     assert create.job["type"] == "JOB_TYPE_STREAMING" and create.job["name"] == "pdo-clicks"
     assert create.job["environment"]["sdkPipelineOptions"]["options"]["update"] is True
-    assert dataflow.state_of(old.job_id) == JobState.UPDATED
+    assert engine.view(old).state == JobState.UPDATED
     proto, _ = _staged_pipeline(gcs, create)
     assert set(STAGE_NAMES) <= _transform_names(proto)
 
