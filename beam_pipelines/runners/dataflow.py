@@ -55,7 +55,7 @@ from beam_pipelines.runners.dataflow_settings import DataflowSettings, resolve_s
 __all__ = ["COUNTERS", "DataflowEngine", "METRICS_NAMESPACE", "job_state"]
 
 METRICS_NAMESPACE = "pipeline_do"
-COUNTERS = ("events_in", "events_out", "bytes_out", "files_written")
+COUNTERS = ("events_out", "bytes_out", "files_written")
 
 # Dataflow states our JobState has no word for, mapped onto the nearest one.
 _STATE_ALIASES = {

@@ -104,8 +104,13 @@ def _container_images(proto: Any) -> set[str]:
             for env in proto.components.environments.values()}
 
 
-def _transform_names(proto: Any) -> set[str]:
-    return {t.unique_name.rsplit("/", 1)[-1] for t in proto.components.transforms.values()}
+def _top_level_names(proto: Any) -> list[str]:
+    """The job's top-level transform names (under Beam's one unnamed root, if it has one)."""
+    transforms = proto.components.transforms
+    roots = [transforms[i] for i in proto.root_transform_ids]
+    if len(roots) == 1 and roots[0].subtransforms and roots[0].unique_name not in STAGE_NAMES:
+        roots = [transforms[i] for i in roots[0].subtransforms]
+    return [t.unique_name for t in roots]
 
 
 # -- launch / resume ----------------------------------------------------------
@@ -126,7 +131,7 @@ def test_launch_creates_a_streaming_job_and_stages_its_pipeline(
     assert dataflow.state_of(handle.job_id) == JobState.RUNNING  # the id the service gave
 
     proto, data = _staged_pipeline(gcs, create)
-    assert set(STAGE_NAMES) <= _transform_names(proto)
+    assert _top_level_names(proto) == list(STAGE_NAMES)
     assert SUBSCRIPTION.encode() in data  # the Read stage reads the pipeline's subscription
     assert _container_images(proto) == {IMAGE}  # workers run pipeline.do's image
 
@@ -185,7 +190,7 @@ def test_the_flex_template_launcher_submits_the_same_job_from_a_spec_in_gcs(
     assert (create.method, create.path) == ("POST", JOBS)
     assert create.job is not None and create.job["type"] == "JOB_TYPE_STREAMING"
     proto, data = _staged_pipeline(gcs, create)
-    assert set(STAGE_NAMES) <= _transform_names(proto) and SUBSCRIPTION.encode() in data
+    assert _top_level_names(proto) == list(STAGE_NAMES) and SUBSCRIPTION.encode() in data
 
 
 TEMPLATE = f"gs://{BUCKET}/templates/pipeline-do.json"
@@ -305,7 +310,7 @@ def test_transform_updates_the_running_job_in_place(engine: DataflowEngine,
     assert create.job["environment"]["sdkPipelineOptions"]["options"]["update"] is True
     assert engine.view(old).state == JobState.UPDATED
     proto, _ = _staged_pipeline(gcs, create)
-    assert set(STAGE_NAMES) <= _transform_names(proto)
+    assert _top_level_names(proto) == list(STAGE_NAMES)
 
 
 @pytest.mark.parametrize("case", ["drained", "unknown", "renamed"])
