@@ -48,7 +48,7 @@ from beam_pipelines.errors import (
     Unavailable,
 )
 from beam_pipelines.runners.base import JobHandle, JobRequest, JobState, JobView
-from beam_pipelines.runners.dataflow_api import DataflowApi, api_error
+from beam_pipelines.runners.dataflow_api import DataflowApi, api_error, response_status
 from beam_pipelines.runners.dataflow_job import JobSpec, submit, update_name_mapping, write_spec
 from beam_pipelines.runners.dataflow_settings import DataflowSettings, resolve_settings
 
@@ -278,8 +278,10 @@ def submit_error(exc: Exception, settings: DataflowSettings) -> PipelineDoError:
         return ConflictError("Dataflow already runs a job of this name (a paused or stopped "
                              "job may still be draining): try again once it has ended")
     if isinstance(exc, GoogleAPICallError):
-        status = f"{getattr(exc, 'grpc_status_code', None) or ''} {exc.message or ''}".strip()
-        return api_error("create the Dataflow job", int(exc.code or 500), status[:300])
+        # REST: the reply itself says it best; its message would add our request's URL.
+        response = getattr(exc, "response", None)
+        status = response_status(response) if isinstance(response, requests.Response) else ""
+        return api_error("create the Dataflow job", int(exc.code or 500), status)
     if isinstance(exc, requests.RequestException):
         return Unavailable(f"could not create the Dataflow job: the Dataflow API at "
                            f"{settings.endpoint or 'dataflow.googleapis.com'} did not answer "

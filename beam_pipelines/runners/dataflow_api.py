@@ -34,7 +34,7 @@ import requests
 
 from beam_pipelines.errors import ConflictError, PipelineDoError, Unavailable
 
-__all__ = ["DEFAULT_ENDPOINT", "DataflowApi", "JobLocation"]
+__all__ = ["DEFAULT_ENDPOINT", "DataflowApi", "JobLocation", "api_error", "response_status"]
 
 DEFAULT_ENDPOINT = "https://dataflow.googleapis.com"
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
@@ -138,7 +138,7 @@ class DataflowApi:
                               f"({type(exc).__name__}); set GOOGLE_APPLICATION_CREDENTIALS "
                               "or run on a service account") from None
         if resp.status_code >= 400:
-            raise api_error(what, resp.status_code, _status_of(resp))
+            raise api_error(what, resp.status_code, response_status(resp))
         try:
             reply: dict[str, Any] = resp.json() if resp.content else {}
         except ValueError:
@@ -155,7 +155,7 @@ def api_error(what: str, code: int, status: str) -> PipelineDoError:
     return ConflictError(message, {"engine_status": code})
 
 
-def _status_of(resp: requests.Response) -> str:
+def response_status(resp: requests.Response) -> str:
     """The API's ``error.status: error.message``, shortened; '' when the body has none."""
     try:
         error = resp.json().get("error") or {}

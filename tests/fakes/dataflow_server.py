@@ -107,6 +107,7 @@ class DataflowServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.page_size = 50  # jobs per list page (nextPageToken beyond)
+        self._failures: dict[str, tuple[int, str, str]] = {}
 
     # -- lifecycle -------------------------------------------------------
     @property
@@ -165,6 +166,11 @@ class DataflowServer:
                                       {"name": name, "type": "JOB_TYPE_STREAMING"}, [state])
         return job_id
 
+    def fail_next(self, method: str, code: int, status: str, message: str) -> None:
+        """The next ``method`` request gets this error (as the service words one)."""
+        with self._lock:
+            self._failures[method] = (code, status, message)
+
     def state_of(self, job_id: str) -> str:
         with self._lock:
             return self._jobs[job_id].states[0]
@@ -185,6 +191,11 @@ class DataflowServer:
     def handle(self, method: str, path: str, query: dict[str, list[str]],
                raw: bytes) -> tuple[int, dict[str, Any]]:
         body = json.loads(raw) if raw else None
+        with self._lock:
+            failure = self._failures.pop(method, None)
+        if failure is not None:
+            self.requests.append(Request(method, path, query, body))
+            return failure[0], _error(*failure)
         launch = _LAUNCH.match(path)
         if launch and method == "POST":
             return self._launch(path, query, body, raw, launch["project"], launch["region"])

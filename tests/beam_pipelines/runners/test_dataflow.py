@@ -239,6 +239,20 @@ def test_with_a_flex_template_update_launches_it_as_the_replacement(
     assert new.job_id != old.job_id and dataflow.state_of(old.job_id) == JobState.UPDATED
 
 
+def test_a_create_the_service_refuses_names_its_status_and_nothing_internal(
+        engine: DataflowEngine, dataflow: DataflowServer) -> None:
+    dataflow.fail_next("POST", 403, "PERMISSION_DENIED",
+                       "Permission 'dataflow.jobs.create' denied on project test-project")
+    with pytest.raises(ConflictError) as err:
+        engine.launch(_request())
+    assert err.value.message.startswith("could not create the Dataflow job: Dataflow answered "
+                                        "HTTP 403")
+    assert err.value.message.endswith("(PERMISSION_DENIED: Permission 'dataflow.jobs.create' "
+                                      "denied on project test-project)")
+    assert dataflow.endpoint not in err.value.message  # nothing of this process's own calls
+    assert len(dataflow.calls("POST")) == 1  # a refusal is not retried
+
+
 # -- stop / delete --------------------------------------------------------------
 
 def test_stop_drains_until_the_job_is_drained(engine: DataflowEngine,
