@@ -81,16 +81,18 @@ class DataflowEngine:
     ``transport`` needs ``subscription_path(pipeline_id)`` (the job reads it)
     besides the ``Transport`` calls ingest makes. ``env``: where the
     ``PIPELINE_DO_DATAFLOW_*`` settings come from (default ``os.environ``).
-    ``timeout_s`` bounds each REST call the engine makes itself.
+    ``timeout_s`` bounds each REST call the engine makes itself;
+    ``submit_timeout_s`` a whole Beam submission (staging included).
     """
 
     type = "dataflow"
 
     def __init__(self, transport: Any, *, env: Mapping[str, str] | None = None,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, submit_timeout_s: float = 300.0) -> None:
         self.transport = transport
         self._env = os.environ if env is None else env
         self._timeout_s = timeout_s
+        self._submit_timeout_s = submit_timeout_s
         self._where: dict[str, DataflowSettings] = {}  # job id -> settings it was launched with
         self._apis: dict[tuple[str | None, bool], DataflowApi] = {}
         # Beam's FileSystems options and credential cache are process-wide: one submission at
@@ -224,14 +226,38 @@ class DataflowEngine:
         return str(job["id"])
 
     def _submit(self, request: JobRequest, settings: DataflowSettings, flags: list[str]) -> str:
+        """Beam's submission, in a thread this call waits for at most ``submit_timeout_s``.
+
+        Why a thread: Beam's Dataflow client calls the API with no timeout
+        (google-cloud-dataflow-client's ``default_timeout=None``), so a
+        service that accepts the connection and never answers would hold the
+        caller forever. On time-out the submission may still complete: the
+        error says so.
+        """
         job = self._job_spec(request)
-        with self._submit_lock:
-            try:
-                job_id = submit(job, flags)
-            except Exception as exc:
-                _LOGGER.warning("Dataflow submission of %s failed", request.job_name,
-                                exc_info=True)
-                raise submit_error(exc, settings) from None
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            with self._submit_lock:
+                try:
+                    outcome["job_id"] = submit(job, flags)
+                except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+                    outcome["error"] = exc
+
+        worker = threading.Thread(target=work, name=f"dataflow-submit-{request.job_name}",
+                                  daemon=True)
+        worker.start()
+        worker.join(self._submit_timeout_s)
+        if worker.is_alive():
+            raise Unavailable(f"Dataflow did not accept job {request.job_name!r} within "
+                              f"{self._submit_timeout_s:.0f} s; it may still be created: look "
+                              "for it before starting the pipeline again")
+        if "error" in outcome:
+            exc = outcome["error"]
+            _LOGGER.warning("Dataflow submission of %s failed", request.job_name,
+                            exc_info=(type(exc), exc, exc.__traceback__))
+            raise submit_error(exc, settings) from None
+        job_id = str(outcome["job_id"])
         self._where[job_id] = settings
         return job_id
 

@@ -47,6 +47,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -108,6 +109,7 @@ class DataflowServer:
         self._thread: threading.Thread | None = None
         self.page_size = 50  # jobs per list page (nextPageToken beyond)
         self._failures: dict[str, tuple[int, str, str]] = {}
+        self._stalls: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------
     @property
@@ -171,6 +173,11 @@ class DataflowServer:
         with self._lock:
             self._failures[method] = (code, status, message)
 
+    def stall_next(self, method: str, seconds: float) -> None:
+        """The next ``method`` request is answered only after ``seconds`` (a hung service)."""
+        with self._lock:
+            self._stalls[method] = seconds
+
     def state_of(self, job_id: str) -> str:
         with self._lock:
             return self._jobs[job_id].states[0]
@@ -193,6 +200,8 @@ class DataflowServer:
         body = json.loads(raw) if raw else None
         with self._lock:
             failure = self._failures.pop(method, None)
+            stall = self._stalls.pop(method, 0.0)
+        time.sleep(stall)
         if failure is not None:
             self.requests.append(Request(method, path, query, body))
             return failure[0], _error(*failure)

@@ -253,6 +253,16 @@ def test_a_create_the_service_refuses_names_its_status_and_nothing_internal(
     assert len(dataflow.calls("POST")) == 1  # a refusal is not retried
 
 
+def test_a_create_the_service_never_answers_is_given_up_on(gcs: GcsServer,
+                                                             dataflow: DataflowServer) -> None:
+    engine = DataflowEngine(_Subscriptions(), env=_env(dataflow), submit_timeout_s=1)
+    dataflow.stall_next("POST", 4)  # Beam's client has no timeout of its own
+    with pytest.raises(Unavailable) as err:
+        engine.launch(_request())
+    assert "did not accept job 'pdo-clicks'" in err.value.message
+    assert "may still be created" in err.value.message
+
+
 # -- stop / delete --------------------------------------------------------------
 
 def test_stop_drains_until_the_job_is_drained(engine: DataflowEngine,
