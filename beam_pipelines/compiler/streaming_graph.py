@@ -146,10 +146,19 @@ def _with_event_time(table: pa.Table, times: pa.Array) -> pa.Table:
 class _SliceByWindowFn(beam.DoFn):
     """Split a batch by the fixed window its rows' event times fall into.
 
-    Each slice is emitted at its window's start, so ``Window`` puts it in that
-    window. Rows without an event time get their ingest time as ``_event_time``
-    (the relation the SQL sees always has it). Vectorized: one pass of Arrow
-    compute per batch, one Python step per window the batch spans (usually one).
+    Each slice is emitted at its earliest event time, so ``Window`` puts it
+    in its window. Rows without an event time get their ingest time as
+    ``_event_time`` (the relation the SQL sees always has it). Vectorized: one
+    pass of Arrow compute per batch, one Python step per window the batch
+    spans (usually one).
+
+    Lateness is judged against the watermark of the transport's timestamps:
+    a slice emitted at an event time older than the watermark is late, and
+    dropped past the allowed lateness. With Pub/Sub's publish time as the
+    message timestamp, that is an event more than the window and the
+    lateness older than its publishing; a ``timestamp_attribute`` holding the
+    batch's earliest event time (:func:`pubsub_source`) makes the watermark
+    follow event time instead.
     """
 
     def __init__(self, window_seconds: float) -> None:
@@ -170,15 +179,14 @@ class _SliceByWindowFn(beam.DoFn):
                              .cast(pa.int64()), size)
         low, high = pc.min_max(starts).values()
         if low == high:
-            yield window.TimestampedValue(table, Timestamp(micros=low.as_py()))
+            yield window.TimestampedValue(table, Timestamp(micros=pc.min(times).as_py()))
             return
-        order = pc.sort_indices(starts)
-        ordered, ordered_starts = table.take(order), starts.take(order)
-        counts = pc.value_counts(ordered_starts)
+        order = pc.sort_indices(starts)  # stable: rows keep their order within a window
+        ordered, ordered_times = table.take(order), times.take(order)
         offset = 0
-        for start, count in zip(counts.field("values").to_pylist(),
-                                counts.field("counts").to_pylist()):
-            yield window.TimestampedValue(ordered.slice(offset, count), Timestamp(micros=start))
+        for count in pc.value_counts(starts.take(order)).field("counts").to_pylist():
+            earliest = pc.min(ordered_times.slice(offset, count)).as_py()
+            yield window.TimestampedValue(ordered.slice(offset, count), Timestamp(micros=earliest))
             offset += count
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ def at(base: datetime, seconds: float) -> datetime:
     return base + timedelta(seconds=seconds)
 
 
-def batch(rows: list[tuple[int, datetime | None]], *, ingested: datetime,
+def batch(rows: Sequence[tuple[int, datetime | None]], *, ingested: datetime,
           event_time: bool = True) -> bytes:
     """One transport message: rows ``(n, event time)``; k is "x" for even n, "y" for odd.
 

@@ -67,7 +67,7 @@ def gcs() -> Iterator[Store]:
 def topic(emulator: servers.PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``(publisher, topic path, subscription path)`` on the emulator."""
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host_port)
-    from google.cloud import pubsub_v1
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     topic_path = publisher.topic_path(emulator.project, "pipeline-events")
