@@ -6,7 +6,8 @@ Both yield the graph's element contract, ``(batch_id, Arrow IPC bytes)``:
   (``transforms.batches.BATCH_ID``); a message without one (not published
   by pipeline.do's ingest) falls back to its Pub/Sub message id.
 * Kafka: the record value is the batch, its key the batch id (UTF-8): the
-  ingest producer must key each record by ``batch_id``.
+  ingest producer must key each record by ``batch_id``; a record without a
+  key is identified by the SHA-256 of its value.
 
 Nothing is read or connected here: the sources are plain PTransforms that
 pickle, expanded by the runner that runs the job.
@@ -14,6 +15,7 @@ pickle, expanded by the runner that runs the job.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -33,7 +35,10 @@ def _pubsub_pair(message: Any) -> Iterator[tuple[str, bytes]]:
 
 def _kafka_pair(record: tuple[bytes | None, bytes]) -> Iterator[tuple[str, bytes]]:
     key, value = record
-    yield (key or b"").decode("utf-8"), bytes(value)
+    data = bytes(value)
+    # A record without a key (not from pipeline.do's producer) is its own
+    # batch: identified by its content, so only an identical copy is dropped.
+    yield (key.decode("utf-8") if key else "sha256:" + hashlib.sha256(data).hexdigest()), data
 
 
 class _TransportRead(beam.PTransform):

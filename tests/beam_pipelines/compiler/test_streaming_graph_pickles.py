@@ -97,3 +97,18 @@ def test_the_graph_pickled_here_runs_in_a_fresh_interpreter(tmp_path: Path) -> N
     files = read_files(tmp_path / "lake")
     assert sorted(files.values()) == [[(1, "y", 10, int(at(t0, 5).timestamp() * 1e6))],
                                       [(2, "x", 20, int(at(t0, 65).timestamp() * 1e6))]]
+
+
+def test_transport_messages_become_batch_id_and_bytes() -> None:
+    """The element contract of ``Read`` for both transports."""
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+
+    from beam_pipelines.compiler.streaming_sources import _kafka_pair, _pubsub_pair
+
+    with_id = PubsubMessage(b"ipc", {"batch_id": "b1"}, message_id="m1")
+    without_id = PubsubMessage(b"ipc", {}, message_id="m2")
+    assert list(_pubsub_pair(with_id)) + list(_pubsub_pair(without_id)) == [
+        ("b1", b"ipc"), ("m2", b"ipc")]
+    assert list(_kafka_pair((b"b1", b"ipc"))) == [("b1", b"ipc")]
+    (anonymous, data), = _kafka_pair((None, b"ipc"))
+    assert data == b"ipc" and anonymous.startswith("sha256:") and len(anonymous) == 71
