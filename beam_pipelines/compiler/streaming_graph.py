@@ -11,7 +11,8 @@ Arrow tables throughout; a message is one accepted ingest batch
 
 The element contract of ``Read``: ``(batch_id, Arrow IPC bytes)`` pairs
 (:mod:`beam_pipelines.compiler.streaming_sources` makes both transports
-produce them).
+produce them). The last two stages, and the file names, are in
+:mod:`beam_pipelines.compiler.window_files`.
 
 The top-level stage names are part of the job's identity: a Dataflow update
 maps the running job's transforms onto the new graph by these names, so they
@@ -31,7 +32,6 @@ and runs on any Beam worker.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,20 +39,20 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
-from apache_beam.options.value_provider import StaticValueProvider
 from apache_beam.transforms import trigger, userstate, window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beam_pipelines.compiler.streaming_sources import kafka_source, pubsub_source
+from beam_pipelines.compiler.window_files import (
+    METRICS_NAMESPACE,
+    SplitWindowPartitions,
+    WriteWindowFiles,
+)
 from beam_pipelines.model.definition import Sink
-from beam_pipelines.model.layout import is_local, stream_scratch_directory, window_file_name
 from transforms.batches import decode_batch
 from transforms.decode import EVENT_TIME, INGESTED_AT
-from transforms.partition import split_partitions
-from transforms.sinks import file_extension, make_sink
 from transforms.sql import DuckDbSql
 
 __all__ = ["DEDUPE_SECONDS", "METRICS_NAMESPACE", "STAGE_NAMES", "StreamSpec", "StreamingGraph",
@@ -60,7 +60,6 @@ __all__ = ["DEDUPE_SECONDS", "METRICS_NAMESPACE", "STAGE_NAMES", "StreamSpec", "
 
 STAGE_NAMES = ("Read", "DecodeBatches", "Dedupe", "EventTime", "Window", "GroupWindow", "Sql",
                "SplitPartitions", "WriteFiles")
-METRICS_NAMESPACE = "pipeline_do"
 # How long a batch id is remembered: a publisher's retry or a transport's
 # redelivery comes within minutes (Pub/Sub's ack deadline is at most 600 s).
 DEDUPE_SECONDS = 600.0
@@ -212,95 +211,6 @@ class _GroupWindow(beam.PTransform):
                 | "Concatenate" >> beam.Map(_concatenate).with_output_types(pa.Table))
 
 
-class _SplitWindowPartitionsFn(beam.DoFn):
-    """Split a window pane's table by partition: ``((partition, pane index), rows)``.
-
-    The pane index travels in the destination because ``fileio`` names
-    unsharded files with ``pane=None``. Rows without an event time take the
-    window's start for the partition's time pattern, so a re-run is stable.
-    """
-
-    def __init__(self, sink_uri: str, partition_by: str | None) -> None:
-        super().__init__()
-        self._sink_uri = sink_uri
-        self._partition_by = partition_by
-        self._events = Metrics.counter(METRICS_NAMESPACE, "events_out")
-
-    def process(self, table: pa.Table, pane_window: Any = beam.DoFn.WindowParam,
-                pane: Any = beam.DoFn.PaneInfoParam
-                ) -> Iterator[tuple[tuple[str, int], pa.Table]]:
-        fallback = pane_window.start.to_utc_datetime(has_tz=True)
-        for partition, rows in split_partitions(table, self._partition_by, fallback):
-            if is_local(self._sink_uri):
-                # Beam's local rename does not create directories.
-                os.makedirs(os.path.join(self._sink_uri, partition), exist_ok=True)
-            self._events.inc(rows.num_rows)
-            yield (partition, pane.index), rows
-
-
-class _WindowFileNaming:
-    """``fileio`` file naming: deterministic per window, pane, partition and shard."""
-
-    def __init__(self, pipeline_id: str, extension: str) -> None:
-        self._pipeline_id = pipeline_id
-        self._extension = extension
-
-    def __call__(self, file_window: Any, pane: Any, shard_index: int, total_shards: int,
-                 compression: str, destination: tuple[str, int]) -> str:
-        partition, pane_index = destination
-        return window_file_name(self._pipeline_id, file_window.start.to_utc_datetime(has_tz=True),
-                                pane_index, shard_index, self._extension, partition)
-
-
-class _SinkFactory:
-    """A new sink per file (a shared sink object puts rows in the wrong window: Beam #20849)."""
-
-    def __init__(self, format_name: str, compression: str) -> None:
-        self._format = format_name
-        self._compression = compression
-
-    def __call__(self, destination: tuple[str, int]) -> fileio.FileSink:
-        return make_sink(self._format, self._compression)
-
-
-def _destination(element: tuple[tuple[str, int], pa.Table]) -> tuple[str, int]:
-    return element[0]
-
-
-class _CountFilesFn(beam.DoFn):
-    def __init__(self) -> None:
-        super().__init__()
-        self._files = Metrics.counter(METRICS_NAMESPACE, "files_written")
-
-    def process(self, result: Any) -> Iterator[Any]:
-        self._files.inc()
-        yield result
-
-
-class _WriteWindowFiles(beam.PTransform):
-    """``fileio.WriteToFiles`` with windowed names, counting the files it finalizes."""
-
-    def __init__(self, spec: StreamSpec) -> None:
-        super().__init__()
-        self._spec = spec
-
-    def expand(self, parts: beam.PCollection) -> beam.PCollection:
-        spec, sink = self._spec, self._spec.sink
-        extension = file_extension(sink.format, sink.compression)
-        return (parts
-                | "WriteToFiles" >> fileio.WriteToFiles(
-                    path=sink.uri,
-                    file_naming=_WindowFileNaming(spec.pipeline_id, extension),
-                    destination=_destination,
-                    sink=_SinkFactory(sink.format, sink.compression),
-                    temp_directory=StaticValueProvider(
-                        str, stream_scratch_directory(sink.uri, spec.pipeline_id)),
-                    # Never spill to the sharded path: one file per window,
-                    # pane and partition, so its name (shard 0) is stable.
-                    max_writers_per_bundle=1_000_000)
-                | "CountFiles" >> beam.ParDo(_CountFilesFn()))
-
-
 class StreamingGraph(beam.PTransform):
     """A pipeline's streaming job, from its transport to its written files (``FileResult``).
 
@@ -335,9 +245,8 @@ class StreamingGraph(beam.PTransform):
                             accumulation_mode=trigger.AccumulationMode.DISCARDING),
             _GroupWindow(spec.pipeline_id),
             DuckDbSql(spec.sql),
-            beam.ParDo(_SplitWindowPartitionsFn(spec.sink.uri, spec.sink.partition_by))
-                .with_output_types(tuple[tuple[str, int], pa.Table]),
-            _WriteWindowFiles(spec),
+            SplitWindowPartitions(spec.sink),
+            WriteWindowFiles(spec.pipeline_id, spec.sink),
         ]
         current: Any = pbegin
         for name, stage in zip(STAGE_NAMES, stages, strict=True):
