@@ -1,12 +1,21 @@
 """The streaming graph's last two stages: a window pane's table → its files.
 
-    SplitPartitions: table → ((partition, pane index), rows)
-    WriteFiles:      fileio.WriteToFiles, one file per window, pane and partition
+    SplitPartitions: table → ((partition, window start, pane index), rows)
+    WriteFiles:      global window → fileio.WriteToFiles, one file per key
 
 Names come from :func:`beam_pipelines.model.layout.window_file_name`: a late
 pane gets its own file next to the on-time one, and a re-run of a window
-and pane writes the same name. The pane index travels in the destination
-because ``fileio`` names files it wrote without spilling with ``pane=None``.
+and pane writes the same name.
+
+Every decision about windows and lateness is taken once, at
+``GroupWindow``; what comes out of it is a final pane that must be written.
+So the file key carries the window and pane (``fileio`` names the files it
+wrote without spilling with ``pane=None`` anyway), and the rows move to the
+global window, fired per element, before ``WriteToFiles``: its internal
+``GroupByKey``s then never hold a pane back nor drop a late pane's file as
+expired (a runner drops an element whose window is past its allowed
+lateness at every ``GroupByKey``, and a late pane is emitted close to that
+limit).
 
 Exactly one file per window, pane and partition: ``GroupWindow`` makes one
 table per window and pane, so each destination gets one element, written in
@@ -27,23 +36,30 @@ import pyarrow as pa
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.options.value_provider import StaticValueProvider
+from apache_beam.transforms import trigger, window
+from apache_beam.utils.timestamp import Timestamp
 
 from beam_pipelines.model.definition import Sink
 from beam_pipelines.model.layout import is_local, stream_scratch_directory, window_file_name
 from transforms.partition import split_partitions
 from transforms.sinks import SinkFactory, file_extension
 
-__all__ = ["METRICS_NAMESPACE", "SplitWindowPartitions", "WriteWindowFiles"]
+__all__ = ["METRICS_NAMESPACE", "FileKey", "SplitWindowPartitions", "WriteWindowFiles"]
 
 METRICS_NAMESPACE = "pipeline_do"
 
 
-class _SplitWindowPartitionsFn(beam.DoFn):
-    """Split a window pane's table by partition: ``((partition, pane index), rows)``.
+# Which file rows go to: (partition path, window start in unix µs, pane index).
+# A plain tuple: Beam's deterministic key coder takes it as it is (a NamedTuple
+# falls back to a slower coder with a warning).
+FileKey = tuple[str, int, int]
 
-    The pane index travels in the destination because ``fileio`` names
-    unsharded files with ``pane=None``. Rows without an event time take the
-    window's start for the partition's time pattern, so a re-run is stable.
+
+class _SplitWindowPartitionsFn(beam.DoFn):
+    """Split a window pane's table by partition: ``(FileKey, rows)``.
+
+    Rows without an event time take the window's start for the partition's
+    time pattern, so a re-run is stable.
     """
 
     def __init__(self, sink_uri: str, partition_by: str | None) -> None:
@@ -54,18 +70,19 @@ class _SplitWindowPartitionsFn(beam.DoFn):
 
     def process(self, table: pa.Table, pane_window: Any = beam.DoFn.WindowParam,
                 pane: Any = beam.DoFn.PaneInfoParam
-                ) -> Iterator[tuple[tuple[str, int], pa.Table]]:
+                ) -> Iterator[tuple[FileKey, pa.Table]]:
+        start = pane_window.start.micros
         fallback = pane_window.start.to_utc_datetime(has_tz=True)
         for partition, rows in split_partitions(table, self._partition_by, fallback):
             if is_local(self._sink_uri):
                 # Beam's local rename does not create directories.
                 os.makedirs(os.path.join(self._sink_uri, partition), exist_ok=True)
             self._events.inc(rows.num_rows)
-            yield (partition, pane.index), rows
+            yield (partition, start, pane.index), rows
 
 
 class SplitWindowPartitions(beam.PTransform):
-    """A window pane's table → ``((partition, pane index), rows)`` by ``sink.partition_by``."""
+    """A window pane's table → ``(FileKey, rows)`` by ``sink.partition_by``."""
 
     def __init__(self, sink: Sink) -> None:
         super().__init__()
@@ -73,7 +90,7 @@ class SplitWindowPartitions(beam.PTransform):
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
         fn = _SplitWindowPartitionsFn(self._sink.uri, self._sink.partition_by)
-        return tables | beam.ParDo(fn).with_output_types(tuple[tuple[str, int], pa.Table])
+        return tables | beam.ParDo(fn).with_output_types(tuple[FileKey, pa.Table])
 
 
 class _WindowFileNaming:
@@ -84,13 +101,14 @@ class _WindowFileNaming:
         self._extension = extension
 
     def __call__(self, file_window: Any, pane: Any, shard_index: int, total_shards: int,
-                 compression: str, destination: tuple[str, int]) -> str:
-        partition, pane_index = destination
-        return window_file_name(self._pipeline_id, file_window.start.to_utc_datetime(has_tz=True),
-                                pane_index, shard_index, self._extension, partition)
+                 compression: str, destination: FileKey) -> str:
+        partition, start, pane_index = destination
+        window_start = Timestamp(micros=start).to_utc_datetime(has_tz=True)
+        return window_file_name(self._pipeline_id, window_start, pane_index, shard_index,
+                                self._extension, partition)
 
 
-def _destination(element: tuple[tuple[str, int], pa.Table]) -> tuple[str, int]:
+def _destination(element: tuple[FileKey, pa.Table]) -> FileKey:
     return element[0]
 
 
@@ -116,6 +134,9 @@ class WriteWindowFiles(beam.PTransform):
         sink = self._sink
         extension = file_extension(sink.format, sink.compression)
         return (parts
+                | "GlobalWindow" >> beam.WindowInto(
+                    window.GlobalWindows(), trigger=trigger.Repeatedly(trigger.AfterCount(1)),
+                    accumulation_mode=trigger.AccumulationMode.DISCARDING)
                 | "WriteToFiles" >> fileio.WriteToFiles(
                     path=sink.uri,
                     file_naming=_WindowFileNaming(self._pipeline_id, extension),
