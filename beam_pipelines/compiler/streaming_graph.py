@@ -173,13 +173,14 @@ class _SliceByWindowFn(beam.DoFn):
         size = self._window_micros
         times = _event_micros(table, timestamp)
         table = _with_event_time(table, times)
-        # floor (not truncation) so that times before 1970 land right too
+        earliest, latest = (v.as_py() for v in pc.min_max(times).values())
+        if earliest // size == latest // size:  # the common case: one window
+            yield window.TimestampedValue(table, Timestamp(micros=earliest))
+            return
+        # floor, not truncation, so that times before 1970 land right too
+        # (float64 holds unix microseconds exactly for ±285 years)
         starts = pc.multiply(pc.floor(pc.divide(times.cast(pa.float64()), float(size)))
                              .cast(pa.int64()), size)
-        low, high = pc.min_max(starts).values()
-        if low == high:
-            yield window.TimestampedValue(table, Timestamp(micros=pc.min(times).as_py()))
-            return
         order = pc.sort_indices(starts)  # stable: rows keep their order within a window
         ordered, ordered_times = table.take(order), times.take(order)
         offset = 0
