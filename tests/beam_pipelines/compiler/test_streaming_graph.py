@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
@@ -19,7 +20,11 @@ from apache_beam.testing.test_stream import TestStream as ScriptedStream  # not 
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from beam_pipelines.compiler.streaming_graph import METRICS_NAMESPACE, build_streaming_pipeline
+from beam_pipelines.compiler.streaming_graph import (
+    METRICS_NAMESPACE,
+    _SliceByWindowFn,
+    build_streaming_pipeline,
+)
 from beam_pipelines.model.layout import window_file_name
 from tests.beam_pipelines.compiler.stream_fixtures import (
     PIPELINE_ID,
@@ -29,6 +34,7 @@ from tests.beam_pipelines.compiler.stream_fixtures import (
     stream_spec,
     utc,
 )
+from transforms.decode import EVENT_TIME, INGESTED_AT, TIMESTAMP
 
 T0 = utc(2026, 3, 1, 12, 58)  # windows of 60 s: W0 = 12:58, W1 = 12:59, W2 = 13:00, ...
 LATENESS = 120.0
@@ -157,3 +163,19 @@ def test_the_counters_a_job_reports(tmp_path: Path) -> None:
     assert counters == {"events_out": 4, "files_written": 4, "batches_republished": 1}
     assert sorted(n for rows in read_files(tmp_path / "lake").values() for n, *_ in rows) \
         == [1, 2, 3, 4]
+
+
+def test_event_time_slices_a_batch_by_window() -> None:
+    """Null event times take the ingest time; times before 1970 floor into their window."""
+    def micros(*values: int) -> pa.Array:
+        return pa.array(values, pa.int64()).cast(TIMESTAMP)
+
+    table = pa.table({"n": [1, 2, 3, 4],
+                      INGESTED_AT: micros(0, 0, 0, 61_000_000),
+                      EVENT_TIME: pa.array([-1, 59_999_999, 5, None], pa.int64()).cast(TIMESTAMP)})
+    slices = list(_SliceByWindowFn(60.0).process(("b", table), Timestamp(0)))
+    got = [(s.timestamp.micros, s.value.column("n").to_pylist(),
+            s.value.column(EVENT_TIME).cast(pa.int64()).to_pylist()) for s in slices]
+    assert got == [(-1, [1], [-1]),                               # window [-60 s, 0)
+                   (5, [2, 3], [59_999_999, 5]),                  # window [0, 60 s), in order
+                   (61_000_000, [4], [61_000_000])]               # its ingest time
