@@ -182,3 +182,5 @@ def test_events_come_out_per_window_exactly_once(topic: Any, gcs: Store) -> None
         result.cancel()
     assert _by_window(files) == expected
     assert all(_PANE.search(name) for name in files), sorted(files)
+    # Every staged file was renamed into place: none is left in the scratch area.
+    assert [k for k in gcs.objects(PREFIX) if k.startswith("_tmp/")] == []
