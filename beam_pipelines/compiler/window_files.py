@@ -14,8 +14,8 @@ wrote without spilling with ``pane=None`` anyway), and the rows move to the
 global window, fired per element, before ``WriteToFiles``: its internal
 ``GroupByKey``s then never hold a pane back nor drop a late pane's file as
 expired (a runner drops an element whose window is past its allowed
-lateness at every ``GroupByKey``, and a late pane is emitted close to that
-limit).
+lateness at every ``GroupByKey``, and a late pane may be emitted just before
+that limit, to reach the next one after it).
 
 Exactly one file per window, pane and partition: ``GroupWindow`` makes one
 table per window and pane, so each destination gets one element, written in
