@@ -28,7 +28,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from transforms.formats import FILE_FORMATS, FileFormat, file_format
 
 __all__ = ["FORMATS", "CsvSink", "JsonLinesSink", "ParquetSink", "check_format",
-           "file_extension", "make_sink"]
+           "SinkFactory", "file_extension", "make_sink"]
 
 _GZIP_LEVEL = 1  # ~3x faster than 6 for ~10% larger files of event data
 
@@ -199,6 +199,23 @@ def make_sink(format_name: str, compression: str | None = None, **settings: Any)
     sink_class = check_format(format_name, compression)
     return sink_class(compression=compression  # type: ignore[call-arg]
                       or sink_class.file_format.default_compression, **settings)
+
+
+class SinkFactory:
+    """``WriteToFiles``' ``sink``: a new sink of the format for every file.
+
+    Pass this, never a sink object: Beam re-creates a sink object's class
+    without its arguments, and a shared one puts rows in the wrong window
+    (Beam issue #20849). It is plain data, so it pickles.
+    """
+
+    def __init__(self, format_name: str, compression: str | None = None) -> None:
+        check_format(format_name, compression)
+        self._format = format_name
+        self._compression = compression
+
+    def __call__(self, destination: Any) -> fileio.FileSink:
+        return make_sink(self._format, self._compression)
 
 
 def file_extension(format_name: str, compression: str | None = None) -> str:

@@ -10,7 +10,11 @@ local-only source, in :mod:`beam_pipelines.runners.local.buffer_source`, and
 the compiled plans it keeps and re-runs in
 :mod:`beam_pipelines.runners.local.plan_cache`.
 
-A streaming graph (Pub/Sub or Kafka → windows → the same transforms) will
-sit beside the epoch graph as ``streaming_graph``. This package re-exports
-nothing: each name is imported from its own module.
+* :mod:`~beam_pipelines.compiler.streaming_graph`: the same transforms as
+  one unbounded job (Dataflow, Flink): transport → decode → de-duplicate →
+  event-time windows → DuckDbSql → partitions → windowed files. Its sources
+  are in :mod:`~beam_pipelines.compiler.streaming_sources` (Pub/Sub, Kafka),
+  its last two stages in :mod:`~beam_pipelines.compiler.window_files`.
+
+This package re-exports nothing: each name is imported from its own module.
 """

@@ -41,7 +41,7 @@ from beam_pipelines.model.layout import is_local, part_file_name, scratch_direct
 from beam_pipelines.model.manifest import FileEntry, write_manifest
 from transforms.decode import EVENT_TIME
 from transforms.partition import split_partitions
-from transforms.sinks import file_extension, make_sink
+from transforms.sinks import SinkFactory, file_extension
 from transforms.sql import DuckDbSql
 
 __all__ = ["EpochBound", "EpochGraph", "EpochScratch", "EpochSpec", "SplitEpochPartitions",
@@ -209,15 +209,6 @@ class _EpochFileNaming:
         return part_file_name(self._pipeline_id, epoch, shard_index, self._extension, partition)
 
 
-class _SinkFactory:
-    def __init__(self, format_name: str, compression: str) -> None:
-        self._format = format_name
-        self._compression = compression
-
-    def __call__(self, destination: tuple[str, int]) -> fileio.FileSink:
-        return make_sink(self._format, self._compression)
-
-
 def _destination(element: tuple[tuple[str, int], pa.Table]) -> tuple[str, int]:
     return element[0]
 
@@ -253,7 +244,7 @@ class EpochGraph(beam.PTransform):
                 path=sink.uri,
                 file_naming=_EpochFileNaming(spec.pipeline_id, extension),
                 destination=_destination,
-                sink=_SinkFactory(sink.format, sink.compression),
+                sink=SinkFactory(sink.format, sink.compression),
                 temp_directory=EpochScratch(spec),
                 # One writer per partition in the epoch's single bundle: no
                 # spilling, so exactly one file per partition and a stable name.
