@@ -8,7 +8,13 @@ columnar from the HTTP body to the Parquet file.
 A message carries ``BATCH_ID`` (unique per accepted request; the same id when
 the same request is published again), which the streaming read de-duplicates
 by (Pub/Sub's ``id_label`` on Dataflow, a keyed de-duplication elsewhere),
-``PIPELINE_ID`` and ``EVENTS`` (the row count, for checks and metrics).
+``PIPELINE_ID``, ``EVENTS`` (the row count, for checks and metrics) and
+``EVENT_TIME_MS``: the batch's earliest event time (unix ms; the ingest time
+for rows without one). The streaming read takes it as the message's timestamp
+(Pub/Sub's ``timestamp_attribute``, Kafka's record timestamp), so the
+watermark follows event time: with the publish time instead, a batch whose
+events are older than the window plus the allowed lateness was dropped whole,
+and the graph would emit slices before its input's timestamp.
 """
 
 from __future__ import annotations
@@ -16,12 +22,17 @@ from __future__ import annotations
 import uuid
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-__all__ = ["BATCH_ID", "EVENTS", "PIPELINE_ID", "decode_batch", "encode_batch", "new_batch_id"]
+from transforms.decode import EVENT_TIME, INGESTED_AT
+
+__all__ = ["BATCH_ID", "EVENTS", "EVENT_TIME_MS", "PIPELINE_ID", "decode_batch", "earliest_event_ms",
+           "encode_batch", "new_batch_id"]
 
 BATCH_ID = "batch_id"
 PIPELINE_ID = "pipeline_id"
 EVENTS = "events"
+EVENT_TIME_MS = "event_time_ms"
 
 _WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
@@ -42,3 +53,13 @@ def decode_batch(data: bytes) -> pa.Table:
     """The table ``encode_batch`` wrote (zero copy over ``data``)."""
     with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
         return reader.read_all()
+
+
+def earliest_event_ms(table: pa.Table) -> int | None:
+    """The smallest event time of ``table`` in unix ms (``_ingested_at`` where a row has none)."""
+    times = [table.column(name).cast(pa.timestamp("us")).cast(pa.int64())
+             for name in (EVENT_TIME, INGESTED_AT) if name in table.column_names]
+    if not times:
+        return None
+    lowest = pc.min(times[0] if len(times) == 1 else pc.coalesce(*times)).as_py()
+    return None if lowest is None else lowest // 1000

@@ -77,8 +77,10 @@ def stream_spec(job: JobSpec) -> Any:
 def build_job_graph(pipeline: Any, job: JobSpec) -> Any:
     """Apply the pipeline's streaming graph, reading ``job.subscription``, to ``pipeline``."""
     from beam_pipelines.compiler.streaming_graph import build_streaming_pipeline, pubsub_source
+    from transforms.batches import EVENT_TIME_MS
 
-    return build_streaming_pipeline(pipeline, stream_spec(job), pubsub_source(job.subscription))
+    return build_streaming_pipeline(pipeline, stream_spec(job), pubsub_source(
+        job.subscription, timestamp_attribute=EVENT_TIME_MS))
 
 
 def update_name_mapping() -> dict[str, str]:

@@ -72,7 +72,15 @@ from beam_pipelines.runners.base import (
 from beam_pipelines.runners.job_watcher import Unheard, observe_job
 from beam_pipelines.runners.local.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.storage.sealing import SecretBox
-from transforms.batches import BATCH_ID, EVENTS, PIPELINE_ID, encode_batch, new_batch_id
+from transforms.batches import (
+    BATCH_ID,
+    EVENT_TIME_MS,
+    EVENTS,
+    PIPELINE_ID,
+    earliest_event_ms,
+    encode_batch,
+    new_batch_id,
+)
 from transforms.decode import arrow_schema
 
 __all__ = ["DistributedRunner", "job_name"]
@@ -279,8 +287,11 @@ class DistributedRunner:
         """Publish the accepted events (confirmed), then count them and keep the rejected."""
         ledger = self._ledgers.get(pipeline_id)  # NotFoundError once the pipeline is deleted
         if table.num_rows:
-            self._publish(pipeline_id, encode_batch(table), {
-                PIPELINE_ID: pipeline_id, EVENTS: str(table.num_rows)})
+            attributes = {PIPELINE_ID: pipeline_id, EVENTS: str(table.num_rows)}
+            earliest = earliest_event_ms(table)
+            if earliest is not None:
+                attributes[EVENT_TIME_MS] = str(max(earliest, 0))
+            self._publish(pipeline_id, encode_batch(table), attributes)
         seq = ledger.append(table, rejected, raw_bytes=raw_bytes)
         if seq is not None and seq % TRIM_EVERY == 0 and seq > SAMPLE_ROWS:
             ledger.release(0, seq - SAMPLE_ROWS, time.time())

@@ -244,13 +244,13 @@ def _submit_beam(request: JobRequest, settings: FlinkSettings, args: list[str]) 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    # StreamingGraph is the stream helper's (issue #8), landing beside StreamSpec.
-    from beam_pipelines.compiler.streaming_graph import (  # type: ignore[attr-defined]
-        StreamingGraph,
+    from beam_pipelines.compiler.streaming_graph import (
         StreamSpec,
+        build_streaming_pipeline,
+        kafka_source,
     )
     from beam_pipelines.model.definition import definition_from_dict
-    from beam_pipelines.runners.transports.kafka import kafka_source
+    from beam_pipelines.runners.transports import topic_name
 
     definition = definition_from_dict(dict(request.definition))
     options = _runner_options(request.definition)
@@ -258,8 +258,10 @@ def _submit_beam(request: JobRequest, settings: FlinkSettings, args: list[str]) 
         pipeline_id=request.pipeline_id, sql=request.sql, input_schema=request.input_schema,
         sink=definition.sink, window_seconds=definition.sink.roll.interval_seconds,
         allowed_lateness_seconds=float(options.get("allowed_lateness_seconds", 0)))
-    source = kafka_source(request.pipeline_id, bootstrap_servers=settings.kafka_bootstrap,
+    source = kafka_source(settings.kafka_bootstrap, topic_name(request.pipeline_id),
                           expansion_service=settings.kafka_expansion_service)
     pipeline = beam.Pipeline(options=PipelineOptions(args))
-    _ = pipeline | StreamingGraph(spec, source)
+    # Stages at the root: Flink's operator uids are the transforms' names, which a
+    # restore from a savepoint matches by.
+    build_streaming_pipeline(pipeline, spec, source)
     pipeline.run()  # streaming: returns once the job server accepted the job

@@ -27,6 +27,7 @@ from typing import Any
 
 from beam_pipelines.errors import DefinitionError, Unavailable
 from beam_pipelines.runners.transports import TOPIC_PREFIX, topic_name
+from transforms.batches import BATCH_ID, EVENT_TIME_MS
 
 __all__ = ["KafkaTransport"]
 
@@ -99,7 +100,7 @@ class KafkaTransport:
         while True:
             try:
                 producer.produce(self.topic(pipeline_id), value=data, headers=headers,
-                                 on_delivery=on_delivery)
+                                 on_delivery=on_delivery, **_key_and_time(attributes))
                 break
             except BufferError:  # the local queue is full: serve reports, then try again
                 if time.monotonic() > deadline:
@@ -164,3 +165,14 @@ def _unavailable(what: str, err: Exception) -> Unavailable:
     error: Any = err.args[0] if err.args else None
     reason = error.name() if hasattr(error, "name") else type(err).__name__
     return Unavailable(f"{what}: {reason}", {"transport": "kafka"})
+
+
+def _key_and_time(attributes: Mapping[str, str]) -> dict[str, Any]:
+    """The record key is the batch id (the streaming read de-duplicates by it) and its
+    timestamp the batch's earliest event time (the read's watermark follows it)."""
+    out: dict[str, Any] = {}
+    if BATCH_ID in attributes:
+        out["key"] = attributes[BATCH_ID].encode()
+    if EVENT_TIME_MS in attributes:
+        out["timestamp"] = int(attributes[EVENT_TIME_MS])
+    return out
