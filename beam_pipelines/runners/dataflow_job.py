@@ -29,6 +29,7 @@ from typing import Any, cast
 import pyarrow as pa
 
 from beam_pipelines.model.definition import definition_from_dict
+from transforms.batches import BATCH_ID, EVENT_TIME_MS
 
 __all__ = ["JobSpec", "build_job_graph", "launcher_main", "read_spec", "run", "submit",
            "update_name_mapping", "write_spec"]
@@ -74,13 +75,16 @@ def stream_spec(job: JobSpec) -> Any:
                       allowed_lateness_seconds=lateness)
 
 
-def build_job_graph(pipeline: Any, job: JobSpec) -> Any:
-    """Apply the pipeline's streaming graph, reading ``job.subscription``, to ``pipeline``."""
+def build_job_graph(pipeline: Any, job: JobSpec, *, id_label: str | None = BATCH_ID) -> Any:
+    """Apply the pipeline's streaming graph, reading ``job.subscription``, to ``pipeline``.
+
+    ``id_label=None`` for Beam's DirectRunner, which refuses it (the graph's
+    ``Dedupe`` stage then drops a re-published batch alone).
+    """
     from beam_pipelines.compiler.streaming_graph import build_streaming_pipeline, pubsub_source
-    from transforms.batches import EVENT_TIME_MS
 
     return build_streaming_pipeline(pipeline, stream_spec(job), pubsub_source(
-        job.subscription, timestamp_attribute=EVENT_TIME_MS))
+        job.subscription, id_label=id_label, timestamp_attribute=EVENT_TIME_MS))
 
 
 def update_name_mapping() -> dict[str, str]:
