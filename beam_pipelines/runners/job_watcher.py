@@ -153,6 +153,10 @@ def _ended(engine_type: str, handle: JobHandle, view: JobView) -> str:
     return text + (f": {view.message}" if view.message else "")
 
 
+def _runner_type(definition: str) -> str:
+    return str(json.loads(definition).get("runner", {}).get("type", "direct"))
+
+
 def _short(state: str) -> str:
     return state.removeprefix("JOB_STATE_")
 
@@ -188,10 +192,14 @@ class JobWatcher:
                     .join(PipelineRow, PipelineRow.id == EngineJob.pipeline_id)
                     .where(EngineJob.state.not_in(JobState.TERMINAL)
                            | PipelineRow.status.in_(SCHEDULED))).all()]
-            # A stop of a pipeline that never ran ends without an engine.
-            jobless = s.scalars(select(PipelineRow.id).where(
-                PipelineRow.status == Status.STOPPING,
-                PipelineRow.id.not_in(select(EngineJob.pipeline_id)))).all()
+            # A stop of a distributed pipeline that never ran ends without an engine.
+            # Only of this watcher's engines: a stopping direct pipeline is flushing
+            # its buffer, and only the job manager may say when that is done.
+            jobless = [pid for pid, definition in s.execute(
+                select(PipelineRow.id, PipelineRow.definition).where(
+                    PipelineRow.status == Status.STOPPING,
+                    PipelineRow.id.not_in(select(EngineJob.pipeline_id)))).all()
+                if _runner_type(definition) in self.engines]
         futures = {pid: self._pool.submit(observe_job, self.store, self.engines[engine], pid,
                                           self.events)
                    for pid, engine in jobs if engine in self.engines}
