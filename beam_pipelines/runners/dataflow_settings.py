@@ -58,10 +58,25 @@ _RULES: dict[str, tuple[re.Pattern[str], str]] = {
 }
 
 
+#: The environment variable of each setting (all listed in ``beam_pipelines.settings``).
+ENV_VARS = {
+    "project": "PIPELINE_DO_DATAFLOW_PROJECT",
+    "region": "PIPELINE_DO_DATAFLOW_REGION",
+    "temp_location": "PIPELINE_DO_DATAFLOW_TEMP_LOCATION",
+    "staging_location": "PIPELINE_DO_DATAFLOW_STAGING_LOCATION",
+    "sdk_container_image": "PIPELINE_DO_DATAFLOW_SDK_CONTAINER_IMAGE",
+    "dataflow_endpoint": "PIPELINE_DO_DATAFLOW_ENDPOINT",
+    "service_account_email": "PIPELINE_DO_DATAFLOW_SERVICE_ACCOUNT_EMAIL",
+    "subnetwork": "PIPELINE_DO_DATAFLOW_SUBNETWORK",
+    "machine_type": "PIPELINE_DO_DATAFLOW_MACHINE_TYPE",
+    "max_num_workers": "PIPELINE_DO_DATAFLOW_MAX_NUM_WORKERS",
+    "flex_template": "PIPELINE_DO_DATAFLOW_FLEX_TEMPLATE",
+}
+
+
 def env_var(key: str) -> str:
     """The environment variable of setting ``key``."""
-    return "PIPELINE_DO_DATAFLOW_ENDPOINT" if key == "dataflow_endpoint" \
-        else f"PIPELINE_DO_DATAFLOW_{key.upper()}"
+    return ENV_VARS[key]
 
 
 @dataclass(frozen=True)

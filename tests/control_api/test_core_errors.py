@@ -139,14 +139,21 @@ def test_ingest_after_delete_is_404_and_a_new_pipeline_of_that_name_gets_the_eve
     assert got["events_in"] == 1
 
 
-def test_a_distributed_runner_is_never_run_locally(client: Any, auth: dict[str, str]) -> None:
+def test_a_distributed_runner_without_its_settings_is_refused_at_start_naming_them(
+        client: Any, auth: dict[str, str]) -> None:
+    """Never run locally behind the user's back: a Dataflow pipeline on a server with
+    no Dataflow settings is refused, naming the first missing one and where to set it."""
     create = {"operation": "create", "parameters": {"name": "remote",
                                                     "runner": {"type": "dataflow"}}}
     assert client.post("/pipeline", json=create, headers=auth).status_code == 200
     err = _error(client.post("/pipeline", json={"operation": "start",
                                                 "parameters": {"name": "remote"}},
                              headers=auth), 400, "VALIDATION_ERROR")
-    assert err["details"]["field"] == "runner.type" and "direct" in err["message"]
+    assert err["details"]["field"].startswith("runner.options.")
+    assert "PIPELINE_DO_DATAFLOW_" in err["message"]
+    got = client.post("/pipeline", json={"operation": "get", "parameters": {"name": "remote"}},
+                      headers=auth).get_json()["data"]
+    assert got["status"] == "created"
 
 
 def test_sql_whose_output_parquet_cannot_store_is_refused_at_create(
