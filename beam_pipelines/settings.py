@@ -21,10 +21,12 @@ EPOCH_MAX_TRANSIENT_ATTEMPTS_ENV = "PIPELINE_DO_EPOCH_MAX_TRANSIENT_ATTEMPTS"
 STORAGE_RETRY_DEADLINE_ENV = "PIPELINE_DO_STORAGE_RETRY_DEADLINE"
 SECRET_KEY_ENV = "PIPELINE_DO_SECRET_KEY"
 LOCAL_SINK_ROOTS_ENV = "PIPELINE_DO_LOCAL_SINK_ROOTS"
+MAX_BACKLOG_BYTES_ENV = "PIPELINE_DO_MAX_BACKLOG_BYTES"
+MIN_FREE_DISK_BYTES_ENV = "PIPELINE_DO_MIN_FREE_DISK_BYTES"
 
 #: Every variable this module reads.
 ENV_NAMES = (EPOCH_MAX_ATTEMPTS_ENV, EPOCH_MAX_TRANSIENT_ATTEMPTS_ENV, STORAGE_RETRY_DEADLINE_ENV,
-             SECRET_KEY_ENV, LOCAL_SINK_ROOTS_ENV)
+             SECRET_KEY_ENV, LOCAL_SINK_ROOTS_ENV, MAX_BACKLOG_BYTES_ENV, MIN_FREE_DISK_BYTES_ENV)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class DataPlaneSettings:
     #: Where local sinks may write besides <data dir>/lake, ``os.pathsep``-separated,
     #: as written (``beam_pipelines.storage.roots.parse_local_roots`` checks it).
     local_sink_roots: str = ""
+    #: A pipeline's uncommitted bytes in its buffer past which ingest answers
+    #: 503 with Retry-After (a stopped sink must not fill the disk).
+    max_backlog_bytes: int = 1 << 30
+    #: Free disk space under which ingest answers 503 instead of failing writes.
+    min_free_disk_bytes: int = 256 << 20
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DataPlaneSettings:
@@ -52,7 +59,9 @@ class DataPlaneSettings:
         return cls(epoch_max_attempts=max_attempts, epoch_max_transient_attempts=transient,
                    storage_retry_deadline=float(env.get(STORAGE_RETRY_DEADLINE_ENV) or "10"),
                    secret_key=env.get(SECRET_KEY_ENV) or None,
-                   local_sink_roots=env.get(LOCAL_SINK_ROOTS_ENV, ""))
+                   local_sink_roots=env.get(LOCAL_SINK_ROOTS_ENV, ""),
+                   max_backlog_bytes=int(env.get(MAX_BACKLOG_BYTES_ENV) or 1 << 30),
+                   min_free_disk_bytes=int(env.get(MIN_FREE_DISK_BYTES_ENV) or 256 << 20))
 
 
 @functools.cache

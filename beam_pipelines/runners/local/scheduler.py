@@ -24,9 +24,9 @@ with the pipeline's current SQL. After ``PIPELINE_DO_EPOCH_MAX_ATTEMPTS``
 failed attempts (``..._MAX_TRANSIENT_ATTEMPTS`` for a sink outage) the
 pipeline becomes ``failed`` and is no longer scheduled (``_record_failure``).
 
-A committed epoch's rows leave the buffer on the manager's own release
-thread, not in the worker: deleting ~100 MB of rows takes a worker a
-fifth of an epoch, during which it could run the next one.
+A committed epoch is released from the buffer (offset moved, whole segments
+deleted past retention) on the manager's own release thread, not in the
+worker, which goes on to its next epoch at once.
 
 Workers (:mod:`beam_pipelines.runners.local.workers`) import Beam once and are recycled
 after ``max_epochs_per_worker`` epochs so memory stays flat. One that dies
@@ -60,7 +60,7 @@ from beam_pipelines.catalog.store import Epoch, PipelineRow, Store
 from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
 from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
 from beam_pipelines.runners.base import RunnerEvents
-from beam_pipelines.runners.local.buffer import RELEASE_PAUSE_SECONDS, BufferHandles
+from beam_pipelines.runners.local.buffer import BufferHandles
 from beam_pipelines.runners.local.epochs import (
     EpochResult,
     Plan,
@@ -70,6 +70,11 @@ from beam_pipelines.runners.local.epochs import (
     try_plan_epoch,
 )
 from beam_pipelines.runners.local.periodic import PeriodicThread
+from beam_pipelines.runners.local.retention import (
+    EXPIRE_EVERY_SECONDS,
+    expire_retained,
+    retention_of,
+)
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from beam_pipelines.settings import data_plane_settings
 from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
@@ -382,14 +387,23 @@ class JobManager:
             return s.get(PipelineRow, pipeline_id) is not None
 
     def _release_loop(self) -> None:
-        while (result := self._releases.get()) is not None:
-            # Pausing between deletes lets ingest commits go first; a releaser
-            # with more epochs waiting than this one has fallen behind, and
-            # catches up without pauses.
-            pause = RELEASE_PAUSE_SECONDS if self._releases.empty() else 0.0
+        """Move each committed epoch's buffer offset (in order) and delete what
+        retention lets go; when no commit comes for a while, age the retained."""
+        while True:
             try:
-                release_epoch(self.data_dir, result, pause=pause)
-            except Exception:  # noqa: BLE001 - the next release drops these rows too
+                result = self._releases.get(timeout=EXPIRE_EVERY_SECONDS)
+            except queue.Empty:
+                try:
+                    expire_retained(self.store, self.data_dir)
+                except Exception:  # noqa: BLE001 - the next round tries again
+                    _log.debug("expiring retained events failed", exc_info=True)
+                continue
+            if result is None:
+                return
+            try:
+                release_epoch(self.data_dir, result,
+                              retention=retention_of(self.store, result.pipeline_id))
+            except Exception:  # noqa: BLE001 - the next release covers these frames too
                 _log.debug("releasing epoch %s of %s failed", result.epoch, result.pipeline_id,
                            exc_info=True)
 

@@ -1,0 +1,195 @@
+"""A process's index of a pipeline's event log: the frames it has seen, by sequence number.
+
+Built from the segments' frame headers (a ``pread`` of 64 bytes per request,
+never the payloads), then followed incrementally: each look reads the head
+and indexes only the frames written since, up to the head and never past it.
+Sequence numbers are contiguous, so frame ``seq`` sits at list position
+``seq - first_seq``; running sums answer "how many events and bytes after
+``seq``" with two lookups, and "which prefix fits the roll's limits" with a
+bisection.
+
+Segments released by another process vanish from the directory; the index
+drops their frames when it notices, so a long-lived ingest process keeps
+only the live part of the log in memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from beam_pipelines.runners.local.segments import (
+    Frame,
+    Head,
+    frame_payload,
+    scan_frames,
+    segment_name,
+    segment_seqs,
+)
+
+__all__ = ["LogIndex", "Span"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """The indexed frames ``(after, through]``: how many, and what they hold."""
+
+    first: int  # list positions [first, stop)
+    stop: int
+    last_seq: int
+    events: int
+    raw_bytes: int
+    size: int  # bytes on disk
+    oldest_ingested_at: float | None
+
+
+class LogIndex:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.lock = threading.RLock()
+        self.first_seq = 1  # of frames[0]; frames are contiguous from there
+        self._frames: list[Frame] = []
+        self._segments: list[int] = []  # each frame's segment (its first seq)
+        self._events = [0]  # running sums, one longer than frames
+        self._raw = [0]
+        self._size = [0]
+        self._scan_segment = 0  # where the next frame is looked for
+        self._scan_offset = 0
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self._frames) - 1
+
+    def refresh(self, head: Head, need_from: int | None = None) -> None:
+        """Index every frame up to ``head``; from ``need_from`` on if it is set and
+        earlier than what the index holds (a range read needs only its segment on)."""
+        with self.lock:
+            self._drop_vanished()
+            if need_from is not None and (not self._frames or need_from < self.first_seq):
+                self._restart(need_from)
+            elif self._scan_segment == 0:
+                self._restart(None)
+            self._extend(head)
+
+    def _restart(self, need_from: int | None) -> None:
+        present = segment_seqs(self.directory)
+        if not present:
+            return
+        starts = [s for s in present if need_from is None or s <= need_from]
+        start = starts[-1] if starts else present[0]
+        if self._frames and self._segments[0] == start:
+            return  # already from there: what lies before it is gone
+        self.first_seq = start
+        self._frames, self._segments = [], []
+        self._events, self._raw, self._size = [0], [0], [0]
+        self._scan_segment, self._scan_offset = start, 0
+
+    def _extend(self, head: Head) -> None:
+        while self._scan_segment and self.last_seq < head.last_seq:
+            segment = self._scan_segment
+            try:
+                fd = os.open(os.path.join(self.directory, segment_name(segment)),
+                             os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
+            try:
+                active = segment == head.active_first_seq
+                end = head.active_end if active else os.fstat(fd).st_size
+                for frame in scan_frames(fd, self._scan_offset, end, expect_seq=self.last_seq + 1):
+                    self._add(segment, frame)
+                    self._scan_offset = frame.end
+            finally:
+                os.close(fd)
+            if active or segment > head.active_first_seq or self.last_seq + 1 == segment:
+                return  # the head's segment (or a torn one): nothing more until the head moves
+            self._scan_segment, self._scan_offset = self.last_seq + 1, 0
+
+    def _add(self, segment: int, frame: Frame) -> None:
+        self._frames.append(frame)
+        self._segments.append(segment)
+        self._events.append(self._events[-1] + frame.events)
+        self._raw.append(self._raw[-1] + frame.raw_bytes)
+        self._size.append(self._size[-1] + frame.size)
+
+    def _drop_vanished(self) -> None:
+        """Forget the oldest segments once their files are gone (released)."""
+        while self._frames and self._segments[0] != self._scan_segment and not os.path.exists(
+                os.path.join(self.directory, segment_name(self._segments[0]))):
+            gone = bisect.bisect_right(self._segments, self._segments[0])
+            self.drop_before(self.first_seq + gone)
+
+    def drop_before(self, seq: int) -> None:
+        """Forget the frames before ``seq``."""
+        with self.lock:
+            k = max(0, min(len(self._frames), seq - self.first_seq))
+            if k:
+                self.first_seq += k
+                del self._frames[:k], self._segments[:k]
+                del self._events[:k], self._raw[:k], self._size[:k]
+
+    # -- questions ---------------------------------------------------------------
+
+    def span(self, after: int, through: int | None = None) -> Span:
+        """The indexed frames with ``after < seq <= through`` (``None``: to the end)."""
+        with self.lock:
+            first = max(0, min(len(self._frames), after + 1 - self.first_seq))
+            stop = len(self._frames) if through is None else \
+                max(first, min(len(self._frames), through + 1 - self.first_seq))
+            return self._span(first, stop)
+
+    def _span(self, first: int, stop: int) -> Span:
+        oldest = self._frames[first].ingested_at if stop > first else None
+        return Span(first, stop, self.first_seq + stop - 1 if stop > first else -1,
+                    self._events[stop] - self._events[first], self._raw[stop] - self._raw[first],
+                    self._size[stop] - self._size[first], oldest)
+
+    def prefix(self, after: int, max_events: int | None, max_bytes: int | None) -> Span:
+        """The longest run of frames after ``after`` within the limits; at least one frame."""
+        with self.lock:
+            whole = self.span(after)
+            stop = whole.stop
+            if max_events:
+                stop = min(stop, bisect.bisect_right(
+                    self._events, self._events[whole.first] + max_events) - 1)
+            if max_bytes:
+                stop = min(stop, bisect.bisect_right(
+                    self._raw, self._raw[whole.first] + max_bytes) - 1)
+            stop = max(stop, min(whole.first + 1, whole.stop))
+            return self._span(whole.first, stop)
+
+    def frames(self, span: Span) -> list[tuple[int, Frame]]:
+        with self.lock:
+            return list(zip(self._segments[span.first:span.stop],
+                            self._frames[span.first:span.stop]))
+
+    def segments(self) -> list[tuple[int, int, int, float]]:
+        """Each indexed segment: (first seq, last seq, bytes on disk, newest ingest time)."""
+        with self.lock:
+            out: list[tuple[int, int, int, float]] = []
+            start = 0
+            while start < len(self._frames):
+                stop = bisect.bisect_right(self._segments, self._segments[start])
+                out.append((self._segments[start], self.first_seq + stop - 1,
+                            self._size[stop] - self._size[start],
+                            self._frames[stop - 1].ingested_at))
+                start = stop
+            return out
+
+    def read(self, span: Span) -> list[pa.Table]:
+        """The span's events, one table per frame, zero-copy from the segments' maps."""
+        tables: list[pa.Table] = []
+        maps: dict[int, pa.MemoryMappedFile] = {}
+        try:
+            for segment, frame in self.frames(span):
+                if segment not in maps:
+                    maps[segment] = pa.memory_map(os.path.join(self.directory,
+                                                               segment_name(segment)))
+                tables.append(frame_payload(maps[segment], frame))
+        finally:
+            for mapped in maps.values():
+                mapped.close()  # the tables keep the mapped pages they point into
+        return tables
