@@ -239,7 +239,7 @@ class EventBuffer:
             if through_seq > head.committed_seq:
                 head = head.moved(committed_seq=through_seq)
                 self._log.set_head(head)
-            if 0 < head.active_end and head.last_seq <= head.committed_seq:
+            if head.active_end > 0 and head.last_seq <= head.committed_seq:
                 self._log.roll(head)  # all of it committed: seal it, so it can go too
         self.expire(retention, now=committed_at)
 

@@ -75,27 +75,33 @@ class LogIndex:
                 self._restart(None)
             self._extend(head)
 
-    def _restart(self, need_from: int | None) -> None:
+    def _restart(self, need_from: int | None, *, force: bool = False) -> None:
+        """Index again from the segment holding ``need_from`` (None: the oldest there)."""
         present = segment_seqs(self.directory)
-        if not present:
-            return
-        starts = [s for s in present if need_from is None or s <= need_from]
-        start = starts[-1] if starts else present[0]
-        if self._frames and self._segments[0] == start:
+        starts = [s for s in present if need_from is not None and s <= need_from]
+        start = starts[-1] if starts else (present[0] if present else 0)
+        if not force and self._frames and self._segments[0] == start:
             return  # already from there: what lies before it is gone
-        self.first_seq = start
+        self.first_seq = start or 1
         self._frames, self._segments = [], []
         self._events, self._raw, self._size = [0], [0], [0]
         self._scan_segment, self._scan_offset = start, 0
 
     def _extend(self, head: Head) -> None:
+        restarted = False
         while self._scan_segment and self.last_seq < head.last_seq:
             segment = self._scan_segment
             try:
                 fd = os.open(os.path.join(self.directory, segment_name(segment)),
                              os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
-                return
+                # Released while we looked (so all of it was committed): go on
+                # from the oldest segment still there.
+                if restarted:
+                    return
+                restarted = True
+                self._restart(None, force=True)
+                continue
             try:
                 active = segment == head.active_first_seq
                 end = head.active_end if active else os.fstat(fd).st_size
