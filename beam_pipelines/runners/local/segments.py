@@ -149,7 +149,10 @@ def scan_frames(fd: int, start: int, end: int, *, verify: bool = False,
 
 def frame_payload(segment: pa.MemoryMappedFile, frame: Frame) -> pa.Table:
     """A frame's events, zero-copy from the segment's memory map, checksum verified."""
-    data = segment.read_at(frame.length, frame.offset + FRAME_HEADER_BYTES)
+    # read_buffer slices the map (read_at would copy into bytes); the slice keeps
+    # the mapping alive after the file object is closed.
+    segment.seek(frame.offset + FRAME_HEADER_BYTES)
+    data = segment.read_buffer(frame.length)
     if zlib.crc32(memoryview(data)) != frame.payload_crc:
         raise OSError(f"checksum mismatch in frame {frame.first_seq} of the event log")
     return ipc.open_stream(data).read_all()
