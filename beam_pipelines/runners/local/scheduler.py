@@ -320,6 +320,9 @@ class JobManager:
         """
         in_flight = [f.epoch for f in self._flights.get(pipeline_id, [])]
         if pipeline_id not in self._recovered:
+            # After a crash the log's head may lag its last synced frames (it is
+            # not synced itself): recovery brings them into view before planning.
+            self._buffers.get(pipeline_id).recover()
             epoch = pending_epoch(self.store, pipeline_id, exclude=in_flight)
             if epoch is not None:
                 self._submit(pipeline_id, epoch, after_another=bool(in_flight))
