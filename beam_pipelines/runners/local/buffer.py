@@ -60,7 +60,7 @@ def log_directory(path: str) -> str:
 
 @dataclass
 class _PendingAppend:
-    payload: bytes | None
+    payload: pa.Buffer | None
     events: int
     nbytes: int
     rejected: list[tuple[int, str, str, str | None]]

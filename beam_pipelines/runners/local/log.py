@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import pyarrow as pa
+
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.runners.local.segments import (
     Head,
@@ -48,7 +50,7 @@ SEGMENT_BYTES = 32 << 20
 _HEAD_READ_ATTEMPTS = 1000
 
 # (IPC payload, events, raw request bytes) of one request
-FrameIn = tuple[bytes, int, int]
+FrameIn = tuple[pa.Buffer | bytes, int, int]
 
 
 class SegmentLog:
@@ -144,7 +146,7 @@ class SegmentLog:
             head = self.roll(head)
         fd = self._active(head.active_first_seq)
         assert fd is not None
-        pieces: list[bytes] = []
+        pieces: list[pa.Buffer | bytes] = []
         seq = head.last_seq
         for payload, events, raw_bytes in frames:
             seq += 1

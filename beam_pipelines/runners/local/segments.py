@@ -93,15 +93,17 @@ def segment_seqs(directory: str) -> list[int]:
                   if name.endswith(SEGMENT_SUFFIX) and name[:-len(SEGMENT_SUFFIX)].isdigit())
 
 
-def to_ipc(table: pa.Table) -> bytes:
+def to_ipc(table: pa.Table) -> pa.Buffer:
+    """The table as an IPC stream, in Arrow's own buffer: written to the
+    segment from there (``pwritev`` takes any buffer), never copied to bytes."""
     sink = pa.BufferOutputStream()
     with ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return sink.getvalue()
 
 
-def encode_frame(payload: bytes, seq: int, events: int, raw_bytes: int,
-                 ingested_at: float) -> list[bytes]:
+def encode_frame(payload: pa.Buffer | bytes, seq: int, events: int, raw_bytes: int,
+                 ingested_at: float) -> list[pa.Buffer | bytes]:
     """A frame as the pieces ``os.pwritev`` writes: header, payload, padding."""
     rest = _FRAME.pack(_FRAME_MAGIC, 0, len(payload), zlib.crc32(payload), seq, seq, events,
                        raw_bytes, ingested_at)[8:]
