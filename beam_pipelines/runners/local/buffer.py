@@ -253,33 +253,34 @@ class EventBuffer:
         """
         now = time.time() if now is None else now
         retention = retention or Retention()
-        with self._log.locked() as head:
-            self._index.refresh(head, need_from=0)
-            kept = [s for s in self._index.segments()
-                    if s[0] < head.active_first_seq and s[1] <= head.committed_seq]
-            retained = sum(s[2] for s in kept)
-            doomed: list[tuple[int, int, int, float]] = []
-            for segment in kept:
-                if not retention.until_committed and not (
-                        (retention.seconds is not None and now - segment[3] > retention.seconds)
-                        or (retention.bytes is not None and retained > retention.bytes)):
-                    break
-                doomed.append(segment)
-                retained -= segment[2]
-            if not doomed:
-                return 0
-            summaries: list[SegmentSummary] = []
+        # No lock: only sealed, committed segments go, which no writer touches;
+        # the ledger counts each segment once however many processes race here.
+        head = self._fresh(need_from=0)
+        kept = [s for s in self._index.segments()
+                if s[0] < head.active_first_seq and s[1] <= head.committed_seq]
+        retained = sum(s[2] for s in kept)
+        doomed: list[tuple[int, int, int, float]] = []
+        for segment in kept:
+            if not retention.until_committed and not (
+                    (retention.seconds is not None and now - segment[3] > retention.seconds)
+                    or (retention.bytes is not None and retained > retention.bytes)):
+                break
+            doomed.append(segment)
+            retained -= segment[2]
+        if not doomed:
+            return 0
+        deleted: list[tuple[SegmentSummary, dict[int, int]]] = []
+        for first, last, size, _ in doomed:
+            span = self._index.span(first - 1, last)
             seconds: dict[int, int] = {}
-            for first, last, size, _ in doomed:
-                span = self._index.span(first - 1, last)
-                summaries.append((first, last, span.events, span.raw_bytes, size))
-                for _, frame in self._index.frames(span):
-                    second = int(frame.ingested_at)
-                    seconds[second] = seconds.get(second, 0) + frame.events
-            self._ledger.record_deleted(summaries, seconds, now)
-            self._log.remove_segments([s[0] for s in doomed])
-            self._index.drop_before(doomed[-1][1] + 1)
-            return len(doomed)
+            for _, frame in self._index.frames(span):
+                second = int(frame.ingested_at)
+                seconds[second] = seconds.get(second, 0) + frame.events
+            deleted.append(((first, last, span.events, span.raw_bytes, size), seconds))
+        self._ledger.record_deleted(deleted, now)
+        self._log.remove_segments([s[0] for s in doomed])
+        self._index.drop_before(doomed[-1][1] + 1)
+        return len(doomed)
 
     # -- reading -------------------------------------------------------------------
 

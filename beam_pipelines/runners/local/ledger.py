@@ -56,8 +56,7 @@ CREATE TABLE IF NOT EXISTS commit_latency (
 CREATE INDEX IF NOT EXISTS commit_latency_at ON commit_latency (committed_at);
 """
 
-# (first seq, last seq, events, raw bytes, bytes on disk) of a deleted segment,
-# and (ingest second, events) of its requests.
+# (first seq, last seq, events, raw bytes, bytes on disk) of a deleted segment
 SegmentSummary = tuple[int, int, int, int, int]
 _HISTORY_SECONDS = 86_400
 
@@ -122,22 +121,29 @@ class Ledger:
             ("DELETE FROM ingest_seconds WHERE second < ?", (int(horizon),)),
         ])
 
-    def record_deleted(self, segments: list[SegmentSummary], seconds: dict[int, int],
+    def record_deleted(self, segments: list[tuple[SegmentSummary, dict[int, int]]],
                        deleted_at: float) -> None:
-        """Segments about to leave the disk: their counts move here first."""
-        if not segments:
-            return
-        self._write([
-            ("INSERT OR IGNORE INTO segments VALUES (?, ?, ?, ?, ?, ?)",
-             [(*s, deleted_at) for s in segments]),
-            ("UPDATE totals SET deleted_events = deleted_events + ?, "
-             "deleted_bytes = deleted_bytes + ?, deleted_through = max(deleted_through, ?)",
-             (sum(s[2] for s in segments), sum(s[3] for s in segments),
-              max(s[1] for s in segments))),
-            ("INSERT INTO ingest_seconds VALUES (?, ?) ON CONFLICT (second) "
-             "DO UPDATE SET events = events + excluded.events",
-             [(second, n) for second, n in seconds.items()]),
-        ])
+        """Segments about to leave the disk, with their events per ingest second:
+        their counts move here first, once per segment (a segment recorded by
+        another process already is skipped)."""
+        con = self._connect()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for summary, seconds in segments:
+                if not con.execute("INSERT OR IGNORE INTO segments VALUES (?, ?, ?, ?, ?, ?)",
+                                   (*summary, deleted_at)).rowcount:
+                    continue
+                con.execute("UPDATE totals SET deleted_events = deleted_events + ?, "
+                            "deleted_bytes = deleted_bytes + ?, "
+                            "deleted_through = max(deleted_through, ?)",
+                            (summary[2], summary[3], summary[1]))
+                con.executemany("INSERT INTO ingest_seconds VALUES (?, ?) ON CONFLICT (second) "
+                                "DO UPDATE SET events = events + excluded.events",
+                                list(seconds.items()))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     def deleted(self) -> tuple[int, int, int, int]:
         """(deleted through seq, events, raw bytes, events rejected) so far."""

@@ -170,11 +170,12 @@ class SegmentLog:
         """Seal the active segment and start the next one (under :meth:`locked`)."""
         first = head.last_seq + 1
         fd = os.open(self._path(first), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        os.fsync(fd)
+        # The name must outlive a power loss before any frame is acked in it;
+        # the head need not (recovery walks on to the following segment).
         _sync_dir(self.directory)
         self._set_active(first, fd)
         moved = head.moved(active_first_seq=first, active_end=0)
-        write_head(self._head_fd(), moved, sync=True)
+        write_head(self._head_fd(), moved)
         return moved
 
     def set_head(self, head: Head, *, sync: bool = False) -> None:
