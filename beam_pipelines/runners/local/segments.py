@@ -42,7 +42,7 @@ SEGMENT_SUFFIX = ".arrows"
 _PAD = b"\0" * 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per request in every process's index
 class Frame:
     """One frame's header, and where it lies in its segment."""
 
