@@ -108,7 +108,7 @@ class EventBuffer:
         self._queue: list[_PendingAppend] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
-        self._ledger._connect()  # a missing buffer fails here, with NotFoundError
+        self._ledger.open()  # a missing buffer fails here, with NotFoundError
         self._log.head()
 
     def close_connection(self) -> None:

@@ -84,6 +84,10 @@ class Ledger:
             self._local.con = con
         return con
 
+    def open(self) -> None:
+        """Connect now (this thread): a missing ledger raises ``NotFoundError``."""
+        self._connect()
+
     def close_connection(self) -> None:
         con = getattr(self._local, "con", None)
         if con is not None:

@@ -196,7 +196,8 @@ class SegmentLog:
         first = base.active_first_seq or (present[0] if present else 0)
         if first == 0 or first not in present:
             first = next((s for s in present if s >= first), 0) if present else 0
-        if first == 0:
+        if first == 0:  # no segment (or the head's is gone): the next append starts one
+            base = base.moved(active_first_seq=0, active_end=0)
             write_head(self._head_fd(), base, sync=True)
             return base
         start, expect = 0, first
