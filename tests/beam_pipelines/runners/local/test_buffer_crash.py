@@ -165,3 +165,20 @@ def test_a_head_that_lags_the_synced_frames_is_caught_up_by_recovery(
     assert reader.backlog(0).events == 600
     assert reader.read_range(0, 6, SCHEMA).column("n").to_pylist() == list(range(600))
     assert reader.append(_table(600, 1)) == 7
+
+
+def test_a_corrupted_frame_fails_the_read_instead_of_feeding_an_epoch(tmp_path: Any) -> None:
+    import pytest
+
+    path = str(tmp_path / "b.sqlite")
+    buffer = EventBuffer(path, create=True)
+    for i in range(3):
+        buffer.append(_table(i * 100, 100))
+    segment = os.path.join(log_directory(path), segment_name(1))
+    with open(segment, "r+b") as f:  # flip one byte inside the second frame's payload
+        f.seek(os.path.getsize(segment) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(OSError, match="checksum"):
+        EventBuffer(path).read_range(0, 3, SCHEMA)
