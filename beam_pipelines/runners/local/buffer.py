@@ -200,11 +200,14 @@ class EventBuffer:
                 free -= need
         return accepted
 
-    def recover(self) -> None:
+    def recover(self) -> int:
         """Check the log's tail now and cut a torn one (every writer does this
-        before its first commit; the job manager, when it opens the buffer)."""
+        before its first commit; the job manager, when it opens the buffer).
+        Returns the bytes this call cut (an unacknowledged write's remains)."""
+        before = self._log.dropped_bytes
         with self._log.locked():
             pass
+        return self._log.dropped_bytes - before
 
     def mark_deleted(self) -> None:
         """Refuse every later append (in any process) before the files go away."""

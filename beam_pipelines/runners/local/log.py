@@ -64,6 +64,7 @@ class SegmentLog:
         self._active_fd: int | None = None
         self._active_first = 0
         self._checked = False  # this handle's first lock looks for a crash's leftovers
+        self.dropped_bytes = 0  # cut from torn tails by this handle's recoveries
         self._lock = threading.Lock()  # one thread of the process writes at a time
 
     @staticmethod
@@ -223,6 +224,7 @@ class SegmentLog:
             dropped += os.stat(self._path(stray)).st_size
             os.remove(self._path(stray))
         if dropped:
+            self.dropped_bytes += dropped
             _log.warning("event log %s: dropped a torn tail of %d bytes after sequence %d "
                          "(segment %d ends at byte %d); nothing before it was lost",
                          self.directory, dropped, last, first, end)

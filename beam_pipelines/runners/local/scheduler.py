@@ -322,7 +322,11 @@ class JobManager:
         if pipeline_id not in self._recovered:
             # After a crash the log's head may lag its last synced frames (it is
             # not synced itself): recovery brings them into view before planning.
-            self._buffers.get(pipeline_id).recover()
+            dropped = self._buffers.get(pipeline_id).recover()
+            if dropped:
+                self.store.log(pipeline_id, "warning", "the buffer ended in a torn write that "
+                               f"was never acknowledged: {dropped} bytes cut, nothing before "
+                               "them lost")
             epoch = pending_epoch(self.store, pipeline_id, exclude=in_flight)
             if epoch is not None:
                 self._submit(pipeline_id, epoch, after_another=bool(in_flight))
