@@ -23,9 +23,11 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from beam_pipelines.runners.local.segments import (
+    FRAME_HEADER_BYTES,
     Frame,
     Head,
     frame_payload,
+    parse_frame_header,
     scan_frames,
     segment_name,
     segment_seqs,
@@ -68,6 +70,8 @@ class LogIndex:
         """Index every frame up to ``head``; from ``need_from`` on if it is set and
         earlier than what the index holds (a range read needs only its segment on)."""
         with self.lock:
+            if head.last_seq < self.last_seq or not self._last_frame_holds():
+                self._restart(None, force=True)  # recovery cut frames this index had seen
             self._drop_vanished()
             if need_from is not None and (not self._frames or need_from < self.first_seq):
                 self._restart(need_from)
@@ -104,15 +108,41 @@ class LogIndex:
                 continue
             try:
                 active = segment == head.active_first_seq
-                end = head.active_end if active else os.fstat(fd).st_size
+                size = os.fstat(fd).st_size
+                end = head.active_end if active else size
                 for frame in scan_frames(fd, self._scan_offset, end, expect_seq=self.last_seq + 1):
                     self._add(segment, frame)
                     self._scan_offset = frame.end
             finally:
                 os.close(fd)
+            if active and self.last_seq < head.last_seq and size >= end and not restarted:
+                # The head's frames are all there, yet ours do not lead to them:
+                # recovery cut frames this index had seen (a disk that lost
+                # synced writes) and new ones took their numbers. Start over.
+                restarted = True
+                self._restart(None, force=True)
+                continue
             if active or segment > head.active_first_seq or self.last_seq + 1 == segment:
                 return  # the head's segment (or a torn one): nothing more until the head moves
             self._scan_segment, self._scan_offset = self.last_seq + 1, 0
+
+    def _last_frame_holds(self) -> bool:
+        """Whether the newest indexed frame is still on disk as indexed: after a
+        disk lost synced writes, recovery cuts them and new frames take their
+        numbers (one ``pread`` per look)."""
+        if not self._frames:
+            return True
+        frame = self._frames[-1]
+        try:
+            fd = os.open(os.path.join(self.directory, segment_name(self._segments[-1])),
+                         os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True  # released: _drop_vanished forgets it
+        try:
+            return parse_frame_header(os.pread(fd, FRAME_HEADER_BYTES, frame.offset),
+                                      frame.offset) == frame
+        finally:
+            os.close(fd)
 
     def _add(self, segment: int, frame: Frame) -> None:
         self._frames.append(frame)

@@ -183,3 +183,20 @@ def test_a_corrupted_frame_fails_the_read_instead_of_feeding_an_epoch(tmp_path: 
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(OSError, match="checksum"):
         EventBuffer(path).read_range(0, 3, SCHEMA)
+
+
+def test_a_reader_that_indexed_frames_a_recovery_cut_starts_over(tmp_path: Any) -> None:
+    path = str(tmp_path / "b.sqlite")
+    writer = EventBuffer(path, create=True)
+    for i in range(4):
+        writer.append(_table(i * 100, 100))
+    planner = EventBuffer(path)
+    assert planner.backlog(0).events == 400  # indexed all four
+    segment = os.path.join(log_directory(path), segment_name(1))
+    os.truncate(segment, os.path.getsize(segment) - 7)  # the disk lost the last one's end
+    EventBuffer(path).recover()
+    for i in range(4, 6):  # new frames take numbers 4 and 5
+        writer.append(_table(i * 100, 100))
+    assert planner.backlog(0).events == 500
+    assert planner.read_range(0, 5, SCHEMA).column("n").to_pylist() == \
+        list(range(300)) + list(range(400, 600))
