@@ -47,8 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -65,16 +63,11 @@ from beam_pipelines.runners.local.epochs import (
     EpochResult,
     Plan,
     pending_epoch,
-    release_epoch,
     run_epoch,
     try_plan_epoch,
 )
 from beam_pipelines.runners.local.periodic import PeriodicThread
-from beam_pipelines.runners.local.retention import (
-    EXPIRE_EVERY_SECONDS,
-    expire_retained,
-    retention_of,
-)
+from beam_pipelines.runners.local.retention import Releaser
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from beam_pipelines.settings import data_plane_settings
 from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
@@ -211,9 +204,7 @@ class JobManager:
         self._recovered: set[str] = set()
         self._buffers = BufferHandles(data_dir)
         self._loop = PeriodicThread("job-manager", tick_seconds, self.tick, _log)
-        self._releases: queue.Queue[EpochResult | None] = queue.Queue()
-        self._releaser = threading.Thread(target=self._release_loop, name="epoch-release",
-                                          daemon=True)
+        self._releaser = Releaser(self.store, data_dir)
 
     # -- lifecycle of the manager itself --------------------------------------
 
@@ -227,9 +218,7 @@ class JobManager:
         (they stay planned: the next manager runs them again)."""
         self._closed = True  # a tick still running (hung) submits nothing more
         self._loop.stop(timeout)
-        if self._releaser.is_alive():
-            self._releases.put(None)
-            self._releaser.join(timeout)
+        self._releaser.stop(timeout)
         if self._pool is not None:
             self._pool.shutdown(timeout)
             self._pool = None
@@ -386,33 +375,12 @@ class JobManager:
                                f"epoch {result.epoch} committed: {result.events} events in, "
                                f"{result.rows_out} rows out, {len(result.files)} files",
                                epoch=result.epoch)
-                self._releases.put(result)
+                self._releaser.put(result)
                 self._events.on_committed(result)
 
     def _exists(self, pipeline_id: str) -> bool:
         with self.store.reading() as s:
             return s.get(PipelineRow, pipeline_id) is not None
-
-    def _release_loop(self) -> None:
-        """Move each committed epoch's buffer offset (in order) and delete what
-        retention lets go; when no commit comes for a while, age the retained."""
-        while True:
-            try:
-                result = self._releases.get(timeout=EXPIRE_EVERY_SECONDS)
-            except queue.Empty:
-                try:
-                    expire_retained(self.store, self.data_dir)
-                except Exception:  # noqa: BLE001 - the next round tries again
-                    _log.debug("expiring retained events failed", exc_info=True)
-                continue
-            if result is None:
-                return
-            try:
-                release_epoch(self.data_dir, result,
-                              retention=retention_of(self.store, result.pipeline_id))
-            except Exception:  # noqa: BLE001 - the next release covers these frames too
-                _log.debug("releasing epoch %s of %s failed", result.epoch, result.pipeline_id,
-                           exc_info=True)
 
     def _record_failure(self, pipeline_id: str, epoch: int, err: BaseException) -> None:
         """Count a failed attempt; retry with backoff, or fail the pipeline for good.

@@ -205,7 +205,7 @@ def test_a_reading_session_is_one_snapshot(service: PipelineService, tmp_path: A
 
 def test_retention_keeps_committed_events_in_the_log_until_they_age_out(
         service: PipelineService, tmp_path: Any) -> None:
-    from beam_pipelines.runners.local.buffer import log_directory
+    from beam_pipelines.runners.local.buffer import BufferHandles, log_directory
     from beam_pipelines.runners.local.retention import expire_retained
     from beam_pipelines.runners.local.segments import segment_seqs
 
@@ -221,7 +221,9 @@ def test_retention_keeps_committed_events_in_the_log_until_they_age_out(
     assert buffer.backlog(0).events == 0
     assert [n for _, n in buffer.ingested_times(0, 1)] == [50]
     assert segment_seqs(log_directory(buffer.path))[0] == 1
-    assert expire_retained(service.store, str(tmp_path), now=time.time() + 60) == 0
-    assert expire_retained(service.store, str(tmp_path), now=time.time() + 601) == 1
+    handles = BufferHandles(str(tmp_path))  # the job manager's release thread keeps its own
+    assert expire_retained(service.store, handles, now=time.time() + 60) == 0
+    assert expire_retained(service.store, handles, now=time.time() + 601) == 1
+    handles.close()
     assert segment_seqs(log_directory(buffer.path)) == [2]
     assert buffer.totals()["events_in"] == 50
