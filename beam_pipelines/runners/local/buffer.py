@@ -40,7 +40,7 @@ from beam_pipelines.model.definition import Retention
 from beam_pipelines.runners.local.ledger import Ledger, SegmentSummary
 from beam_pipelines.runners.local.log import SegmentLog
 from beam_pipelines.runners.local.log_index import LogIndex
-from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, Head, to_ipc
+from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, Head, scan_frames, to_ipc
 from beam_pipelines.settings import data_plane_settings
 
 __all__ = ["Backlog", "BufferHandles", "EventBuffer", "buffer_path", "log_directory"]
@@ -258,31 +258,30 @@ class EventBuffer:
         retention = retention or Retention()
         # No lock: only sealed, committed segments go, which no writer touches;
         # the ledger counts each segment once however many processes race here.
-        head = self._fresh(need_from=0)
-        kept = [s for s in self._index.segments()
-                if s[0] < head.active_first_seq and s[1] <= head.committed_seq]
-        retained = sum(s[2] for s in kept)
-        doomed: list[tuple[int, int, int, float]] = []
-        for segment in kept:
+        # A segment's age is its file's: the time its last frame was written.
+        head = self._log.head()
+        kept: list[tuple[int, int, str, os.stat_result]] = []
+        for first, last, path in self._log.sealed_segments(head):
+            if last > head.committed_seq:
+                break
+            try:
+                kept.append((first, last, path, os.stat(path)))
+            except FileNotFoundError:
+                continue  # another process deleted it just now
+        retained = sum(k[3].st_size for k in kept)
+        doomed: list[tuple[SegmentSummary, dict[int, int]]] = []
+        for first, last, path, stat in kept:
             if not retention.until_committed and not (
-                    (retention.seconds is not None and now - segment[3] > retention.seconds)
+                    (retention.seconds is not None and now - stat.st_mtime > retention.seconds)
                     or (retention.bytes is not None and retained > retention.bytes)):
                 break
-            doomed.append(segment)
-            retained -= segment[2]
+            doomed.append(_summary(first, last, path, stat.st_size))
+            retained -= stat.st_size
         if not doomed:
             return 0
-        deleted: list[tuple[SegmentSummary, dict[int, int]]] = []
-        for first, last, size, _ in doomed:
-            span = self._index.span(first - 1, last)
-            seconds: dict[int, int] = {}
-            for _, frame in self._index.frames(span):
-                second = int(frame.ingested_at)
-                seconds[second] = seconds.get(second, 0) + frame.events
-            deleted.append(((first, last, span.events, span.raw_bytes, size), seconds))
-        self._ledger.record_deleted(deleted, now)
-        self._log.remove_segments([s[0] for s in doomed])
-        self._index.drop_before(doomed[-1][1] + 1)
+        self._ledger.record_deleted(doomed, now)
+        self._log.remove_segments([summary[0] for summary, _ in doomed])
+        self._index.drop_before(doomed[-1][0][1] + 1)
         return len(doomed)
 
     # -- reading -------------------------------------------------------------------
@@ -347,12 +346,21 @@ class EventBuffer:
         return pa.concat_tables(tables).slice(max(0, total - limit))
 
     def events_since(self, since: float) -> int:
-        deleted_through = self._ledger.deleted()[0]
-        self._fresh(need_from=deleted_through + 1)
-        live = self._index.frames(self._index.span(deleted_through))
+        """Events ingested since ``since``: deleted segments' from the ledger, the
+        rest from the frames of the segments written to since then."""
+        deleted_through = self._ledger.deleted_through()
+        head = self._log.head()
+        start = deleted_through + 1
+        for _, last, path in self._log.sealed_segments(head):
+            try:
+                if os.stat(path).st_mtime < since:  # all of it older than the window
+                    start = max(start, last + 1)
+            except FileNotFoundError:
+                continue
+        self._index.refresh(head, need_from=start)
         recent = 0
-        for _, frame in reversed(live):  # one frame per request, newest first
-            if frame.ingested_at < since:
+        for _, frame in reversed(self._index.frames(self._index.span(deleted_through))):
+            if frame.ingested_at < since:  # one frame per request, newest first
                 break
             recent += frame.events
         return self._ledger.events_since(since) + recent
@@ -361,14 +369,31 @@ class EventBuffer:
         return self._ledger.latency_percentiles(since)
 
     def totals(self) -> dict[str, int]:
-        deleted_through, events, raw, rejected = self._ledger.deleted()
-        self._fresh(need_from=deleted_through + 1)
-        live = self._index.span(deleted_through)
-        return {"events_in": events + live.events, "bytes_in": raw + live.raw_bytes,
-                "events_rejected": rejected}
+        """Everything ever accepted (the head counts it) and rejected (the ledger)."""
+        head = self._log.head()
+        return {"events_in": head.events_total, "bytes_in": head.raw_bytes_total,
+                "events_rejected": self._ledger.rejected()}
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, object]]:
         return self._ledger.dead_letters(limit)
+
+
+def _summary(first: int, last: int, path: str,
+             size: int) -> tuple[SegmentSummary, dict[int, int]]:
+    """A segment about to go: its counts, and its events per ingest second
+    (from its frame headers, so monitor's figures outlive the file)."""
+    events = raw_bytes = 0
+    seconds: dict[int, int] = {}
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for frame in scan_frames(fd, 0, size):
+            events += frame.events
+            raw_bytes += frame.raw_bytes
+            second = int(frame.ingested_at)
+            seconds[second] = seconds.get(second, 0) + frame.events
+    finally:
+        os.close(fd)
+    return (first, last, events, raw_bytes, size), seconds
 
 
 class BufferHandles:

@@ -1,9 +1,9 @@
 """A pipeline's buffer ledger: the SQLite file beside its event log.
 
-The log holds the events; this holds what is not an event: dead letters,
-the counts of segments already deleted (so totals survive the files), each
-released request's ack-to-commit latency and events per second for
-``monitor``, and how far segments were deleted. Nothing here is written on
+The log holds the events; this holds what is not an event: dead letters
+and their count, the deleted segments (their counts, and their events per
+ingest second for ``monitor``, which outlive the files), each released
+request's ack-to-commit latency, and how far segments were deleted. Nothing here is written on
 an ordinary ingest request: a commit of the log touches SQLite only when
 the request has rejected records.
 """
@@ -30,12 +30,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE TABLE IF NOT EXISTS totals (
     id INTEGER PRIMARY KEY CHECK (id = 1),
-    deleted_events INTEGER NOT NULL,
-    deleted_bytes INTEGER NOT NULL,
     events_rejected INTEGER NOT NULL,
     deleted_through INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO totals VALUES (1, 0, 0, 0, 0);
+INSERT OR IGNORE INTO totals VALUES (1, 0, 0);
 CREATE TABLE IF NOT EXISTS segments (
     first_seq INTEGER PRIMARY KEY,
     last_seq INTEGER NOT NULL,
@@ -137,10 +135,8 @@ class Ledger:
                 if not con.execute("INSERT OR IGNORE INTO segments VALUES (?, ?, ?, ?, ?, ?)",
                                    (*summary, deleted_at)).rowcount:
                     continue
-                con.execute("UPDATE totals SET deleted_events = deleted_events + ?, "
-                            "deleted_bytes = deleted_bytes + ?, "
-                            "deleted_through = max(deleted_through, ?)",
-                            (summary[2], summary[3], summary[1]))
+                con.execute("UPDATE totals SET deleted_through = max(deleted_through, ?)",
+                            (summary[1],))
                 con.executemany("INSERT INTO ingest_seconds VALUES (?, ?) ON CONFLICT (second) "
                                 "DO UPDATE SET events = events + excluded.events",
                                 list(seconds.items()))
@@ -149,12 +145,12 @@ class Ledger:
             con.execute("ROLLBACK")
             raise
 
-    def deleted(self) -> tuple[int, int, int, int]:
-        """(deleted through seq, events, raw bytes, events rejected) so far."""
-        row = self._connect().execute(
-            "SELECT deleted_through, deleted_events, deleted_bytes, events_rejected "
-            "FROM totals").fetchone()
-        return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+    def deleted_through(self) -> int:
+        """The last sequence number of the deleted segments."""
+        return int(self._connect().execute("SELECT deleted_through FROM totals").fetchone()[0])
+
+    def rejected(self) -> int:
+        return int(self._connect().execute("SELECT events_rejected FROM totals").fetchone()[0])
 
     def events_since(self, since: float) -> int:
         (count,) = self._connect().execute(

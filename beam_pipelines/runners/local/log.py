@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import threading
@@ -163,7 +164,9 @@ class SegmentLog:
             except OSError:
                 pass  # the next writer finds the size off and recovers
             raise
-        moved = head.moved(active_end=head.active_end + written, last_seq=seq)
+        moved = head.moved(active_end=head.active_end + written, last_seq=seq,
+                           events_total=head.events_total + sum(f[1] for f in frames),
+                           raw_bytes_total=head.raw_bytes_total + sum(f[2] for f in frames))
         write_head(self._head_fd(), moved)
         return moved
 
@@ -207,12 +210,15 @@ class SegmentLog:
             if size >= head.active_end:  # a tail after the head: check it from there
                 start, expect = head.active_end, head.last_seq + 1
         last, end, dropped = expect - 1, start, 0
+        events, raw_bytes = base.events_total, base.raw_bytes_total
         while True:
             fd = self._active(first)
             assert fd is not None
             size = os.fstat(fd).st_size
             for frame in scan_frames(fd, start, size, verify=True, expect_seq=expect):
                 last, end, expect = frame.last_seq, frame.end, frame.last_seq + 1
+                if last > base.last_seq:  # synced after the head was: not counted yet
+                    events, raw_bytes = events + frame.events, raw_bytes + frame.raw_bytes
             if end < size:
                 os.ftruncate(fd, end)
                 dropped += size - end
@@ -228,7 +234,8 @@ class SegmentLog:
             _log.warning("event log %s: dropped a torn tail of %d bytes after sequence %d "
                          "(segment %d ends at byte %d); nothing before it was lost",
                          self.directory, dropped, last, first, end)
-        recovered = base.moved(active_first_seq=first, active_end=end, last_seq=last)
+        recovered = base.moved(active_first_seq=first, active_end=end, last_seq=last,
+                               events_total=events, raw_bytes_total=raw_bytes)
         write_head(self._head_fd(), recovered, sync=True)
         _sync_dir(self.directory)
         return recovered
@@ -251,6 +258,13 @@ class SegmentLog:
         if self._active_fd is not None:
             os.close(self._active_fd)
         self._active_fd, self._active_first = fd, first_seq
+
+    def sealed_segments(self, head: Head) -> list[tuple[int, int, str]]:
+        """The segments before the head's: (first seq, last seq, path), oldest first."""
+        firsts = segment_seqs(self.directory)
+        return [(first, following - 1, self._path(first))
+                for first, following in itertools.pairwise(firsts)
+                if following <= head.active_first_seq]
 
     def remove_segments(self, firsts: Sequence[int]) -> None:
         """Delete sealed segments (released; readers holding a map keep their pages)."""

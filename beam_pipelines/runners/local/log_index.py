@@ -35,6 +35,9 @@ from beam_pipelines.runners.local.segments import (
 
 __all__ = ["LogIndex", "Span"]
 
+# Frames kept before the oldest one a caller asks for, at most.
+_KEEP_BEHIND = 10_000
+
 
 @dataclass(frozen=True)
 class Span:
@@ -75,6 +78,10 @@ class LogIndex:
             self._drop_vanished()
             if need_from is not None and (not self._frames or need_from < self.first_seq):
                 self._restart(need_from)
+            elif need_from is not None and need_from - self.first_seq > _KEEP_BEHIND:
+                # Committed frames nobody asked for since: a long-lived process
+                # (an ingest worker) keeps only what it uses, not all of retention.
+                self.drop_before(need_from)
             elif self._scan_segment == 0:
                 self._restart(None)
             self._extend(head)
@@ -201,19 +208,6 @@ class LogIndex:
         with self.lock:
             return list(zip(self._segments[span.first:span.stop],
                             self._frames[span.first:span.stop]))
-
-    def segments(self) -> list[tuple[int, int, int, float]]:
-        """Each indexed segment: (first seq, last seq, bytes on disk, newest ingest time)."""
-        with self.lock:
-            out: list[tuple[int, int, int, float]] = []
-            start = 0
-            while start < len(self._frames):
-                stop = bisect.bisect_right(self._segments, self._segments[start])
-                out.append((self._segments[start], self.first_seq + stop - 1,
-                            self._size[stop] - self._size[start],
-                            self._frames[stop - 1].ingested_at))
-                start = stop
-            return out
 
     def read(self, span: Span) -> list[pa.Table]:
         """The span's events, one table per frame, zero-copy from the segments' maps."""

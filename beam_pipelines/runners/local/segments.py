@@ -12,9 +12,10 @@ A segment is named by the first sequence number it holds (20 digits), so
 the log's files sort in sequence order and the segment that follows one
 ending at ``s`` is named ``s + 1``.
 
-The log's head (``HEAD``) is a 48-byte record: where the durable end of the
+The log's head (``HEAD``) is a 64-byte record: where the durable end of the
 log is (active segment, byte offset, last sequence number), how far epochs
-have committed, and whether the pipeline was deleted. Writers rewrite it
+have committed, the events and bytes ever appended, and whether the
+pipeline was deleted. Writers rewrite it
 under the log's lock after each synced commit; readers never look past it.
 """
 
@@ -36,7 +37,7 @@ __all__ = ["FRAME_HEADER_BYTES", "Frame", "Head", "SEGMENT_SUFFIX", "encode_fram
 _FRAME = struct.Struct("<4sIIIQQQQd")  # magic, header crc, length, payload crc, seqs, events...
 FRAME_HEADER_BYTES = 64
 _FRAME_MAGIC = b"PDOF"
-_HEAD = struct.Struct("<4sIIIQQQQ")
+_HEAD = struct.Struct("<4sIIIQQQQQQ")
 _HEAD_MAGIC = b"PDOH"
 SEGMENT_SUFFIX = ".arrows"
 _PAD = b"\0" * 8
@@ -74,6 +75,9 @@ class Head:
     active_end: int = 0
     last_seq: int = 0
     committed_seq: int = 0
+    # Everything ever appended (for ``totals``, so no process indexes the whole log)
+    events_total: int = 0
+    raw_bytes_total: int = 0
 
     def moved(self, **changes: object) -> Head:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -163,20 +167,22 @@ def frame_payload(segment: pa.MemoryMappedFile, frame: Frame) -> pa.Table:
 def read_head(fd: int) -> Head | None:
     """The ``HEAD`` record, or None while it does not check out.
 
-    A reader may catch a writer's 48-byte rewrite half done; the caller reads again.
+    A reader may catch a writer's 64-byte rewrite half done; the caller reads again.
     """
     raw = os.pread(fd, _HEAD.size, 0)
     if len(raw) < _HEAD.size or raw[:4] != _HEAD_MAGIC:
         return None
-    _, crc, _version, deleted, active, end, last, committed = _HEAD.unpack(raw)
+    _, crc, _version, deleted, active, end, last, committed, events, raw_bytes = \
+        _HEAD.unpack(raw)
     if zlib.crc32(raw[8:]) != crc:
         return None
-    return Head(bool(deleted), active, end, last, committed)
+    return Head(bool(deleted), active, end, last, committed, events, raw_bytes)
 
 
 def write_head(fd: int, head: Head, *, sync: bool = False) -> None:
     rest = _HEAD.pack(_HEAD_MAGIC, 0, 1, int(head.deleted), head.active_first_seq,
-                      head.active_end, head.last_seq, head.committed_seq)[8:]
+                      head.active_end, head.last_seq, head.committed_seq, head.events_total,
+                      head.raw_bytes_total)[8:]
     os.pwrite(fd, _HEAD_MAGIC + struct.pack("<I", zlib.crc32(rest)) + rest, 0)
     if sync:
         os.fsync(fd)

@@ -166,6 +166,7 @@ def test_a_head_that_lags_the_synced_frames_is_caught_up_by_recovery(
     assert reader.backlog(0).events == 600
     assert reader.read_range(0, 6, SCHEMA).column("n").to_pylist() == list(range(600))
     assert reader.append(_table(600, 1)) == 7
+    assert reader.totals()["events_in"] == 601  # the frames recovery found are counted too
 
 
 def test_a_corrupted_frame_fails_the_read_instead_of_feeding_an_epoch(tmp_path: Any) -> None:
