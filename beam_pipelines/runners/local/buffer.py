@@ -37,10 +37,11 @@ import pyarrow as pa
 
 from beam_pipelines.errors import NotFoundError, StorageError, Unavailable
 from beam_pipelines.model.definition import Retention
-from beam_pipelines.runners.local.ledger import Ledger, SegmentSummary
+from beam_pipelines.runners.local.expiry import doomed_segments
+from beam_pipelines.runners.local.ledger import Ledger
 from beam_pipelines.runners.local.log import SegmentLog
 from beam_pipelines.runners.local.log_index import LogIndex
-from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, Head, scan_frames, to_ipc
+from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, Head, to_ipc
 from beam_pipelines.settings import data_plane_settings
 
 __all__ = ["Backlog", "BufferHandles", "EventBuffer", "buffer_path", "log_directory"]
@@ -252,31 +253,12 @@ class EventBuffer:
         Without retention, every sealed segment whose frames are all committed
         goes. With it, the oldest go while the committed segments are more
         than ``retention.bytes`` together, or older than ``retention.seconds``
-        (by their newest event's ingest time). Uncommitted data always stays.
+        (by when their last frame was written). Uncommitted data always stays.
         """
         now = time.time() if now is None else now
-        retention = retention or Retention()
         # No lock: only sealed, committed segments go, which no writer touches;
         # the ledger counts each segment once however many processes race here.
-        # A segment's age is its file's: the time its last frame was written.
-        head = self._log.head()
-        kept: list[tuple[int, int, str, os.stat_result]] = []
-        for first, last, path in self._log.sealed_segments(head):
-            if last > head.committed_seq:
-                break
-            try:
-                kept.append((first, last, path, os.stat(path)))
-            except FileNotFoundError:
-                continue  # another process deleted it just now
-        retained = sum(k[3].st_size for k in kept)
-        doomed: list[tuple[SegmentSummary, dict[int, int]]] = []
-        for first, last, path, stat in kept:
-            if not retention.until_committed and not (
-                    (retention.seconds is not None and now - stat.st_mtime > retention.seconds)
-                    or (retention.bytes is not None and retained > retention.bytes)):
-                break
-            doomed.append(_summary(first, last, path, stat.st_size))
-            retained -= stat.st_size
+        doomed = doomed_segments(self._log, self._log.head(), retention or Retention(), now)
         if not doomed:
             return 0
         self._ledger.record_deleted(doomed, now)
@@ -376,24 +358,6 @@ class EventBuffer:
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, object]]:
         return self._ledger.dead_letters(limit)
-
-
-def _summary(first: int, last: int, path: str,
-             size: int) -> tuple[SegmentSummary, dict[int, int]]:
-    """A segment about to go: its counts, and its events per ingest second
-    (from its frame headers, so monitor's figures outlive the file)."""
-    events = raw_bytes = 0
-    seconds: dict[int, int] = {}
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        for frame in scan_frames(fd, 0, size):
-            events += frame.events
-            raw_bytes += frame.raw_bytes
-            second = int(frame.ingested_at)
-            seconds[second] = seconds.get(second, 0) + frame.events
-    finally:
-        os.close(fd)
-    return (first, last, events, raw_bytes, size), seconds
 
 
 class BufferHandles:
