@@ -340,12 +340,7 @@ class EventBuffer:
             except FileNotFoundError:
                 continue
         self._index.refresh(head, need_from=start)
-        recent = 0
-        for _, frame in reversed(self._index.frames(self._index.span(deleted_through))):
-            if frame.ingested_at < since:  # one frame per request, newest first
-                break
-            recent += frame.events
-        return self._ledger.events_since(since) + recent
+        return self._ledger.events_since(since) + self._index.events_since(deleted_through, since)
 
     def latency_percentiles(self, since: float) -> dict[str, float | None]:
         return self._ledger.latency_percentiles(since)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import os
 import threading
+from array import array
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -53,21 +54,40 @@ class Span:
 
 
 class LogIndex:
+    """Frame headers as columns (``array``s, ~80 bytes a request in every process
+    that indexes it), not objects: a backlog of small requests stays small."""
+
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.lock = threading.RLock()
-        self.first_seq = 1  # of frames[0]; frames are contiguous from there
-        self._frames: list[Frame] = []
-        self._segments: list[int] = []  # each frame's segment (its first seq)
-        self._events = [0]  # running sums, one longer than frames
-        self._raw = [0]
-        self._size = [0]
+        self.first_seq = 1  # of the first indexed frame; frames are contiguous from there
+        self._clear()
         self._scan_segment = 0  # where the next frame is looked for
         self._scan_offset = 0
 
+    def _clear(self) -> None:
+        self._segments = array("q")  # each frame's segment (its first seq)
+        self._offsets = array("q")
+        self._lengths = array("q")
+        self._crcs = array("q")
+        self._counts = array("q")  # events
+        self._raw_bytes = array("q")
+        self._ingested_at = array("d")
+        self._events = array("q", [0])  # running sums, one longer than the columns
+        self._raw = array("q", [0])
+        self._size = array("q", [0])
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def _frame(self, i: int) -> Frame:
+        seq = self.first_seq + i
+        return Frame(seq, seq, self._counts[i], self._raw_bytes[i], self._ingested_at[i],
+                     self._lengths[i], self._crcs[i], self._offsets[i])
+
     @property
     def last_seq(self) -> int:
-        return self.first_seq + len(self._frames) - 1
+        return self.first_seq + len(self) - 1
 
     def refresh(self, head: Head, need_from: int | None = None) -> None:
         """Index every frame up to ``head``; from ``need_from`` on if it is set and
@@ -76,7 +96,7 @@ class LogIndex:
             if head.last_seq < self.last_seq or not self._last_frame_holds():
                 self._restart(None, force=True)  # recovery cut frames this index had seen
             self._drop_vanished()
-            if need_from is not None and (not self._frames or need_from < self.first_seq):
+            if need_from is not None and (not len(self) or need_from < self.first_seq):
                 self._restart(need_from)
             elif need_from is not None and need_from - self.first_seq > _KEEP_BEHIND:
                 # Committed frames nobody asked for since: a long-lived process
@@ -91,11 +111,10 @@ class LogIndex:
         present = segment_seqs(self.directory)
         starts = [s for s in present if need_from is not None and s <= need_from]
         start = starts[-1] if starts else (present[0] if present else 0)
-        if not force and self._frames and self._segments[0] == start:
+        if not force and len(self) and self._segments[0] == start:
             return  # already from there: what lies before it is gone
         self.first_seq = start or 1
-        self._frames, self._segments = [], []
-        self._events, self._raw, self._size = [0], [0], [0]
+        self._clear()
         self._scan_segment, self._scan_offset = start, 0
 
     def _extend(self, head: Head) -> None:
@@ -137,9 +156,9 @@ class LogIndex:
         """Whether the newest indexed frame is still on disk as indexed: after a
         disk lost synced writes, recovery cuts them and new frames take their
         numbers (one ``pread`` per look)."""
-        if not self._frames:
+        if not len(self):
             return True
-        frame = self._frames[-1]
+        frame = self._frame(len(self) - 1)
         try:
             fd = os.open(os.path.join(self.directory, segment_name(self._segments[-1])),
                          os.O_RDONLY | os.O_CLOEXEC)
@@ -152,15 +171,20 @@ class LogIndex:
             os.close(fd)
 
     def _add(self, segment: int, frame: Frame) -> None:
-        self._frames.append(frame)
         self._segments.append(segment)
+        self._offsets.append(frame.offset)
+        self._lengths.append(frame.length)
+        self._crcs.append(frame.payload_crc)
+        self._counts.append(frame.events)
+        self._raw_bytes.append(frame.raw_bytes)
+        self._ingested_at.append(frame.ingested_at)
         self._events.append(self._events[-1] + frame.events)
         self._raw.append(self._raw[-1] + frame.raw_bytes)
         self._size.append(self._size[-1] + frame.size)
 
     def _drop_vanished(self) -> None:
         """Forget the oldest segments once their files are gone (released)."""
-        while self._frames and self._segments[0] != self._scan_segment and not os.path.exists(
+        while len(self) and self._segments[0] != self._scan_segment and not os.path.exists(
                 os.path.join(self.directory, segment_name(self._segments[0]))):
             gone = bisect.bisect_right(self._segments, self._segments[0])
             self.drop_before(self.first_seq + gone)
@@ -168,24 +192,26 @@ class LogIndex:
     def drop_before(self, seq: int) -> None:
         """Forget the frames before ``seq``."""
         with self.lock:
-            k = max(0, min(len(self._frames), seq - self.first_seq))
+            k = max(0, min(len(self), seq - self.first_seq))
             if k:
                 self.first_seq += k
-                del self._frames[:k], self._segments[:k]
-                del self._events[:k], self._raw[:k], self._size[:k]
+                for column in (self._segments, self._offsets, self._lengths, self._crcs,
+                               self._counts, self._raw_bytes, self._ingested_at,
+                               self._events, self._raw, self._size):
+                    del column[:k]
 
     # -- questions ---------------------------------------------------------------
 
     def span(self, after: int, through: int | None = None) -> Span:
         """The indexed frames with ``after < seq <= through`` (``None``: to the end)."""
         with self.lock:
-            first = max(0, min(len(self._frames), after + 1 - self.first_seq))
-            stop = len(self._frames) if through is None else \
-                max(first, min(len(self._frames), through + 1 - self.first_seq))
+            first = max(0, min(len(self), after + 1 - self.first_seq))
+            stop = len(self) if through is None else \
+                max(first, min(len(self), through + 1 - self.first_seq))
             return self._span(first, stop)
 
     def _span(self, first: int, stop: int) -> Span:
-        oldest = self._frames[first].ingested_at if stop > first else None
+        oldest = self._ingested_at[first] if stop > first else None
         return Span(first, stop, self.first_seq + stop - 1 if stop > first else -1,
                     self._events[stop] - self._events[first], self._raw[stop] - self._raw[first],
                     self._size[stop] - self._size[first], oldest)
@@ -206,8 +232,16 @@ class LogIndex:
 
     def frames(self, span: Span) -> list[tuple[int, Frame]]:
         with self.lock:
-            return list(zip(self._segments[span.first:span.stop],
-                            self._frames[span.first:span.stop]))
+            return [(self._segments[i], self._frame(i)) for i in range(span.first, span.stop)]
+
+    def events_since(self, after: int, since: float) -> int:
+        """Events in the frames after ``after`` ingested at ``since`` or later."""
+        with self.lock:
+            first = self.span(after).first
+            i = len(self)
+            while i > first and self._ingested_at[i - 1] >= since:  # newest first
+                i -= 1
+            return self._events[len(self)] - self._events[i]
 
     def read(self, span: Span) -> list[pa.Table]:
         """The span's events, one table per frame, zero-copy from the segments' maps."""
