@@ -23,6 +23,8 @@ SECRET_KEY_ENV = "PIPELINE_DO_SECRET_KEY"
 LOCAL_SINK_ROOTS_ENV = "PIPELINE_DO_LOCAL_SINK_ROOTS"
 DATAFLOW_PROJECT_ENV = "PIPELINE_DO_DATAFLOW_PROJECT"
 KAFKA_BOOTSTRAP_ENV = "PIPELINE_DO_KAFKA_BOOTSTRAP"
+MAX_BACKLOG_BYTES_ENV = "PIPELINE_DO_MAX_BACKLOG_BYTES"
+MIN_FREE_DISK_BYTES_ENV = "PIPELINE_DO_MIN_FREE_DISK_BYTES"
 
 #: The distributed engines' settings: each is a pipeline's ``runner.options.<key>``
 #: first, and this variable of the server's environment second, read by the engine
@@ -40,8 +42,8 @@ ENGINE_ENV_NAMES = (
 
 #: Every variable this module reads, and the engines' (``ENGINE_ENV_NAMES``).
 ENV_NAMES = (EPOCH_MAX_ATTEMPTS_ENV, EPOCH_MAX_TRANSIENT_ATTEMPTS_ENV, STORAGE_RETRY_DEADLINE_ENV,
-             SECRET_KEY_ENV, LOCAL_SINK_ROOTS_ENV, DATAFLOW_PROJECT_ENV, KAFKA_BOOTSTRAP_ENV
-             ) + ENGINE_ENV_NAMES
+             SECRET_KEY_ENV, LOCAL_SINK_ROOTS_ENV, DATAFLOW_PROJECT_ENV, KAFKA_BOOTSTRAP_ENV,
+             MAX_BACKLOG_BYTES_ENV, MIN_FREE_DISK_BYTES_ENV) + ENGINE_ENV_NAMES
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class DataPlaneSettings:
     dataflow_project: str | None = None
     #: The Kafka brokers of Flink pipelines' topics, ``host:port[,...]``.
     kafka_bootstrap: str | None = None
+    #: A pipeline's uncommitted bytes in its buffer past which ingest answers
+    #: 503 with Retry-After (a stopped sink must not fill the disk).
+    max_backlog_bytes: int = 1 << 30
+    #: Free disk space under which ingest answers 503 instead of failing writes.
+    min_free_disk_bytes: int = 256 << 20
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DataPlaneSettings:
@@ -75,7 +82,9 @@ class DataPlaneSettings:
                    secret_key=env.get(SECRET_KEY_ENV) or None,
                    local_sink_roots=env.get(LOCAL_SINK_ROOTS_ENV, ""),
                    dataflow_project=env.get(DATAFLOW_PROJECT_ENV) or None,
-                   kafka_bootstrap=env.get(KAFKA_BOOTSTRAP_ENV) or None)
+                   kafka_bootstrap=env.get(KAFKA_BOOTSTRAP_ENV) or None,
+                   max_backlog_bytes=int(env.get(MAX_BACKLOG_BYTES_ENV) or 1 << 30),
+                   min_free_disk_bytes=int(env.get(MIN_FREE_DISK_BYTES_ENV) or 256 << 20))
 
 
 @functools.cache

@@ -109,10 +109,17 @@ def component_schemas() -> dict[str, Any]:
             "schema": {"type": ["array", "null"], "items": ref("Field")},
             "event_time_field": {"type": ["string", "null"]},
             "unknown_fields": {"enum": list(UNKNOWN_FIELD_POLICIES)},
+            "retention": ref("Retention"),
             "sink": {"type": "object"}, "runner": {"type": "object"},
             "created_at": date_time(), "updated_at": date_time()},
             ("id", "name", "status", "version", "sql", "schema", "event_time_field", "sink",
              "runner", "created_at", "updated_at")),
+        # Committed events kept in the local buffer (for replay); neither set:
+        # deleted once committed. Uncommitted events are never deleted.
+        "Retention": obj({"seconds": {"type": ["number", "null"], "minimum": 0,
+                                      "maximum": 366 * 86_400},
+                          "bytes": {"type": ["integer", "null"], "minimum": 0,
+                                    "maximum": 2**50}}, extra=False),
         "PipelineList": obj({"pipelines": {"type": "array", "items": ref("Pipeline")}},
                              ("pipelines",)),
         "Deleted": obj({"deleted": {"const": True}}, ("deleted",)),

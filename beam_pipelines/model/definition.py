@@ -34,6 +34,7 @@ __all__ = [
     "UNKNOWN_FIELD_POLICIES",
     "Field",
     "PipelineDefinition",
+    "Retention",
     "Roll",
     "RunnerSpec",
     "Sink",
@@ -100,6 +101,23 @@ class Sink:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long committed events stay in the local buffer's log, for replay.
+
+    Committed segments are deleted once older than ``seconds`` (by their
+    newest event's ingest time) or once the committed ones together are over
+    ``bytes``. Neither set: deleted as soon as committed.
+    """
+
+    seconds: float | None = None
+    bytes: int | None = None
+
+    @property
+    def until_committed(self) -> bool:
+        return self.seconds is None and self.bytes is None
+
+
+@dataclass(frozen=True)
 class RunnerSpec:
     type: str = "direct"
     options: dict[str, Any] = field(default_factory=dict)
@@ -114,6 +132,7 @@ class PipelineDefinition:
     sink: Sink = field(default_factory=lambda: Sink(uri=""))
     runner: RunnerSpec = field(default_factory=RunnerSpec)
     unknown_fields: str = "drop"
+    retention: Retention = field(default_factory=Retention)
 
     def with_sql(self, sql: Any) -> PipelineDefinition:
         return replace(self, sql=_parse_sql(sql))
@@ -128,6 +147,7 @@ class PipelineDefinition:
             "sink": asdict(self.sink),
             "runner": asdict(self.runner),
             "unknown_fields": self.unknown_fields,
+            "retention": asdict(self.retention),
         }
 
     def public(self) -> dict[str, Any]:
@@ -158,9 +178,10 @@ def parse_definition(params: dict[str, Any], *, default_sink_uri: str,
     runner = _parse_runner(params.get("runner"))
     sql = _parse_sql(params.get("sql", DEFAULT_SQL))
     unknown_fields = _parse_unknown_fields(params.get("unknown_fields", "drop"), schema)
+    retention = _parse_retention(params.get("retention"))
     return PipelineDefinition(name=name, sql=sql, schema=schema,
                               event_time_field=event_time_field, sink=sink, runner=runner,
-                              unknown_fields=unknown_fields)
+                              unknown_fields=unknown_fields, retention=retention)
 
 
 def definition_from_dict(data: dict[str, Any]) -> PipelineDefinition:
@@ -176,7 +197,35 @@ def definition_from_dict(data: dict[str, Any]) -> PipelineDefinition:
         sink=Sink(**sink),
         runner=RunnerSpec(**data["runner"]),
         unknown_fields=data.get("unknown_fields", "drop"),
+        retention=Retention(**(data.get("retention") or {})),
     )
+
+
+_RETENTION_LIMITS = {"seconds": (0, 366 * 86_400), "bytes": (0, 2**50)}
+
+
+def _parse_retention(raw: Any) -> Retention:
+    if raw is None:
+        return Retention()
+    if not isinstance(raw, dict):
+        raise DefinitionError("retention", "retention must be an object {seconds, bytes}; "
+                              "leave it out to keep events until they are committed")
+    unknown = set(raw) - set(_RETENTION_LIMITS)
+    if unknown:
+        raise DefinitionError("retention", f"unknown retention keys {sorted(unknown)}: allowed "
+                              "seconds, bytes")
+    values: dict[str, Any] = {}
+    for key, (low, high) in _RETENTION_LIMITS.items():
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= value <= high or (key == "bytes" and not float(value).is_integer()):
+            kind = "a whole number" if key == "bytes" else "a number"
+            raise DefinitionError(f"retention.{key}", f"retention.{key} must be {kind} from "
+                                  f"{low} to {high}")
+        values[key] = float(value) if key == "seconds" else int(value)
+    return Retention(**values)
 
 
 def _parse_unknown_fields(raw: Any, schema: tuple[Field, ...] | None) -> str:

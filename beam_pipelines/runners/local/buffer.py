@@ -1,109 +1,67 @@
-"""The durable event buffer: one SQLite file per pipeline, WAL mode.
+"""The durable event buffer: an append-only log per pipeline, and a ledger beside it.
 
-A row is one accepted request: an Arrow IPC stream of its events. Rows get
-increasing sequence numbers; an epoch covers the rows ``(a, b]``. SQLite's
-single writer lock makes sequence order equal commit order, so a planner
-that reads ``max(seq)`` never skips a row that commits later with a lower
-number. ``append`` returns only after the transaction is fsynced
-(``synchronous=FULL``): an acknowledged event survives ``kill -9`` and
-power loss.
+A pipeline's buffer is ``buffers/<id>.log/`` (segment files of framed Arrow
+IPC batches, :mod:`.segments` and :mod:`.log`) plus ``buffers/<id>.sqlite``
+(:mod:`.ledger`: dead letters, counters, latencies). Each accepted request
+is one frame with the next sequence number; an epoch covers the frames
+``(a, b]`` and reads them zero-copy from memory-mapped segments.
 
-Rows are deleted only after the epoch that read them is committed, a few
-at a time, so an ingest request never waits behind a whole epoch's delete.
-Rejected records go to the ``dead_letters`` table of the same file.
+``append`` is a group commit: the requests that arrive on a process's
+threads while one commit is under way go together in the next, one
+``pwritev`` and one ``fdatasync``; each returns only after the sync that
+covers it. Processes take turns on the log's lock, so sequence order is
+commit order, and a planner never skips a frame that commits later.
 
-Writers (every process's group commit, the epoch worker's release) queue on
-an ``flock`` of ``<buffer>.lock`` before they begin: the kernel wakes the
-next writer the moment the lock is free, where SQLite's own busy handler
-would sleep in growing steps (up to 100 ms) and retry. SQLite's locking is
-still what keeps the file consistent; the lock file only orders writers.
+A commit moves the log's committed offset (``release``); committed frames
+stop counting as backlog at once, and their segments are deleted whole once
+every frame in them is committed and the pipeline's ``retention`` no longer
+keeps them: no row-by-row deletes, nothing for ingest to wait behind.
+
+Backpressure: a request that would take the pipeline's uncommitted bytes
+past ``max_backlog_bytes``, or the disk's free space under
+``min_free_disk_bytes``, is refused whole with :class:`Unavailable` (503
+with ``Retry-After``); nothing accepted before is touched.
 """
 
 from __future__ import annotations
 
-import fcntl
+import logging
 import os
-import sqlite3
+import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
-from beam_pipelines.errors import NotFoundError
+from beam_pipelines.errors import NotFoundError, StorageError, Unavailable
+from beam_pipelines.model.definition import Retention
+from beam_pipelines.runners.local.expiry import doomed_segments
+from beam_pipelines.runners.local.ledger import Ledger
+from beam_pipelines.runners.local.log import SegmentLog
+from beam_pipelines.runners.local.log_index import LogIndex
+from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, Head, to_ipc
+from beam_pipelines.settings import data_plane_settings
 
-__all__ = ["Backlog", "BufferHandles", "EventBuffer", "buffer_path"]
+__all__ = ["Backlog", "BufferHandles", "EventBuffer", "buffer_path", "log_directory"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    events INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    ingested_at REAL NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    received_at REAL NOT NULL,
-    idx INTEGER NOT NULL,
-    code TEXT NOT NULL,
-    message TEXT NOT NULL,
-    record TEXT
-);
-CREATE TABLE IF NOT EXISTS totals (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    events_in INTEGER NOT NULL,
-    bytes_in INTEGER NOT NULL,
-    events_rejected INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO totals VALUES (1, 0, 0, 0);
-CREATE TABLE IF NOT EXISTS state (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    deleted INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO state VALUES (1, 0);
-CREATE TABLE IF NOT EXISTS ingest_seconds (
-    second INTEGER PRIMARY KEY,
-    events INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS commit_latency (
-    committed_at REAL NOT NULL,
-    latency_ms REAL NOT NULL,
-    events INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS commit_latency_at ON commit_latency (committed_at);
-"""
-
-
-# Rows dropped per transaction after a commit: each holds the write lock for
-# a few milliseconds (a row is one request, ~100 kB for 1,000 events). Between
-# two, the releaser pauses so that ingest commits queued on the lock go first:
-# nothing waits for a release but disk space.
-RELEASE_ROWS_PER_TRANSACTION = 8
-RELEASE_PAUSE_SECONDS = 0.02
-# A process checkpoints the WAL after committing this much, on a thread of
-# its own, outside the writer lock and off every request's path. (SQLite's
-# automatic checkpoint runs inside the COMMIT of whichever request crosses
-# the threshold, and that request would wait for it.) Small and frequent:
-# a checkpoint's writes and fsync queue on the disk ahead of the next
-# commit's fdatasync, so a 4 MB one stalls that commit by 10-50 ms. About
-# one request's worth at a time took the ack p99 at 70k events/s from
-# ~37 ms (4 MB) to ~20 ms here, at the same throughput.
-CHECKPOINT_EVERY_BYTES = 64 << 10
-# When the WAL restarts, a file that grew beyond this is cut back to it.
-_WAL_SIZE_LIMIT_BYTES = 64 << 20
+_log = logging.getLogger(__name__)
+_RECENT_FRAMES = 50
 
 
 def buffer_path(data_dir: str, pipeline_id: str) -> str:
+    """The buffer's ledger; its log is the directory beside it (``log_directory``)."""
     return os.path.join(data_dir, "buffers", f"{pipeline_id}.sqlite")
+
+
+def log_directory(path: str) -> str:
+    return os.path.splitext(path)[0] + ".log"
 
 
 @dataclass
 class _PendingAppend:
-    blob: bytes | None
+    payload: pa.Buffer | None
     events: int
     nbytes: int
     rejected: list[tuple[int, str, str, str | None]]
@@ -125,102 +83,56 @@ class Backlog:
 class EventBuffer:
     """Append Arrow batches durably; read sequence ranges back zero-copy."""
 
-    def __init__(self, path: str, *, create: bool = False) -> None:
-        """Open a pipeline's buffer; only ``create`` makes a new file.
+    def __init__(self, path: str, *, create: bool = False, max_backlog_bytes: int | None = None,
+                 min_free_disk_bytes: int | None = None) -> None:
+        """Open a pipeline's buffer; only ``create`` makes a new one.
 
-        Every connection opens the file read-write without creating it, so a
-        handle to a deleted pipeline's buffer can never bring a new, orphan
-        file into being and acknowledge events into it.
+        Opening never creates a file, so a handle to a deleted pipeline's
+        buffer can never bring an orphan log into being and acknowledge
+        events into it. The backpressure limits default to the settings
+        (``PIPELINE_DO_MAX_BACKLOG_BYTES``, ``PIPELINE_DO_MIN_FREE_DISK_BYTES``).
         """
         self.path = path
-        self._local = threading.local()
+        settings = data_plane_settings()
+        self.max_backlog_bytes = (settings.max_backlog_bytes if max_backlog_bytes is None
+                                  else max_backlog_bytes)
+        self.min_free_disk_bytes = (settings.min_free_disk_bytes if min_free_disk_bytes is None
+                                    else min_free_disk_bytes)
+        directory = log_directory(path)
+        if create:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            SegmentLog.create(directory)
+            Ledger.create(path)
+        self._log = SegmentLog(directory)
+        self._index = LogIndex(directory)
+        self._ledger = Ledger(path)
         self._queue: list[_PendingAppend] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
-        self._lock_fd: int | None = None
-        self._lock_pid = 0
-        self._uncheckpointed = 0
-        self._checkpointer: _Checkpointer | None = None
-        if create:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with closing(sqlite3.connect(path, timeout=30.0, isolation_level=None)) as con:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(_SCHEMA)
-        else:
-            self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        con: sqlite3.Connection | None = getattr(self._local, "con", None)
-        if con is None:
-            try:
-                con = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=30.0,
-                                      isolation_level=None)
-            except sqlite3.OperationalError:
-                raise NotFoundError("the pipeline's buffer does not exist") from None
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute("PRAGMA wal_autocheckpoint=0")
-            con.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT_BYTES}")
-            self._local.con = con
-        return con
+        self._ledger.open()  # a missing buffer fails here, with NotFoundError
+        self._log.head()
 
     def close_connection(self) -> None:
-        """Close the calling thread's connection."""
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, queued behind other writers on the lock file.
-
-        Callers in this process serialize on ``_commit_lock`` first.
-        """
-        con = self._connect()
-        fd = self._writer_lock_fd()
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _writer_lock_fd(self) -> int:
-        # Opened per process: a descriptor inherited across fork shares its
-        # flock with the parent and would not order the two.
-        if self._lock_fd is None or self._lock_pid != os.getpid():
-            self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                                    0o600)
-            self._lock_pid = os.getpid()
-        return self._lock_fd
+        """Close the calling thread's ledger connection."""
+        self._ledger.close_connection()
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
-            self._checkpointer = None
-        self.close_connection()
-        if self._lock_fd is not None and self._lock_pid == os.getpid():
-            os.close(self._lock_fd)
-        self._lock_fd = None
+        self._ledger.close_connection()
+        self._log.close()
+
+    # -- writing -----------------------------------------------------------------
 
     def append(self, table: pa.Table, rejected: Iterable[tuple[int, str, str, str | None]] = (),
                *, raw_bytes: int = 0) -> int | None:
-        """Store accepted events and dead letters durably; return the row's sequence number.
+        """Store accepted events and dead letters durably; return the frame's sequence number.
 
-        Group commit: requests arriving together on this process's threads
-        share one transaction and one fsync, each still getting its own row.
-        Returns only once this request's row is committed (None when no event
-        was accepted).
+        Returns only once the request is synced (None when no event was
+        accepted). Raises :class:`Unavailable` when the backlog or the disk is
+        full (nothing of the request is kept), ``NotFoundError`` once deleted.
         """
-        blob = _to_ipc(table) if table.num_rows else None
-        item = _PendingAppend(blob, table.num_rows, raw_bytes or (len(blob) if blob else 0),
-                              list(rejected))
+        payload = to_ipc(table) if table.num_rows else None
+        item = _PendingAppend(payload, table.num_rows,
+                              raw_bytes or (len(payload) if payload else 0), list(rejected))
         with self._queue_lock:
             self._queue.append(item)
         with self._commit_lock:
@@ -228,10 +140,6 @@ class EventBuffer:
                 with self._queue_lock:
                     group, self._queue = self._queue, []
                 self._commit_group(group)
-                self._uncheckpointed += sum(len(i.blob) for i in group if i.blob is not None)
-                if self._uncheckpointed >= CHECKPOINT_EVERY_BYTES:
-                    self._uncheckpointed = 0
-                    self.checkpoint_soon()
         if item.error is not None:
             raise item.error
         return item.seq
@@ -239,217 +147,212 @@ class EventBuffer:
     def _commit_group(self, group: list[_PendingAppend]) -> None:
         now = time.time()
         try:
-            with self._transaction() as con:
-                # Checked under the write lock: once delete() has marked the
-                # buffer, no append can be acknowledged into it any more.
-                if con.execute("SELECT deleted FROM state").fetchone()[0]:
+            with self._log.locked() as head:
+                # Checked under the lock: once delete() has marked the log, no
+                # append can be acknowledged into it any more.
+                if head.deleted:
                     raise NotFoundError("the pipeline was deleted")
-                events = nbytes = nrejected = 0
-                for item in group:
-                    if item.blob is not None:
-                        item.seq = con.execute(
-                            "INSERT INTO batches (events, bytes, ingested_at, data) "
-                            "VALUES (?, ?, ?, ?)", (item.events, item.nbytes, now, item.blob)
-                        ).lastrowid
-                    if item.rejected:
-                        con.executemany(
-                            "INSERT INTO dead_letters (received_at, idx, code, message, record) "
-                            "VALUES (?, ?, ?, ?, ?)", [(now, *r) for r in item.rejected])
-                    events += item.events
-                    nbytes += item.nbytes
-                    nrejected += len(item.rejected)
-                if events:
-                    con.execute("INSERT INTO ingest_seconds VALUES (?, ?) ON CONFLICT (second) "
-                                "DO UPDATE SET events = events + excluded.events",
-                                (int(now), events))
-                con.execute("UPDATE totals SET events_in = events_in + ?, bytes_in = bytes_in + ?, "
-                            "events_rejected = events_rejected + ?", (events, nbytes, nrejected))
+                accepted = self._admit(group, head)
+                letters = [(now, *r) for item in accepted for r in item.rejected]
+                if letters:
+                    self._ledger.add_dead_letters(letters)
+                framed = [item for item in accepted if item.payload is not None]
+                if framed:
+                    self._log.append(head, [(i.payload, i.events, i.nbytes) for i in framed
+                                            if i.payload is not None], now)
+                    for k, item in enumerate(framed):
+                        item.seq = head.last_seq + 1 + k
+        except OSError:
+            _log.exception("appending to the event log %s failed", self._log.directory)
+            self._fail(group, StorageError("the event buffer could not be written; retry"))
         except BaseException as err:  # noqa: BLE001 - every waiter of the group gets the failure
-            for item in group:
-                item.seq = None
-                item.error = err
+            self._fail(group, err)
         finally:
             for item in group:
                 item.done = True
 
-    def checkpoint_soon(self) -> None:
-        """Ask this process's checkpoint thread to copy the WAL into the database."""
-        if self._checkpointer is None or not self._checkpointer.is_alive():
-            self._checkpointer = _Checkpointer(self)
-            self._checkpointer.start()
-        self._checkpointer.wake.set()
+    @staticmethod
+    def _fail(group: list[_PendingAppend], err: BaseException) -> None:
+        for item in group:
+            if item.error is None:
+                item.seq, item.error = None, err
 
-    def checkpoint(self) -> None:
-        """A passive checkpoint: never waits for, nor blocks, readers and writers."""
-        self._connect().execute("PRAGMA wal_checkpoint(PASSIVE)")
+    def _admit(self, group: list[_PendingAppend], head: Head) -> list[_PendingAppend]:
+        """The requests the backlog cap and the disk floor let in; the rest get 503s."""
+        self._index.refresh(head, need_from=head.committed_seq + 1)
+        backlog = self._index.span(head.committed_seq).size
+        stat = os.statvfs(self._log.directory)
+        free = stat.f_bavail * stat.f_frsize
+        accepted: list[_PendingAppend] = []
+        for item in group:
+            need = FRAME_HEADER_BYTES + len(item.payload) + 8 if item.payload else 0
+            if need and free - need < self.min_free_disk_bytes:
+                item.error = Unavailable("the server's disk is nearly full: the request was not "
+                                         "accepted; retry later", {"reason": "disk_full"})
+            elif need and backlog and backlog + need > self.max_backlog_bytes:
+                item.error = Unavailable(
+                    "the pipeline's backlog of unprocessed events is full "
+                    f"({backlog} of {self.max_backlog_bytes} bytes): the request was not "
+                    "accepted; retry later", {"reason": "backlog_full", "backlog_bytes": backlog,
+                                              "limit_bytes": self.max_backlog_bytes})
+            else:
+                accepted.append(item)
+                backlog += need
+                free -= need
+        return accepted
 
-    def data_version(self) -> int:
-        """A number that changes whenever another connection has committed to
-        the buffer since this thread last asked (SQLite's ``data_version``):
-        a look at shared memory, no query of the file."""
-        return int(self._connect().execute("PRAGMA data_version").fetchone()[0])
-
-    def backlog(self, after_seq: int, *, max_events: int | None = None,
-                max_bytes: int | None = None) -> Backlog:
-        """The rows after ``after_seq``; with limits, the prefix an epoch may take.
-
-        The prefix always holds at least one row, so one oversized request
-        still makes progress.
-        """
-        con = self._connect()
-        if max_events is None and max_bytes is None:
-            row = con.execute(
-                "SELECT coalesce(max(seq), ?), coalesce(sum(events), 0), coalesce(sum(bytes), 0), "
-                "min(ingested_at) FROM batches WHERE seq > ?", (after_seq, after_seq)).fetchone()
-            return Backlog(*row)
-        rows = con.execute(
-            "SELECT seq, events, bytes, ingested_at FROM batches WHERE seq > ? ORDER BY seq",
-            (after_seq,))
-        last, events, size, oldest = after_seq, 0, 0, None
-        for seq, n, b, at in rows:  # one row per request, not per event
-            if events and ((max_events and events + n > max_events)
-                           or (max_bytes and size + b > max_bytes)):
-                break
-            last, events, size = seq, events + n, size + b
-            oldest = at if oldest is None else oldest
-        return Backlog(last, events, size, oldest)
-
-    def read_range(self, after_seq: int, through_seq: int, schema: pa.Schema) -> pa.Table:
-        """All events in rows ``(after_seq, through_seq]`` as one table, in order."""
-        con = self._connect()
-        rows = con.execute("SELECT data FROM batches WHERE seq > ? AND seq <= ? ORDER BY seq",
-                           (after_seq, through_seq)).fetchall()
-        tables = [ipc.open_stream(pa.py_buffer(data)).read_all() for (data,) in rows]
-        if not tables:
-            return schema.empty_table()
-        return pa.concat_tables(tables)
-
-    def ingested_times(self, after_seq: int, through_seq: int) -> list[tuple[float, int]]:
-        """(ingest time, events) per row in the range: for latency figures."""
-        con = self._connect()
-        return con.execute("SELECT ingested_at, events FROM batches WHERE seq > ? AND seq <= ?",
-                           (after_seq, through_seq)).fetchall()
-
-    def release(self, after_seq: int, through_seq: int, committed_at: float, *,
-                pause: float = 0.0) -> None:
-        """After a commit: record each row's ack-to-commit latency, then drop the rows.
-
-        Rows go a few per transaction, ``pause`` seconds apart, and their
-        commits are not fsynced (a delete lost to a crash is redone by the
-        next release: everything up to ``through_seq`` goes).
-        """
-        with self._commit_lock, self._transaction() as con:
-            con.execute("INSERT INTO commit_latency SELECT ?, (? - ingested_at) * 1000.0, events "
-                        "FROM batches WHERE seq > ? AND seq <= ?",
-                        (committed_at, committed_at, after_seq, through_seq))
-            horizon = committed_at - 86_400
-            con.execute("DELETE FROM commit_latency WHERE committed_at < ?", (horizon,))
-            con.execute("DELETE FROM ingest_seconds WHERE second < ?", (int(horizon),))
-        con = self._connect()
-        con.execute("PRAGMA synchronous=NORMAL")
-        try:
-            while True:
-                with self._commit_lock, self._transaction() as con:
-                    deleted = con.execute(
-                        "DELETE FROM batches WHERE seq IN (SELECT seq FROM batches "
-                        "WHERE seq <= ? ORDER BY seq LIMIT ?)",
-                        (through_seq, RELEASE_ROWS_PER_TRANSACTION)).rowcount
-                if deleted < RELEASE_ROWS_PER_TRANSACTION:
-                    break
-                time.sleep(pause)
-        finally:
-            con.execute("PRAGMA synchronous=FULL")
-
-    def events_since(self, since: float) -> int:
-        (count,) = self._connect().execute(
-            "SELECT coalesce(sum(events), 0) FROM ingest_seconds WHERE second >= ?",
-            (int(since),)).fetchone()
-        return int(count)
-
-    def latency_percentiles(self, since: float) -> dict[str, float | None]:
-        """Event-weighted p50/p95/p99 of ack-to-commit latency in the window."""
-        rows = self._connect().execute(
-            "SELECT latency_ms, events FROM commit_latency WHERE committed_at >= ? "
-            "ORDER BY latency_ms", (since,)).fetchall()
-        total = sum(n for _, n in rows)
-        out: dict[str, float | None] = {"p50": None, "p95": None, "p99": None}
-        if not total:
-            return out
-        marks = {"p50": 0.50 * total, "p95": 0.95 * total, "p99": 0.99 * total}
-        seen = 0
-        for latency, n in rows:  # one row per acknowledged request, not per event
-            seen += n
-            for name, mark in marks.items():
-                if out[name] is None and seen >= mark:
-                    out[name] = round(latency, 1)
-        return out
-
-    def totals(self) -> dict[str, int]:
-        row = self._connect().execute(
-            "SELECT events_in, bytes_in, events_rejected FROM totals").fetchone()
-        return {"events_in": row[0], "bytes_in": row[1], "events_rejected": row[2]}
-
-    def recent(self, limit: int, schema: pa.Schema) -> pa.Table:
-        """The newest buffered events, at most ``limit``: for SQL dry runs."""
-        con = self._connect()
-        rows = con.execute("SELECT data FROM batches ORDER BY seq DESC LIMIT 50").fetchall()
-        tables: list[pa.Table] = []
-        total = 0
-        for (data,) in rows:
-            tables.append(ipc.open_stream(pa.py_buffer(data)).read_all())
-            total += tables[-1].num_rows
-            if total >= limit:
-                break
-        if not tables:
-            return schema.empty_table()
-        return pa.concat_tables(reversed(tables)).slice(max(0, total - limit))
-
-    def dead_letters(self, limit: int = 100) -> list[dict[str, object]]:
-        rows = self._connect().execute(
-            "SELECT received_at, idx, code, message, record FROM dead_letters ORDER BY id DESC "
-            "LIMIT ?", (limit,)).fetchall()
-        return [dict(zip(("received_at", "index", "code", "message", "record"), r)) for r in rows]
+    def recover(self) -> int:
+        """Check the log's tail now and cut a torn one (every writer does this
+        before its first commit; the job manager, when it opens the buffer).
+        Returns the bytes this call cut (an unacknowledged write's remains)."""
+        before = self._log.dropped_bytes
+        with self._log.locked():
+            pass
+        return self._log.dropped_bytes - before
 
     def mark_deleted(self) -> None:
-        """Refuse every later append (in any process) before the file goes away."""
-        with self._commit_lock, self._transaction() as con:
-            con.execute("UPDATE state SET deleted = 1")
+        """Refuse every later append (in any process) before the files go away."""
+        with self._log.locked() as head:
+            self._log.set_head(head.moved(deleted=True), sync=True)
 
     def destroy(self) -> None:
         self.close()
-        for suffix in ("", "-wal", "-shm", ".lock"):
+        shutil.rmtree(log_directory(self.path), ignore_errors=True)
+        for suffix in ("", "-wal", "-shm"):
             try:
                 os.remove(self.path + suffix)
             except FileNotFoundError:
                 pass
 
+    # -- releasing -----------------------------------------------------------------
 
-class _Checkpointer(threading.Thread):
-    """Runs a buffer's checkpoints, one at a time, when woken."""
+    def release(self, after_seq: int, through_seq: int, committed_at: float, *,
+                retention: Retention | None = None) -> None:
+        """After a commit: record each request's ack-to-commit latency, move the
+        committed offset, and delete the segments nothing needs any more.
 
-    def __init__(self, buffer: EventBuffer) -> None:
-        super().__init__(name=f"checkpoint-{os.path.basename(buffer.path)}", daemon=True)
-        self.buffer = buffer
-        self.wake = threading.Event()
-        self._stopping = False
+        The offset only moves forward; a release that was skipped is made good
+        by the next (everything up to ``through_seq`` counts as committed).
+        """
+        head = self._log.head()
+        self._index.refresh(head, need_from=after_seq + 1)
+        span = self._index.span(after_seq, through_seq)
+        self._ledger.record_latencies(committed_at, [(f.ingested_at, f.events)
+                                                     for _, f in self._index.frames(span)])
+        with self._log.locked() as head:
+            if through_seq > head.committed_seq:
+                head = head.moved(committed_seq=through_seq)
+                self._log.set_head(head)
+            if head.active_end > 0 and head.last_seq <= head.committed_seq:
+                self._log.roll(head)  # all of it committed: seal it, so it can go too
+        self.expire(retention, now=committed_at)
 
-    def run(self) -> None:
-        try:
-            while True:
-                self.wake.wait()
-                self.wake.clear()
-                if self._stopping:
-                    return
-                try:
-                    self.buffer.checkpoint()
-                except sqlite3.Error:
-                    pass  # the next one copies what this one could not
-        finally:
-            self.buffer.close_connection()
+    def expire(self, retention: Retention | None = None, *, now: float | None = None) -> int:
+        """Delete the committed segments ``retention`` no longer keeps; return how many.
 
-    def stop(self) -> None:
-        self._stopping = True
-        self.wake.set()
+        Without retention, every sealed segment whose frames are all committed
+        goes. With it, the oldest go while the committed segments are more
+        than ``retention.bytes`` together, or older than ``retention.seconds``
+        (by when their last frame was written). Uncommitted data always stays.
+        """
+        now = time.time() if now is None else now
+        # No lock: only sealed, committed segments go, which no writer touches;
+        # the ledger counts each segment once however many processes race here.
+        doomed = doomed_segments(self._log, self._log.head(), retention or Retention(), now)
+        if not doomed:
+            return 0
+        self._ledger.record_deleted(doomed, now)
+        self._log.remove_segments([summary[0] for summary, _ in doomed])
+        self._index.drop_before(doomed[-1][0][1] + 1)
+        return len(doomed)
+
+    # -- reading -------------------------------------------------------------------
+
+    def _fresh(self, need_from: int | None = None) -> Head:
+        head = self._log.head()
+        self._index.refresh(head, need_from=need_from)
+        return head
+
+    def data_version(self) -> int:
+        """A number that changes whenever a commit or a release moved the log:
+        one read of its head, no query of the ledger."""
+        head = self._log.head()
+        return head.last_seq + head.committed_seq
+
+    def backlog(self, after_seq: int, *, max_events: int | None = None,
+                max_bytes: int | None = None) -> Backlog:
+        """The uncommitted frames after ``after_seq``; with limits, the prefix an
+        epoch may take (at least one frame, so one oversized request still moves)."""
+        head = self._log.head()
+        after = max(after_seq, head.committed_seq)
+        self._index.refresh(head, need_from=after + 1)
+        if max_events is None and max_bytes is None:
+            span = self._index.span(after)
+        else:
+            span = self._index.prefix(after, max_events, max_bytes)
+        if span.stop == span.first:
+            return Backlog(after_seq, 0, 0, None)
+        return Backlog(span.last_seq, span.events, span.raw_bytes, span.oldest_ingested_at)
+
+    def read_range(self, after_seq: int, through_seq: int, schema: pa.Schema) -> pa.Table:
+        """All events in frames ``(after_seq, through_seq]`` as one table, in order."""
+        self._fresh(need_from=after_seq + 1)
+        span = self._index.span(after_seq, through_seq)
+        if span.stop - span.first != max(0, through_seq - after_seq):
+            raise StorageError(f"the event log does not hold sequence numbers {after_seq + 1} "
+                               f"to {through_seq}")
+        tables = self._index.read(span)
+        if not tables:
+            return schema.empty_table()
+        return pa.concat_tables(tables)
+
+    def ingested_times(self, after_seq: int, through_seq: int) -> list[tuple[float, int]]:
+        """(ingest time, events) per request in the range: for latency figures."""
+        self._fresh(need_from=after_seq + 1)
+        span = self._index.span(after_seq, through_seq)
+        return [(f.ingested_at, f.events) for _, f in self._index.frames(span)]
+
+    def recent(self, limit: int, schema: pa.Schema) -> pa.Table:
+        """The newest uncommitted events, at most ``limit``: for SQL dry runs."""
+        head = self._log.head()
+        self._index.refresh(head, need_from=head.committed_seq + 1)
+        frames = self._index.frames(self._index.span(head.committed_seq))[-_RECENT_FRAMES:]
+        total, first = 0, len(frames)
+        while first > 0 and total < limit:
+            first -= 1
+            total += frames[first][1].events
+        if first == len(frames):
+            return schema.empty_table()
+        tables = self._index.read(self._index.span(frames[first][1].first_seq - 1,
+                                                   frames[-1][1].last_seq))
+        return pa.concat_tables(tables).slice(max(0, total - limit))
+
+    def events_since(self, since: float) -> int:
+        """Events ingested since ``since``: deleted segments' from the ledger, the
+        rest from the frames of the segments written to since then."""
+        deleted_through = self._ledger.deleted_through()
+        head = self._log.head()
+        start = deleted_through + 1
+        for _, last, path in self._log.sealed_segments(head):
+            try:
+                if os.stat(path).st_mtime < since:  # all of it older than the window
+                    start = max(start, last + 1)
+            except FileNotFoundError:
+                continue
+        self._index.refresh(head, need_from=start)
+        return self._ledger.events_since(since) + self._index.events_since(deleted_through, since)
+
+    def latency_percentiles(self, since: float) -> dict[str, float | None]:
+        return self._ledger.latency_percentiles(since)
+
+    def totals(self) -> dict[str, int]:
+        """Everything ever accepted (the head counts it) and rejected (the ledger)."""
+        head = self._log.head()
+        return {"events_in": head.events_total, "bytes_in": head.raw_bytes_total,
+                "events_rejected": self._ledger.rejected()}
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, object]]:
+        return self._ledger.dead_letters(limit)
 
 
 class BufferHandles:
@@ -483,10 +386,3 @@ class BufferHandles:
 
     def close(self) -> None:
         self.keep_only(())
-
-
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()

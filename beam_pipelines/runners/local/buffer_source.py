@@ -1,4 +1,4 @@
-"""The epoch graph's local source: the epoch's rows from this machine's SQLite buffer.
+"""The epoch graph's local source: the epoch's frames from this machine's event log.
 
 The one piece of the epoch graph that only runs where the buffer file is
 (the local runner's workers); a remote runner gives ``EpochGraph`` a source
@@ -29,7 +29,8 @@ class _ReadBufferRangeFn(beam.DoFn):
 
 
 class ReadBufferRange(beam.PTransform):
-    """Each ``EpochSpec`` element → its buffer rows ``(range_start, range_end]`` as one Arrow table."""
+    """Each ``EpochSpec`` element → its buffer frames ``(range_start, range_end]`` as one
+    Arrow table, zero-copy from the memory-mapped segments."""
 
     def expand(self, specs: beam.PCollection) -> beam.PCollection:
         return specs | beam.ParDo(_ReadBufferRangeFn()).with_output_types(pa.Table)

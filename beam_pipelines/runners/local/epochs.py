@@ -13,8 +13,8 @@
    ``_tmp/epoch-N/`` scratch and any file it moved into place, as its
    manifest names them), so a new version's files never sit beside the old
    one's; a failed attempt discards its own at once.
-5. buffer rows are deleted only after the commit; a committed epoch leaves
-   nothing in ``_tmp/``.
+5. buffer segments are deleted only after the commit (and after the
+   pipeline's ``retention``); a committed epoch leaves nothing in ``_tmp/``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ from sqlalchemy import func, select
 
 from beam_pipelines.catalog.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from beam_pipelines.errors import EpochError
-from beam_pipelines.model.definition import PipelineDefinition, Sink, definition_from_dict
+from beam_pipelines.model.definition import (
+    PipelineDefinition,
+    Retention,
+    Sink,
+    definition_from_dict,
+)
 from beam_pipelines.model.layout import is_local
 from beam_pipelines.model.manifest import FileEntry, read_manifest
 from beam_pipelines.runners.local.buffer import Backlog, EventBuffer, buffer_path
@@ -150,9 +155,9 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
               plans: PlanCache | None = None) -> EpochResult:
     """Run a planned epoch end to end and commit it. Safe to call again after a crash.
 
-    With ``release``, the committed rows then leave the buffer here; the job
+    With ``release``, the buffer's committed offset moves here; the job
     manager passes False and calls ``release_epoch`` on a thread of its own,
-    so a worker goes on to the next epoch without deleting the last one's rows.
+    so a worker goes on to the next epoch at once.
 
     Epochs commit in order. One that runs alongside its predecessor (the job
     manager does this to flush a stopping pipeline on every worker) writes
@@ -236,7 +241,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         _await_commit_through(store, pipeline_id, range_start, predecessor_timeout)
     result = commit_epoch(store, pipeline_id, epoch_no, files)
     if release:
-        release_epoch(data_dir, result)
+        release_epoch(data_dir, result, retention=definition.retention)
     _remove_file(manifest_path)
     # After a retry, gs:// and s3:// may hold what a failed attempt could not delete.
     remove_scratch(sink, pipeline_id, epoch_no, remote=retried)
@@ -277,17 +282,19 @@ def _await_commit_through(store: Store, pipeline_id: str, seq: int, timeout: flo
         time.sleep(0.01)
 
 
-def release_epoch(data_dir: str, result: EpochResult, *, pause: float = 0.0) -> None:
-    """Drop a committed epoch's rows from the buffer, recording their latencies.
+def release_epoch(data_dir: str, result: EpochResult, *,
+                  retention: Retention | None = None) -> None:
+    """Move the buffer's committed offset past a committed epoch, recording its
+    latencies, and delete the segments ``retention`` no longer keeps.
 
-    Skipping it is safe: the next release drops every row up to its own end.
-    ``pause``: seconds between two of the release's transactions.
+    Skipping it is safe: the next release covers every frame up to its own end.
     """
     if result.already_committed:
         return
     buffer = EventBuffer(buffer_path(data_dir, result.pipeline_id))
     try:
-        buffer.release(result.range_start, result.range_end, result.committed_at, pause=pause)
+        buffer.release(result.range_start, result.range_end, result.committed_at,
+                       retention=retention)
     finally:
         buffer.close()
 

@@ -24,9 +24,9 @@ with the pipeline's current SQL. After ``PIPELINE_DO_EPOCH_MAX_ATTEMPTS``
 failed attempts (``..._MAX_TRANSIENT_ATTEMPTS`` for a sink outage) the
 pipeline becomes ``failed`` and is no longer scheduled (``_record_failure``).
 
-A committed epoch's rows leave the buffer on the manager's own release
-thread, not in the worker: deleting ~100 MB of rows takes a worker a
-fifth of an epoch, during which it could run the next one.
+A committed epoch is released from the buffer (offset moved, whole segments
+deleted past retention) on the manager's own release thread, not in the
+worker, which goes on to its next epoch at once.
 
 Workers (:mod:`beam_pipelines.runners.local.workers`) import Beam once and are recycled
 after ``max_epochs_per_worker`` epochs so memory stays flat. One that dies
@@ -47,8 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -60,16 +58,16 @@ from beam_pipelines.catalog.store import Epoch, PipelineRow, Store
 from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
 from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
 from beam_pipelines.runners.base import RunnerEvents
-from beam_pipelines.runners.local.buffer import RELEASE_PAUSE_SECONDS, BufferHandles
+from beam_pipelines.runners.local.buffer import BufferHandles
 from beam_pipelines.runners.local.epochs import (
     EpochResult,
     Plan,
     pending_epoch,
-    release_epoch,
     run_epoch,
     try_plan_epoch,
 )
 from beam_pipelines.runners.local.periodic import PeriodicThread
+from beam_pipelines.runners.local.retention import Releaser
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from beam_pipelines.settings import data_plane_settings
 from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
@@ -206,9 +204,7 @@ class JobManager:
         self._recovered: set[str] = set()
         self._buffers = BufferHandles(data_dir)
         self._loop = PeriodicThread("job-manager", tick_seconds, self.tick, _log)
-        self._releases: queue.Queue[EpochResult | None] = queue.Queue()
-        self._releaser = threading.Thread(target=self._release_loop, name="epoch-release",
-                                          daemon=True)
+        self._releaser = Releaser(self.store, data_dir)
 
     # -- lifecycle of the manager itself --------------------------------------
 
@@ -222,9 +218,7 @@ class JobManager:
         (they stay planned: the next manager runs them again)."""
         self._closed = True  # a tick still running (hung) submits nothing more
         self._loop.stop(timeout)
-        if self._releaser.is_alive():
-            self._releases.put(None)
-            self._releaser.join(timeout)
+        self._releaser.stop(timeout)
         if self._pool is not None:
             self._pool.shutdown(timeout)
             self._pool = None
@@ -317,6 +311,13 @@ class JobManager:
         """
         in_flight = [f.epoch for f in self._flights.get(pipeline_id, [])]
         if pipeline_id not in self._recovered:
+            # After a crash the log's head may lag its last synced frames (it is
+            # not synced itself): recovery brings them into view before planning.
+            dropped = self._buffers.get(pipeline_id).recover()
+            if dropped:
+                self.store.log(pipeline_id, "warning", "the buffer ended in a torn write that "
+                               f"was never acknowledged: {dropped} bytes cut, nothing before "
+                               "them lost")
             epoch = pending_epoch(self.store, pipeline_id, exclude=in_flight)
             if epoch is not None:
                 self._submit(pipeline_id, epoch, after_another=bool(in_flight))
@@ -376,24 +377,12 @@ class JobManager:
                                f"epoch {result.epoch} committed: {result.events} events in, "
                                f"{result.rows_out} rows out, {len(result.files)} files",
                                epoch=result.epoch)
-                self._releases.put(result)
+                self._releaser.put(result)
                 self._events.on_committed(result)
 
     def _exists(self, pipeline_id: str) -> bool:
         with self.store.reading() as s:
             return s.get(PipelineRow, pipeline_id) is not None
-
-    def _release_loop(self) -> None:
-        while (result := self._releases.get()) is not None:
-            # Pausing between deletes lets ingest commits go first; a releaser
-            # with more epochs waiting than this one has fallen behind, and
-            # catches up without pauses.
-            pause = RELEASE_PAUSE_SECONDS if self._releases.empty() else 0.0
-            try:
-                release_epoch(self.data_dir, result, pause=pause)
-            except Exception:  # noqa: BLE001 - the next release drops these rows too
-                _log.debug("releasing epoch %s of %s failed", result.epoch, result.pipeline_id,
-                           exc_info=True)
 
     def _record_failure(self, pipeline_id: str, epoch: int, err: BaseException) -> None:
         """Count a failed attempt; retry with backoff, or fail the pipeline for good.

@@ -25,6 +25,19 @@ def test_defaults() -> None:
     assert (d.sink.format, d.sink.compression) == ("parquet", "zstd")
     assert d.sink.roll.interval_seconds == 60
     assert d.runner.type == "direct"
+    assert d.retention.until_committed
+
+
+def test_retention_round_trips_through_the_store() -> None:
+    from beam_pipelines.model.definition import Retention, definition_from_dict
+
+    d = parse(retention={"seconds": 86_400, "bytes": 1 << 30})
+    assert d.retention == Retention(seconds=86_400.0, bytes=1 << 30)
+    assert definition_from_dict(d.to_dict()).retention == d.retention
+    assert d.public()["retention"] == {"seconds": 86_400.0, "bytes": 1 << 30}
+    legacy = d.to_dict()
+    del legacy["retention"]  # stored before retention existed
+    assert definition_from_dict(legacy).retention.until_committed
 
 
 @pytest.mark.parametrize(("params", "field", "text"), [
@@ -49,6 +62,11 @@ def test_defaults() -> None:
     ({"sink": {"options": {"password": "x"}}}, "sink.options", "allowed endpoint_url"),
     ({"runner": {"type": "spark"}}, "runner.type", "allowed direct, dataflow, flink"),
     ({"sql": ""}, "sql", "non-empty"),
+    ({"retention": 3600}, "retention", "must be an object"),
+    ({"retention": {"days": 1}}, "retention", "allowed seconds, bytes"),
+    ({"retention": {"seconds": -1}}, "retention.seconds", "from 0 to"),
+    ({"retention": {"bytes": 1.5}}, "retention.bytes", "a whole number"),
+    ({"retention": {"bytes": True}}, "retention.bytes", "a whole number"),
 ])
 def test_errors_name_the_field_and_what_is_allowed(params: dict[str, Any], field: str,
                                                    text: str) -> None:

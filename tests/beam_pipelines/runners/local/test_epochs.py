@@ -201,3 +201,29 @@ def test_a_reading_session_is_one_snapshot(service: PipelineService, tmp_path: A
         run_epoch(service.store, str(tmp_path), pipeline_id, 1)
         assert s.scalars(select(EpochFile).where(EpochFile.pipeline_id == pipeline_id)).all() == []
     assert service.get("p")["epochs"] == 1 and len(service.get("p")["files"]) == 2
+
+
+def test_retention_keeps_committed_events_in_the_log_until_they_age_out(
+        service: PipelineService, tmp_path: Any) -> None:
+    from beam_pipelines.runners.local.buffer import BufferHandles, log_directory
+    from beam_pipelines.runners.local.retention import expire_retained
+    from beam_pipelines.runners.local.segments import segment_seqs
+
+    created = service.create({"name": "kept", "retention": {"seconds": 600},
+                              "schema": [{"name": "n", "type": "int64", "required": True}]})
+    pipeline_id = str(created["id"])
+    body = "\n".join(f'{{"n": {i}}}' for i in range(50)).encode()
+    assert service.ingest_json_lines("kept", body)["accepted"] == 50
+    buffer = EventBuffer(buffer_path(str(tmp_path), pipeline_id))
+    assert plan_epoch(service.store, pipeline_id, buffer, flush=True) == 1
+    run_epoch(service.store, str(tmp_path), pipeline_id, 1)
+    # Committed: no longer backlog, but still in the log (sealed, readable).
+    assert buffer.backlog(0).events == 0
+    assert [n for _, n in buffer.ingested_times(0, 1)] == [50]
+    assert segment_seqs(log_directory(buffer.path))[0] == 1
+    handles = BufferHandles(str(tmp_path))  # the job manager's release thread keeps its own
+    assert expire_retained(service.store, handles, now=time.time() + 60) == 0
+    assert expire_retained(service.store, handles, now=time.time() + 601) == 1
+    handles.close()
+    assert segment_seqs(log_directory(buffer.path)) == [2]
+    assert buffer.totals()["events_in"] == 50
