@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.live import LiveServer
+from tests.servers import PubSubEmulator
 
 ADMIN_KEY = "pdo_test_admin_key_0123456789"
 
@@ -39,3 +40,14 @@ def live_server(tmp_path: Any) -> Iterator[LiveServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator[PubSubEmulator]:
+    """Google's Pub/Sub emulator on loopback, shared by the session's tests; they skip,
+    saying why, on a machine without it."""
+    if not PubSubEmulator.available():
+        pytest.skip("the Pub/Sub emulator is not installed here (Debian package "
+                    "google-cloud-cli-pubsub-emulator, and java)")
+    with PubSubEmulator() as server:
+        yield server

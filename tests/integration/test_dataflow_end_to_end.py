@@ -50,12 +50,6 @@ SQL = "SELECT user_name, n * 10 AS tens, _event_time FROM events WHERE n <> 13"
 
 
 @pytest.fixture(scope="module")
-def emulator() -> Iterator[servers.PubSubEmulator]:
-    with servers.PubSubEmulator() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def gcs() -> Iterator[Store]:
     store = start_store("gs")
     try:
@@ -72,7 +66,7 @@ def dataflow() -> Iterator[DataflowServer]:
 
 
 @pytest.fixture
-def api(tmp_path: Path, emulator: servers.PubSubEmulator, gcs: Store, dataflow: DataflowServer,
+def api(tmp_path: Path, pubsub_emulator: servers.PubSubEmulator, gcs: Store, dataflow: DataflowServer,
         monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The API on a real loopback HTTP server, its Dataflow engine pointed at the fakes."""
     from werkzeug.serving import make_server
@@ -81,7 +75,7 @@ def api(tmp_path: Path, emulator: servers.PubSubEmulator, gcs: Store, dataflow: 
 
     bucket = gcs.uri("dataflow")
     for name, value in {
-            "PUBSUB_EMULATOR_HOST": emulator.host_port,
+            "PUBSUB_EMULATOR_HOST": pubsub_emulator.host_port,
             "PIPELINE_DO_DATAFLOW_PROJECT": PROJECT, "PIPELINE_DO_DATAFLOW_REGION": REGION,
             "PIPELINE_DO_DATAFLOW_TEMP_LOCATION": f"{bucket}/temp",
             "PIPELINE_DO_DATAFLOW_STAGING_LOCATION": f"{bucket}/staging",

@@ -49,12 +49,6 @@ RUN_SECONDS = 90.0  # the bound on the job's run; it normally finishes in a few 
 
 
 @pytest.fixture(scope="module")
-def emulator() -> Iterator[servers.PubSubEmulator]:
-    with servers.PubSubEmulator() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def gcs() -> Iterator[Store]:
     store = start_store("gs")
     try:
@@ -65,14 +59,14 @@ def gcs() -> Iterator[Store]:
 
 
 @pytest.fixture
-def topic(emulator: servers.PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``(publisher, topic path, subscription path)`` on the emulator."""
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host_port)
+def topic(pubsub_emulator: servers.PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``(publisher, topic path, subscription path)`` on the pubsub_emulator."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host_port)
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    topic_path = publisher.topic_path(emulator.project, "pipeline-events")
-    subscription = subscriber.subscription_path(emulator.project, "pipeline-events-job")
+    topic_path = publisher.topic_path(pubsub_emulator.project, "pipeline-events")
+    subscription = subscriber.subscription_path(pubsub_emulator.project, "pipeline-events-job")
     publisher.create_topic(name=topic_path)
     subscriber.create_subscription(name=subscription, topic=topic_path)
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +43,9 @@ SCHEMA = [{"name": "n", "type": "int64", "required": True}, {"name": "s", "type"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[PubSubEmulator]:
-    if not PubSubEmulator.available():
-        pytest.skip("the Pub/Sub emulator is not installed here (Debian package "
-                    "google-cloud-cli-pubsub-emulator, and java)")
-    with PubSubEmulator() as server:
-        yield server
-
-
 @pytest.fixture
-def engine(emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> RecordingEngine:
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host_port)
+def engine(pubsub_emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> RecordingEngine:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host_port)
     return RecordingEngine(PubSubTransport(PROJECT))
 
 

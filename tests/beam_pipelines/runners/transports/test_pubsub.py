@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,18 +18,9 @@ pytestmark = pytest.mark.pubsub
 PROJECT = "test-project"
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[PubSubEmulator]:
-    if not PubSubEmulator.available():
-        pytest.skip("the Pub/Sub emulator is not installed here (Debian package "
-                    "google-cloud-cli-pubsub-emulator, and java)")
-    with PubSubEmulator() as server:
-        yield server
-
-
 @pytest.fixture
-def transport(emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> PubSubTransport:
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host_port)
+def transport(pubsub_emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> PubSubTransport:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host_port)
     return PubSubTransport(PROJECT)
 
 
