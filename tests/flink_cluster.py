@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import Any, Self
 import pytest
 import yaml
 
-from tests.servers import _PRCTL, _die_with_parent, free_port
+from tests.servers import _PRCTL, _die_with_parent, free_port, stop_process_group
 
 __all__ = ["FLINK_VERSION", "FlinkCluster", "build_job_jar", "flink_cluster", "flink_home",
            "java_missing"]
@@ -162,20 +161,7 @@ class FlinkCluster:
     def stop(self) -> None:
         procs, self._procs = self._procs, []
         for proc in procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=5)
+            stop_process_group(proc, 15.0)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Self:

@@ -54,6 +54,7 @@ __all__ = [
     "s3_client",
     "start_gcs_server",
     "start_s3_server",
+    "stop_process_group",
 ]
 
 # moto accepts any keys; these are the conventional fake ones.
@@ -104,6 +105,24 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec: keep
     # no server is orphaned. The signal follows the *thread* that started the
     # server: start servers from the main thread (pytest fixtures do).
     _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_process_group(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM the process group ``proc`` leads, SIGKILL it after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
 
 
 class _ServerProcess:
@@ -194,19 +213,8 @@ class _ServerProcess:
 
     def _kill(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=5)
+        if proc is not None:
+            stop_process_group(proc, 5.0)
         if self._log is not None:
             self._log.close()
             self._log = None
