@@ -94,12 +94,12 @@ class DataflowSettings:
 
     @property
     def location(self) -> JobLocation:
-        return JobLocation(self.project, self.region)
+        return JobLocation(self.project, self.region, self.endpoint)
 
     @property
     def no_auth(self) -> bool:
         """Only a localhost endpoint is called without Google credentials (see module doc)."""
-        return self.endpoint is not None and urlsplit(self.endpoint).hostname == "localhost"
+        return self.location.no_auth
 
     def beam_flags(self, job_name: str) -> list[str]:
         """Beam's command-line options for a streaming job named ``job_name`` here."""
