@@ -41,6 +41,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from beam_pipelines.errors import (
@@ -58,7 +59,11 @@ from beam_pipelines.runners.dataflow_api import (
     response_status,
 )
 from beam_pipelines.runners.dataflow_job import JobSpec, submit, update_name_mapping, write_spec
-from beam_pipelines.runners.dataflow_settings import DataflowSettings, resolve_settings
+from beam_pipelines.runners.dataflow_settings import (
+    DataflowSettings,
+    env_location,
+    resolve_settings,
+)
 
 __all__ = ["COUNTERS", "DataflowEngine", "METRICS_NAMESPACE", "job_state"]
 
@@ -120,8 +125,9 @@ class DataflowEngine:
                          location=settings.location.text)
 
     def pause(self, handle: JobHandle) -> JobHandle:
-        self.drain(handle)
-        return handle
+        """Drain; a handle recorded without a location comes back with the one that worked."""
+        where = self._request_state(handle, JobState.DRAINING)
+        return replace(handle, location=where.text)
 
     def drain(self, handle: JobHandle) -> None:
         self._request_state(handle, JobState.DRAINING)
@@ -170,7 +176,7 @@ class DataflowEngine:
     def _where(self, handle: JobHandle) -> JobLocation:
         """The handle's location; the environment's only for a handle recorded without one."""
         if handle.location is None:
-            return resolve_settings({}, self._env).location
+            return env_location(self._env)
         try:
             return JobLocation.parse(handle.location)
         except ValueError:
@@ -185,8 +191,9 @@ class DataflowEngine:
                                                      timeout_s=self._timeout_s)
         return self._apis[where.endpoint]
 
-    def _request_state(self, handle: JobHandle, state: str) -> None:
-        """Drain or cancel; a job that already ended needs neither (delete stays idempotent)."""
+    def _request_state(self, handle: JobHandle, state: str) -> JobLocation:
+        """Drain or cancel; a job that already ended needs neither (delete stays idempotent).
+        Where the job was addressed."""
         where = self._where(handle)
         api = self._api(where)
         try:
@@ -198,6 +205,7 @@ class DataflowEngine:
                 raise refused from None
             if job_state(job.get("currentState")) not in JobState.TERMINAL:
                 raise
+        return where
 
     def _check_replaceable(self, where: JobLocation, handle: JobHandle) -> None:
         """The job must run, and be the one Beam's ``job_id_for_name`` will find by its name."""

@@ -379,6 +379,28 @@ def test_an_update_cannot_move_a_job_to_another_location(engine: DataflowEngine,
     assert dataflow.calls() == []
 
 
+def test_a_handle_recorded_without_a_location_uses_the_environment_and_learns_it(
+        dataflow: DataflowServer) -> None:
+    """An old catalog row: the environment's project, region and endpoint (nothing else is
+    needed to address a job), and a pause returns the handle with them."""
+    job_id = dataflow.add_job("pdo-clicks", JobState.RUNNING, PROJECT, REGION)
+    old_row = JobHandle(job_id, "pdo-clicks")
+    env = {"PIPELINE_DO_DATAFLOW_PROJECT": PROJECT, "PIPELINE_DO_DATAFLOW_REGION": REGION,
+           "PIPELINE_DO_DATAFLOW_ENDPOINT": dataflow.endpoint}
+    engine = DataflowEngine(_Subscriptions(), env=env, timeout_s=10)
+
+    assert engine.view(old_row).state == JobState.RUNNING
+    paused = engine.pause(old_row)
+
+    assert paused == replace(old_row, location=f"{dataflow.endpoint}/v1b3/projects/{PROJECT}/"
+                                                f"locations/{REGION}")
+    assert [(r.method, r.path) for r in dataflow.calls("PUT")] == [("PUT", f"{JOBS}/{job_id}")]
+    with pytest.raises(DefinitionError) as err:
+        DataflowEngine(_Subscriptions(), env={}).cancel(old_row)
+    assert err.value.field == "runner.options.project"
+    assert "PIPELINE_DO_DATAFLOW_PROJECT" in err.value.message
+
+
 def test_a_location_is_the_api_resource_name_under_its_endpoint() -> None:
     from beam_pipelines.runners.dataflow_api import JobLocation
 
