@@ -200,14 +200,18 @@ class FlinkEngine:
 
     # -- the job's lifecycle ------------------------------------------------------
     def pause(self, handle: JobHandle) -> JobHandle:
-        return replace(handle, savepoint=self._stop(handle, drain=False))
+        """Stop with a savepoint; a handle recorded without a location comes back with the
+        cluster that worked."""
+        cluster = self._cluster(handle)
+        savepoint = self._stop(cluster, handle, drain=False)
+        return replace(handle, savepoint=savepoint, location=cluster_location(
+            cluster.rest.base_url, cluster.savepoint_dir))
 
     def drain(self, handle: JobHandle) -> None:
-        self._stop(handle, drain=True)
+        self._stop(self._cluster(handle), handle, drain=True)
 
-    def _stop(self, handle: JobHandle, *, drain: bool) -> str:
+    def _stop(self, cluster: _Cluster, handle: JobHandle, *, drain: bool) -> str:
         """Stop with a savepoint; wait until it is written and the job FINISHED; its location."""
-        cluster = self._cluster(handle)
         rest = cluster.rest
         # Flink accepts a stop of an ended job (HTTP 202) and only its savepoint's status
         # says it failed; asking first gives the user the reason in words.

@@ -210,6 +210,23 @@ def test_a_fresh_engine_reaches_the_job_on_its_own_cluster(
     assert FlinkRest(flink_cluster.rest_url).job(second.job_id)["state"] == "CANCELED"
 
 
+def test_a_handle_recorded_without_a_location_uses_the_environment_and_learns_it(
+        engine: FlinkEngine, flink_cluster: FlinkCluster, counter_jar: Path,
+        out_dir: Path) -> None:
+    launched = submit(engine, flink_cluster, counter_jar, out_dir, "old", "old-row")
+    wait_counts(out_dir, "old", 1)
+    old_row = replace(launched, location=None)  # a catalog row from before locations
+    configured = FlinkEngine(NullTransport(), env={
+        "PIPELINE_DO_FLINK_REST_URL": flink_cluster.rest_url,
+        "PIPELINE_DO_FLINK_SAVEPOINT_DIR": f"file://{flink_cluster.savepoint_dir}"})
+
+    assert configured.view(old_row).state == JobState.RUNNING
+    paused = configured.pause(old_row)
+
+    assert paused.location == launched.location
+    assert local_path(str(paused.savepoint)).parent == flink_cluster.savepoint_dir / "old-row"
+
+
 def test_pause_of_a_finished_job_is_refused_without_internals(
         engine: FlinkEngine, flink_cluster: FlinkCluster, counter_jar: Path,
         out_dir: Path) -> None:
