@@ -26,9 +26,11 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from beam_pipelines.model.manifest import public_file
@@ -133,7 +135,9 @@ class EpochFile(Base):
 class EngineJob(Base):
     """A distributed pipeline's engine job (Dataflow, Flink): the one it runs or ran last.
 
-    ``job_id``/``job_name``/``savepoint`` are the engine's ``JobHandle``; ``state``
+    ``job_id``/``job_name``/``savepoint``/``location`` are the engine's ``JobHandle``
+    (``location``: where the job lives, in the engine's own form; None in a row
+    recorded before it was kept); ``state``
     (a ``runners.base.JobState``), ``metrics`` (JSON, the monitor's names) and
     ``message`` are what the engine last reported, at ``state_at``.
     """
@@ -146,6 +150,7 @@ class EngineJob(Base):
     job_id: Mapped[str] = mapped_column(String(255))
     job_name: Mapped[str] = mapped_column(String(255))
     savepoint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    location: Mapped[str | None] = mapped_column(Text, nullable=True)
     state: Mapped[str] = mapped_column(String(32))
     state_at: Mapped[float] = mapped_column(Float)
     metrics: Mapped[str] = mapped_column(Text, default="{}")
@@ -168,6 +173,12 @@ class LogEntry(Base):
     def public(self) -> dict[str, Any]:
         return {"timestamp": iso(self.timestamp), "level": self.level, "message": self.message,
                 "epoch": self.epoch}
+
+
+#: Nullable columns added to a table after its first release (``Store.create_all`` adds them).
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("engine_jobs", "location"),
+)
 
 
 def default_database_url(data_dir: str) -> str:
@@ -203,7 +214,34 @@ class Store:
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
     def create_all(self) -> None:
+        """Create missing tables, then add the ``ADDED_COLUMNS`` an older catalog lacks."""
         Base.metadata.create_all(self.engine)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """``ALTER TABLE ... ADD COLUMN`` for each added column a table does not have yet.
+
+        ``create_all`` makes missing tables only, so a catalog made by an
+        earlier release keeps its old columns. The check and the change are
+        one transaction (on SQLite it holds the write lock from BEGIN), so
+        processes starting together add a column once; should another
+        database race anyway, a column that is there afterwards is fine.
+        """
+        for table_name, column_name in ADDED_COLUMNS:
+            column = Base.metadata.tables[table_name].c[column_name]
+            try:
+                with self.engine.begin() as conn:
+                    have = {c["name"] for c in inspect(conn).get_columns(table_name)}
+                    if column_name in have:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN "
+                                         f"{column_name} {kind}")
+            except OperationalError:
+                with self.engine.connect() as conn:
+                    if column_name not in {c["name"] for c in inspect(conn)
+                                           .get_columns(table_name)}:
+                        raise
 
     @contextmanager
     def session(self) -> Iterator[Session]:

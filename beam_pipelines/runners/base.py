@@ -186,11 +186,20 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class JobHandle:
-    """The catalog's record of a pipeline's engine job."""
+    """The catalog's record of a pipeline's engine job.
+
+    ``location`` is where the job lives, in a form only the engine that wrote
+    it reads (Dataflow: project, region and endpoint; Flink: the cluster's
+    REST URL and savepoint directory). The job is addressed there by every
+    later call, in whichever process makes it (an API worker, the job watcher
+    in ``serve``, a server restarted with other settings): the settings in
+    the environment are only a fallback for a handle recorded without one.
+    """
 
     job_id: str
     job_name: str
     savepoint: str | None = None
+    location: str | None = None
 
 
 @dataclass(frozen=True)

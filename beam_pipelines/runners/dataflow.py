@@ -26,9 +26,12 @@ and never stops when there is none (it compares the last page's token, an
 empty string, with ``None``). The check here lists the same way, bounded.
 
 Settings: ``runner.options`` first, then ``PIPELINE_DO_DATAFLOW_*``
-(``runners.dataflow_settings``). A job's project and region are remembered
-from its launch; a handle this process did not launch (after a restart) is
-addressed with the settings from the environment.
+(``runners.dataflow_settings``). Every handle the engine returns carries the
+job's location (``JobLocation.text``: project, region, endpoint), and every
+later call addresses the job there, so a job launched by another process
+(an API worker; the job watcher runs in ``serve``) or before a restart with
+other settings is still found. Only a handle recorded without a location
+(a catalog row older than that) is addressed with the environment's settings.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from beam_pipelines.errors import (
@@ -48,9 +52,18 @@ from beam_pipelines.errors import (
     Unavailable,
 )
 from beam_pipelines.runners.base import JobHandle, JobRequest, JobState, JobView
-from beam_pipelines.runners.dataflow_api import DataflowApi, api_error, response_status
+from beam_pipelines.runners.dataflow_api import (
+    DataflowApi,
+    JobLocation,
+    api_error,
+    response_status,
+)
 from beam_pipelines.runners.dataflow_job import JobSpec, submit, update_name_mapping, write_spec
-from beam_pipelines.runners.dataflow_settings import DataflowSettings, resolve_settings
+from beam_pipelines.runners.dataflow_settings import (
+    DataflowSettings,
+    env_location,
+    resolve_settings,
+)
 
 __all__ = ["COUNTERS", "DataflowEngine", "METRICS_NAMESPACE", "job_state"]
 
@@ -93,8 +106,7 @@ class DataflowEngine:
         self._env = os.environ if env is None else env
         self._timeout_s = timeout_s
         self._submit_timeout_s = submit_timeout_s
-        self._where: dict[str, DataflowSettings] = {}  # job id -> settings it was launched with
-        self._apis: dict[tuple[str | None, bool], DataflowApi] = {}
+        self._apis: dict[str | None, DataflowApi] = {}  # by endpoint: clients, not jobs
         # Beam's FileSystems options and credential cache are process-wide: one submission at
         # a time.
         self._submit_lock = threading.Lock()
@@ -109,11 +121,13 @@ class DataflowEngine:
             job_id = self._launch_template(request, settings, request.job_name, update=False)
         else:
             job_id = self._submit(request, settings, settings.beam_flags(request.job_name))
-        return JobHandle(job_id=job_id, job_name=request.job_name)
+        return JobHandle(job_id=job_id, job_name=request.job_name,
+                         location=settings.location.text)
 
     def pause(self, handle: JobHandle) -> JobHandle:
-        self.drain(handle)
-        return handle
+        """Drain; a handle recorded without a location comes back with the one that worked."""
+        where = self._request_state(handle, JobState.DRAINING)
+        return replace(handle, location=where.text)
 
     def drain(self, handle: JobHandle) -> None:
         self._request_state(handle, JobState.DRAINING)
@@ -123,27 +137,35 @@ class DataflowEngine:
 
     def update(self, handle: JobHandle, request: JobRequest) -> JobHandle:
         settings = self._settings_of(request)
-        self._check_replaceable(settings, handle)
+        # A handle recorded without a location: the definition's settings launched it.
+        where = settings.location if handle.location is None else self._where(handle)
+        if where != settings.location:
+            # An update replaces the job in its own location; it cannot move it.
+            raise ConflictError(f"cannot update Dataflow job {handle.job_id}: it runs in "
+                                f"{where.text}, and runner.options now name "
+                                f"{settings.location.text}; stop the pipeline and start it "
+                                "again to move it")
+        self._check_replaceable(where, handle)
         if settings.flex_template:
             job_id = self._launch_template(request, settings, handle.job_name, update=True)
         else:
             flags = [*settings.beam_flags(handle.job_name), "--update",
                      f"--transform_name_mapping={json.dumps(update_name_mapping())}"]
             job_id = self._submit(request, settings, flags)
-        return JobHandle(job_id=job_id, job_name=handle.job_name)
+        return JobHandle(job_id=job_id, job_name=handle.job_name, location=where.text)
 
     def view(self, handle: JobHandle) -> JobView:
-        settings = self._settings_for(handle)
-        api = self._api(settings)
-        job = api.get_job(settings.location, handle.job_id)
+        where = self._where(handle)
+        api = self._api(where)
+        job = api.get_job(where, handle.job_id)
         state = job_state(job.get("currentState"))
         try:
-            metrics = user_counters(api.metrics(settings.location, handle.job_id))
+            metrics = user_counters(api.metrics(where, handle.job_id))
         except PipelineDoError:
             metrics = {}  # the state is the answer; counters are absent, never zero
         message = None
         if state == JobState.FAILED:
-            message = self._last_error(api, settings, handle.job_id)
+            message = self._last_error(api, where, handle.job_id)
         return JobView(state=state, metrics=metrics, message=message)
 
     # -- helpers -------------------------------------------------------------
@@ -151,44 +173,53 @@ class DataflowEngine:
         runner = request.definition.get("runner") or {}
         return resolve_settings(runner.get("options") or {}, self._env)
 
-    def _settings_for(self, handle: JobHandle) -> DataflowSettings:
-        known = self._where.get(handle.job_id)
-        return known if known is not None else resolve_settings({}, self._env)
-
-    def _api(self, settings: DataflowSettings) -> DataflowApi:
-        key = (settings.endpoint, settings.no_auth)
-        if key not in self._apis:
-            self._apis[key] = DataflowApi(settings.endpoint, auth=not settings.no_auth,
-                                          timeout_s=self._timeout_s)
-        return self._apis[key]
-
-    def _request_state(self, handle: JobHandle, state: str) -> None:
-        """Drain or cancel; a job that already ended needs neither (delete stays idempotent)."""
-        settings = self._settings_for(handle)
-        api = self._api(settings)
+    def _where(self, handle: JobHandle) -> JobLocation:
+        """The handle's location; the environment's only for a handle recorded without one."""
+        if handle.location is None:
+            return env_location(self._env)
         try:
-            api.request_state(settings.location, handle.job_id, state)
+            return JobLocation.parse(handle.location)
+        except ValueError:
+            _LOGGER.error("job %s has an unreadable location %r", handle.job_id,
+                          handle.location[:200])
+            raise PipelineDoError(f"the recorded location of Dataflow job {handle.job_id} is "
+                                  "unreadable; the server log has it") from None
+
+    def _api(self, where: JobLocation) -> DataflowApi:
+        if where.endpoint not in self._apis:
+            self._apis[where.endpoint] = DataflowApi(where.endpoint, auth=not where.no_auth,
+                                                     timeout_s=self._timeout_s)
+        return self._apis[where.endpoint]
+
+    def _request_state(self, handle: JobHandle, state: str) -> JobLocation:
+        """Drain or cancel; a job that already ended needs neither (delete stays idempotent).
+        Where the job was addressed."""
+        where = self._where(handle)
+        api = self._api(where)
+        try:
+            api.request_state(where, handle.job_id, state)
         except ConflictError as refused:
             try:
-                job = api.get_job(settings.location, handle.job_id)
+                job = api.get_job(where, handle.job_id)
             except PipelineDoError:
                 raise refused from None
             if job_state(job.get("currentState")) not in JobState.TERMINAL:
                 raise
+        return where
 
-    def _check_replaceable(self, settings: DataflowSettings, handle: JobHandle) -> None:
+    def _check_replaceable(self, where: JobLocation, handle: JobHandle) -> None:
         """The job must run, and be the one Beam's ``job_id_for_name`` will find by its name."""
-        api = self._api(settings)
-        current = job_state(api.get_job(settings.location, handle.job_id).get("currentState"))
+        api = self._api(where)
+        current = job_state(api.get_job(where, handle.job_id).get("currentState"))
         if current != JobState.RUNNING:
             raise ConflictError(f"cannot update Dataflow job {handle.job_id}: it is {current}, "
                                 "and only a running job can be replaced", {"state": current})
-        found = next((job for job in api.active_jobs(settings.location)
+        found = next((job for job in api.active_jobs(where)
                       if job.get("name") == handle.job_name
                       and job.get("currentState") in (JobState.RUNNING, JobState.DRAINING)), None)
         if found is None:
             raise ConflictError(f"cannot update: no running Dataflow job is named "
-                                f"{handle.job_name!r} in {settings.project}/{settings.region}")
+                                f"{handle.job_name!r} in {where.project}/{where.region}")
         if found.get("id") != handle.job_id:
             raise ConflictError(f"cannot update: the running job named {handle.job_name!r} is "
                                 f"{found.get('id')}, not this pipeline's {handle.job_id}")
@@ -219,10 +250,9 @@ class DataflowEngine:
                                   "environment": settings.flex_environment()}
         if update:
             launch.update(update=True, transformNameMappings=update_name_mapping())
-        job = self._api(settings).launch_flex_template(settings.location, launch)
+        job = self._api(settings.location).launch_flex_template(settings.location, launch)
         if not job.get("id"):
             raise Unavailable("the Dataflow Flex Template launch answered without a job id")
-        self._where[str(job["id"])] = settings
         return str(job["id"])
 
     def _submit(self, request: JobRequest, settings: DataflowSettings, flags: list[str]) -> str:
@@ -257,13 +287,11 @@ class DataflowEngine:
             _LOGGER.warning("Dataflow submission of %s failed", request.job_name,
                             exc_info=(type(exc), exc, exc.__traceback__))
             raise submit_error(exc, settings) from None
-        job_id = str(outcome["job_id"])
-        self._where[job_id] = settings
-        return job_id
+        return str(outcome["job_id"])
 
-    def _last_error(self, api: DataflowApi, settings: DataflowSettings, job_id: str) -> str | None:
+    def _last_error(self, api: DataflowApi, where: JobLocation, job_id: str) -> str | None:
         try:
-            messages = api.messages(settings.location, job_id)
+            messages = api.messages(where, job_id)
         except PipelineDoError:
             return None
         texts = [m.get("messageText", "") for m in messages if m.get("messageText")]

@@ -26,9 +26,11 @@ localhost, which is how the tests' recording server is reached.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -40,14 +42,40 @@ DEFAULT_ENDPOINT = "https://dataflow.googleapis.com"
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 _MAX_MESSAGE = 300  # characters of the API's own error text kept in ours
 _MAX_PAGES = 20  # list pages read at most (50+ jobs each) before giving up
+_LOCATION = re.compile(r"^(?:(?P<endpoint>https?://.+?)/v1b3/)?"
+                       r"projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)$")
 
 
 @dataclass(frozen=True)
 class JobLocation:
-    """Where a job lives: its project and regional endpoint."""
+    """Where a job lives: its project and region, and the API endpoint (None: Google's).
+
+    ``text`` is its form in a ``JobHandle``: the API's own resource name
+    ``projects/{p}/locations/{r}``, under ``{endpoint}/v1b3/`` when the
+    endpoint is not Google's; ``parse`` reads it back.
+    """
 
     project: str
     region: str
+    endpoint: str | None = None
+
+    @property
+    def text(self) -> str:
+        name = f"projects/{self.project}/locations/{self.region}"
+        return f"{self.endpoint.rstrip('/')}/v1b3/{name}" if self.endpoint else name
+
+    @classmethod
+    def parse(cls, text: str) -> JobLocation:
+        """``text``'s location; ``ValueError`` when it is not one ``text`` wrote."""
+        found = _LOCATION.match(text)
+        if found is None:
+            raise ValueError(f"not a Dataflow job location: {text[:200]!r}")
+        return cls(found["project"], found["region"], found["endpoint"])
+
+    @property
+    def no_auth(self) -> bool:
+        """Only an endpoint on localhost (a test server) is called without Google credentials."""
+        return self.endpoint is not None and urlsplit(self.endpoint).hostname == "localhost"
 
     @property
     def location_path(self) -> str:

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 from beam_pipelines.errors import DefinitionError
 from beam_pipelines.runners.dataflow_api import JobLocation
 
-__all__ = ["DataflowSettings", "resolve_settings"]
+__all__ = ["DataflowSettings", "env_location", "resolve_settings"]
 
 _REQUIRED = ("project", "region", "temp_location", "staging_location", "sdk_container_image")
 _OPTIONAL = ("dataflow_endpoint", "service_account_email", "subnetwork", "machine_type",
@@ -94,12 +94,12 @@ class DataflowSettings:
 
     @property
     def location(self) -> JobLocation:
-        return JobLocation(self.project, self.region)
+        return JobLocation(self.project, self.region, self.endpoint)
 
     @property
     def no_auth(self) -> bool:
         """Only a localhost endpoint is called without Google credentials (see module doc)."""
-        return self.endpoint is not None and urlsplit(self.endpoint).hostname == "localhost"
+        return self.location.no_auth
 
     def beam_flags(self, job_name: str) -> list[str]:
         """Beam's command-line options for a streaming job named ``job_name`` here."""
@@ -170,6 +170,25 @@ def resolve_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> Data
                             sdk_container_image=values.pop("sdk_container_image"),
                             endpoint=endpoint,
                             extras=values, flex_template=flex_template)
+
+
+def env_location(env: Mapping[str, str]) -> JobLocation:
+    """The environment's project, region and endpoint: where a job recorded without its
+    location is addressed (the other settings matter only to a launch)."""
+    values = {key: str(env.get(env_var(key), "")).strip()
+              for key in ("project", "region", "dataflow_endpoint")}
+    for key in ("project", "region"):
+        if not values[key]:
+            raise DefinitionError(f"runner.options.{key}", "a Dataflow job recorded without "
+                                  f"its location is addressed with {env_var(key)}: set it")
+        pattern, allowed = _RULES[key]
+        if not pattern.match(values[key]):
+            raise DefinitionError(f"runner.options.{key}", f"{env_var(key)} "
+                                  f"{values[key]!r} is not {allowed}")
+    endpoint = values["dataflow_endpoint"] or None
+    if endpoint is not None:
+        _check_endpoint(endpoint)
+    return JobLocation(values["project"], values["region"], endpoint)
 
 
 def _check_endpoint(endpoint: str) -> None:

@@ -69,7 +69,7 @@ from beam_pipelines.runners.base import (
     Rejected,
     RunnerEvents,
 )
-from beam_pipelines.runners.job_watcher import Unheard, observe_job
+from beam_pipelines.runners.job_watcher import Unheard, job_handle, observe_job
 from beam_pipelines.runners.local.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.storage.sealing import SecretBox
 from transforms.batches import (
@@ -139,7 +139,7 @@ class DistributedRunner:
 
     def pause(self, session: Session, row: PipelineRow, target: str) -> None:
         job = self._job(session, row.id)
-        handle = self.engine.pause(_handle(job))
+        handle = self.engine.pause(job_handle(job))
         _record_handle(session, job, handle, JobState.DRAINING, "paused")
         row.status = target
 
@@ -147,8 +147,8 @@ class DistributedRunner:
         """Drain a job that runs; a stopped, failed or drained one has nothing to flush."""
         job = session.get(EngineJob, row.id)
         if job is not None and row.status == Status.RUNNING:
-            self.engine.drain(_handle(job))
-            _record_handle(session, job, _handle(job), JobState.DRAINING, "draining for a stop")
+            self.engine.drain(job_handle(job))
+            _record_handle(session, job, job_handle(job), JobState.DRAINING, "draining for a stop")
         row.status = target
 
     def wait_stopped(self, pipeline_id: str, timeout_s: float) -> None:
@@ -198,7 +198,7 @@ class DistributedRunner:
         job = session.get(EngineJob, row.id)
         if job is None or row.status != Status.RUNNING or job.state in JobState.TERMINAL:
             return
-        handle = self.engine.update(_handle(job), self._request(row, savepoint=None))
+        handle = self.engine.update(job_handle(job), self._request(row, savepoint=None))
         _record_handle(session, job, handle, JobState.PENDING,
                        f"updated to run sql version {version}")
 
@@ -208,7 +208,7 @@ class DistributedRunner:
         job = session.get(EngineJob, row.id)
         if job is not None:
             if job.state not in JobState.TERMINAL:
-                self.engine.cancel(_handle(job))
+                self.engine.cancel(job_handle(job))
             session.delete(job)
         try:
             self._ledgers.get(row.id).mark_deleted()
@@ -250,7 +250,7 @@ class DistributedRunner:
         job = session.get(EngineJob, row.id)
         if job is not None and job.state not in JobState.TERMINAL:
             # The recorded state may be old: a drain that ended since is fine.
-            view = self.engine.view(_handle(job))
+            view = self.engine.view(job_handle(job))
             job.state = view.state
             if view.state not in JobState.TERMINAL:
                 raise ConflictError(f"the pipeline's previous {self.type} job {job.job_id} is "
@@ -345,14 +345,11 @@ class DistributedRunner:
         return snapshot
 
 
-def _handle(job: EngineJob) -> JobHandle:
-    return JobHandle(job_id=job.job_id, job_name=job.job_name, savepoint=job.savepoint)
-
-
 def _record_handle(session: Session, job: EngineJob, handle: JobHandle, state: str,
                    what: str) -> None:
     """The job's new handle and expected state (the watcher records the engine's word)."""
     job.job_id, job.job_name, job.savepoint = handle.job_id, handle.job_name, handle.savepoint
+    job.location = handle.location
     job.state, job.state_at, job.message = state, time.time(), None
     session.add(LogEntry(pipeline_id=job.pipeline_id, timestamp=job.state_at, level="info",
                          message=f"{job.engine} job {handle.job_id}: {what}"

@@ -23,13 +23,17 @@ on Maven Central.
 
 Settings come from the definition's ``runner.options`` first, then the
 environment (``runners.flink_submit.resolve_settings``). The calls after
-launch get only a ``JobHandle``: the engine remembers which REST URL a job
-was launched on and falls back to the environment's for jobs launched by an
-earlier process.
+launch get only a ``JobHandle``, so each handle the engine returns carries
+its cluster (``location``: the REST URL and savepoint directory, as JSON):
+whichever process asks later (another API worker, the job watcher in
+``serve``, a server restarted with other settings) reaches the job's own
+cluster. Only a handle recorded without one falls back to the environment's.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -50,12 +54,21 @@ from beam_pipelines.runners.flink_submit import FlinkSettings, beam_pipeline_arg
 __all__ = ["FlinkEngine"]
 
 
+_LOG = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class _Cluster:
     """Where a job runs: its cluster's REST API and where its savepoints go."""
 
     rest: FlinkRest
     savepoint_dir: str | None
+
+
+def cluster_location(rest_url: str, savepoint_dir: str | None) -> str:
+    """A handle's ``location``: ``{"rest_url": ..., "savepoint_dir": ...}`` (the latter when set)."""
+    where = {"rest_url": rest_url, **({"savepoint_dir": savepoint_dir} if savepoint_dir else {})}
+    return json.dumps(where, sort_keys=True, separators=(",", ":"))
 
 
 # Submits the Beam job: (request, settings, pipeline args) → None; see ``_submit_beam``.
@@ -76,7 +89,7 @@ class FlinkEngine:
         self._timeout_s = timeout_s
         self._savepoint_timeout_s = savepoint_timeout_s
         self._find_job_timeout_s = find_job_timeout_s
-        self._clusters: dict[str, _Cluster] = {}
+        self._rests: dict[str, FlinkRest] = {}  # by REST URL: clients, not jobs
 
     # -- settings ----------------------------------------------------------
     def check(self, options: Mapping[str, Any]) -> None:
@@ -95,21 +108,29 @@ class FlinkEngine:
                                   "PIPELINE_DO_FLINK_JOB_SERVER_JAR to its path")
         return settings
 
-    def _cluster(self, job_id: str) -> _Cluster:
-        cluster = self._clusters.get(job_id)
-        if cluster is None:  # launched by an earlier process: the environment's cluster
-            url = self._env.get("PIPELINE_DO_FLINK_REST_URL")
-            if not url:
-                raise DefinitionError("runner.options.rest_url", "Flink needs the JobManager's "
-                                      "REST URL: set runner.options.rest_url or "
-                                      "PIPELINE_DO_FLINK_REST_URL")
-            cluster = self._remember(job_id, FlinkRest(url, timeout_s=self._timeout_s),
-                                     self._env.get("PIPELINE_DO_FLINK_SAVEPOINT_DIR"))
-        return cluster
+    def _cluster(self, handle: JobHandle) -> _Cluster:
+        """The handle's cluster; the environment's only for a handle recorded without one."""
+        if handle.location is not None:
+            try:
+                where = json.loads(handle.location)
+                return _Cluster(self._rest(str(where["rest_url"])), where.get("savepoint_dir"))
+            except (ValueError, TypeError, KeyError):
+                _LOG.error("job %s has an unreadable location %r", handle.job_id,
+                           handle.location[:200])
+                raise PipelineDoError(f"the recorded location of Flink job {handle.job_id} "
+                                      "is unreadable; the server log has it") from None
+        url = self._env.get("PIPELINE_DO_FLINK_REST_URL")
+        if not url:
+            raise DefinitionError("runner.options.rest_url", "Flink needs the JobManager's "
+                                  "REST URL: set runner.options.rest_url or "
+                                  "PIPELINE_DO_FLINK_REST_URL")
+        return _Cluster(self._rest(url), self._env.get("PIPELINE_DO_FLINK_SAVEPOINT_DIR"))
 
-    def _remember(self, job_id: str, rest: FlinkRest, savepoint_dir: str | None) -> _Cluster:
-        cluster = self._clusters[job_id] = _Cluster(rest, savepoint_dir)
-        return cluster
+    def _rest(self, url: str) -> FlinkRest:
+        url = url.rstrip("/")
+        if url not in self._rests:
+            self._rests[url] = FlinkRest(url, timeout_s=self._timeout_s)
+        return self._rests[url]
 
     # -- the Beam job --------------------------------------------------------
     def launch(self, request: JobRequest) -> JobHandle:
@@ -117,14 +138,14 @@ class FlinkEngine:
 
     def _launch(self, request: JobRequest, *, allow_non_restored_state: bool) -> JobHandle:
         settings = self.settings(_runner_options(request.definition))
-        rest = FlinkRest(settings.rest_url, timeout_s=self._timeout_s)
+        rest = self._rest(settings.rest_url)
         before = {job["jid"] for job in rest.jobs()}
         args = beam_pipeline_args(settings, request.job_name, savepoint=request.savepoint,
                                   allow_non_restored_state=allow_non_restored_state)
         self._submit_beam(request, settings, args)
         job_id = self._find_job(rest, request.job_name, exclude=before)
-        self._remember(job_id, rest, settings.savepoint_dir)
-        return JobHandle(job_id=job_id, job_name=request.job_name)
+        return JobHandle(job_id=job_id, job_name=request.job_name,
+                         location=cluster_location(rest.base_url, settings.savepoint_dir))
 
     def _find_job(self, rest: FlinkRest, job_name: str, *, exclude: set[str]) -> str:
         """The new job named ``job_name``: the Beam job server gives no Flink job id back.
@@ -167,27 +188,30 @@ class FlinkEngine:
         ``job_name`` is the name the jar's job gives itself; savepoints go under
         ``savepoint_dir/<job_name>`` (None: the cluster's ``state.savepoints.dir``).
         """
-        rest = FlinkRest(rest_url, timeout_s=self._timeout_s)
+        rest = self._rest(rest_url)
         jar_id = rest.upload_jar(jar_path)
         try:
             job_id = rest.run_jar(jar_id, entry_class, args, savepoint=savepoint,
                                   allow_non_restored_state=allow_non_restored_state)
         finally:
             rest.delete_jar(jar_id)  # the job keeps its own copy
-        self._remember(job_id, rest, savepoint_dir)
-        return JobHandle(job_id=job_id, job_name=job_name)
+        return JobHandle(job_id=job_id, job_name=job_name,
+                         location=cluster_location(rest.base_url, savepoint_dir))
 
     # -- the job's lifecycle ------------------------------------------------------
     def pause(self, handle: JobHandle) -> JobHandle:
-        location = self._stop(handle, drain=False)
-        return JobHandle(job_id=handle.job_id, job_name=handle.job_name, savepoint=location)
+        """Stop with a savepoint; a handle recorded without a location comes back with the
+        cluster that worked."""
+        cluster = self._cluster(handle)
+        savepoint = self._stop(cluster, handle, drain=False)
+        return replace(handle, savepoint=savepoint, location=cluster_location(
+            cluster.rest.base_url, cluster.savepoint_dir))
 
     def drain(self, handle: JobHandle) -> None:
-        self._stop(handle, drain=True)
+        self._stop(self._cluster(handle), handle, drain=True)
 
-    def _stop(self, handle: JobHandle, *, drain: bool) -> str:
+    def _stop(self, cluster: _Cluster, handle: JobHandle, *, drain: bool) -> str:
         """Stop with a savepoint; wait until it is written and the job FINISHED; its location."""
-        cluster = self._cluster(handle.job_id)
         rest = cluster.rest
         # Flink accepts a stop of an ended job (HTTP 202) and only its savepoint's status
         # says it failed; asking first gives the user the reason in words.
@@ -206,7 +230,7 @@ class FlinkEngine:
         return location
 
     def cancel(self, handle: JobHandle) -> None:
-        rest = self._cluster(handle.job_id).rest
+        rest = self._cluster(handle).rest
         try:
             rest.cancel(handle.job_id)
         except NotFoundError:
@@ -216,7 +240,7 @@ class FlinkEngine:
 
     def view(self, handle: JobHandle) -> JobView:
         try:
-            job = self._cluster(handle.job_id).rest.job(handle.job_id)
+            job = self._cluster(handle).rest.job(handle.job_id)
         except NotFoundError:
             return JobView(state=JobState.UNKNOWN,
                            message=f"the Flink cluster does not know job {handle.job_id}")

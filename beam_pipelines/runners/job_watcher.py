@@ -47,7 +47,7 @@ from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
 from beam_pipelines.runners.base import Engine, JobHandle, JobState, JobView, RunnerEvents
 from beam_pipelines.runners.local.periodic import PeriodicThread
 
-__all__ = ["JobWatcher", "Unheard", "finish_stop", "observe_job"]
+__all__ = ["JobWatcher", "Unheard", "finish_stop", "job_handle", "observe_job"]
 
 _log = logging.getLogger(__name__)
 
@@ -68,6 +68,12 @@ class Unheard:
         pass
 
 
+def job_handle(job: EngineJob) -> JobHandle:
+    """The engine's handle of a recorded job, its location included (None in an old row)."""
+    return JobHandle(job_id=job.job_id, job_name=job.job_name, savepoint=job.savepoint,
+                     location=job.location)
+
+
 def observe_job(store: Store, engine: Engine, pipeline_id: str, events: RunnerEvents) -> str | None:
     """Ask the engine about the pipeline's job, record it, make the move it implies.
 
@@ -76,7 +82,7 @@ def observe_job(store: Store, engine: Engine, pipeline_id: str, events: RunnerEv
     """
     with store.reading() as s:
         job = s.get(EngineJob, pipeline_id)
-        handle = None if job is None else JobHandle(job.job_id, job.job_name, job.savepoint)
+        handle = None if job is None else job_handle(job)
         status = s.scalar(select(PipelineRow.status).where(PipelineRow.id == pipeline_id))
     if handle is None:
         if status == Status.STOPPING:

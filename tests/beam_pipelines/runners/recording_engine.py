@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from beam_pipelines.errors import DefinitionError
@@ -27,13 +27,19 @@ class Call:
 
 
 class RecordingEngine:
-    """Jobs are ``job-1``, ``job-2``... ``savepoints``: pause returns a savepoint (Flink)."""
+    """Jobs are ``job-1``, ``job-2``... ``savepoints``: pause returns a savepoint (Flink).
+
+    ``location``: what the handles it launches carry (None: none, as an old
+    catalog row). Two engines standing for two processes share the service's
+    jobs by sharing ``states``.
+    """
 
     def __init__(self, transport: Transport, *, type: str = "dataflow",
-                 savepoints: bool = False) -> None:
+                 savepoints: bool = False, location: str | None = None) -> None:
         self.type = type
         self.transport: Any = transport  # the real one a test gave
         self.savepoints = savepoints
+        self.location = location
         self.calls: list[Call] = []
         self.states: dict[str, str] = {}
         self.metrics: dict[str, dict[str, float]] = {}
@@ -50,7 +56,7 @@ class RecordingEngine:
         return [c for c in self.calls if c.name == name][-1]
 
     def _new_job(self) -> str:
-        job_id = f"job-{sum(1 for c in self.calls if c.name in ('launch', 'update'))}"
+        job_id = f"job-{len(self.states) + 1}"
         self.states[job_id] = JobState.RUNNING
         return job_id
 
@@ -65,14 +71,14 @@ class RecordingEngine:
     def launch(self, request: JobRequest) -> JobHandle:
         with self._lock:
             self.calls.append(Call("launch", request=request))
-            return JobHandle(self._new_job(), request.job_name)
+            return JobHandle(self._new_job(), request.job_name, location=self.location)
 
     def pause(self, handle: JobHandle) -> JobHandle:
         with self._lock:
             self.calls.append(Call("pause", handle=handle))
             if self.savepoints:
                 self.states[handle.job_id] = JobState.DONE
-                return JobHandle(handle.job_id, handle.job_name, f"file:///sp/{handle.job_id}")
+                return replace(handle, savepoint=f"file:///sp/{handle.job_id}")
             self.states[handle.job_id] = JobState.DRAINING
             return handle
 
@@ -85,7 +91,7 @@ class RecordingEngine:
         with self._lock:
             self.calls.append(Call("update", handle=handle, request=request))
             self.states[handle.job_id] = JobState.UPDATED
-            return JobHandle(self._new_job(), handle.job_name)
+            return JobHandle(self._new_job(), handle.job_name, location=self.location)
 
     def cancel(self, handle: JobHandle) -> None:
         with self._lock:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from beam_pipelines.compiler.streaming_graph import STAGE_NAMES
-from beam_pipelines.errors import ConflictError, DefinitionError, Unavailable
+from beam_pipelines.errors import ConflictError, DefinitionError, PipelineDoError, Unavailable
 from beam_pipelines.model.definition import parse_definition
 from beam_pipelines.runners.base import JobHandle, JobRequest, JobState
 from beam_pipelines.runners.dataflow import DataflowEngine, job_state, user_counters
@@ -309,6 +310,119 @@ def test_drain_of_a_running_job_the_service_refuses_surfaces_its_status(
         engine.drain(handle)
     assert "HTTP 404" in err.value.message and "NOT_FOUND" in err.value.message
     assert "Traceback" not in err.value.message
+
+
+# -- a job addressed where it was launched, from any process -------------------------
+
+OTHER_PROJECT, OTHER_REGION = "other-project-7", "europe-west4"
+OTHER_JOBS = f"/v1b3/projects/{OTHER_PROJECT}/locations/{OTHER_REGION}/jobs"
+
+
+def test_a_fresh_engine_reaches_the_job_at_its_launch_location(
+        engine: DataflowEngine, dataflow: DataflowServer) -> None:
+    """Another process (the watcher in serve, a restarted server) has only the catalog's handle,
+    and its environment names another project, region and endpoint (nothing answers there)."""
+    handle = engine.launch(_request(project=OTHER_PROJECT, region=OTHER_REGION))
+    [create] = dataflow.calls("POST")
+    assert create.path == OTHER_JOBS
+    assert handle.location == (f"{dataflow.endpoint}/v1b3/projects/{OTHER_PROJECT}/locations/"
+                               f"{OTHER_REGION}")
+    elsewhere = {**_env(dataflow),
+                 "PIPELINE_DO_DATAFLOW_ENDPOINT": f"http://localhost:{free_port()}"}
+    fresh = DataflowEngine(_Subscriptions(), env=elsewhere, timeout_s=10)
+    bare = DataflowEngine(_Subscriptions(), env={}, timeout_s=10)  # no settings at all
+    dataflow.clear()
+
+    assert fresh.view(handle).state == JobState.RUNNING
+    assert fresh.pause(handle) == handle
+    assert bare.view(handle).state == JobState.DRAINING
+    dataflow.script_states(handle.job_id, [JobState.DRAINED])
+    assert bare.view(handle).state == JobState.DRAINED
+
+    assert [(r.method, r.path, r.body) for r in dataflow.calls("PUT")] == [
+        ("PUT", f"{OTHER_JOBS}/{handle.job_id}", {"requestedState": "JOB_STATE_DRAINING"})]
+    assert {r.path.split("/jobs")[0] for r in dataflow.calls()} == {OTHER_JOBS[:-5]}
+
+
+def test_a_fresh_engine_cancels_and_updates_the_job_at_its_launch_location(
+        engine: DataflowEngine, dataflow: DataflowServer) -> None:
+    old = engine.launch(_request(project=OTHER_PROJECT, region=OTHER_REGION))
+    fresh = DataflowEngine(_Subscriptions(), env=_env(dataflow), timeout_s=10)
+    dataflow.clear()
+
+    new = fresh.update(old, _request("SELECT user FROM events", 2, project=OTHER_PROJECT,
+                                     region=OTHER_REGION))
+
+    assert new.location == old.location and new.job_id != old.job_id
+    assert [(r.method, r.path) for r in dataflow.calls()] == [
+        ("GET", f"{OTHER_JOBS}/{old.job_id}"), ("GET", OTHER_JOBS), ("GET", OTHER_JOBS),
+        ("POST", OTHER_JOBS)]
+    dataflow.clear()
+    DataflowEngine(_Subscriptions(), env={}, timeout_s=10).cancel(new)
+    assert [(r.method, r.path, r.body) for r in dataflow.calls()] == [
+        ("PUT", f"{OTHER_JOBS}/{new.job_id}", {"requestedState": "JOB_STATE_CANCELLED"})]
+
+
+def test_an_update_cannot_move_a_job_to_another_location(engine: DataflowEngine,
+                                                         dataflow: DataflowServer) -> None:
+    from beam_pipelines.runners.dataflow_api import JobLocation
+
+    where = JobLocation(OTHER_PROJECT, OTHER_REGION, dataflow.endpoint)
+    job_id = dataflow.add_job("pdo-clicks", JobState.RUNNING, OTHER_PROJECT, OTHER_REGION)
+    handle = JobHandle(job_id, "pdo-clicks", location=where.text)
+    with pytest.raises(ConflictError) as err:
+        engine.update(handle, _request(version=2))  # the options name PROJECT/REGION now
+    assert err.value.message == (
+        f"cannot update Dataflow job {handle.job_id}: it runs in {where.text}, and "
+        f"runner.options now name {dataflow.endpoint}/v1b3/projects/{PROJECT}/locations/"
+        f"{REGION}; stop the pipeline and start it again to move it")
+    assert dataflow.calls() == []
+
+
+def test_a_handle_recorded_without_a_location_uses_the_environment_and_learns_it(
+        dataflow: DataflowServer) -> None:
+    """An old catalog row: the environment's project, region and endpoint (nothing else is
+    needed to address a job), and a pause returns the handle with them."""
+    job_id = dataflow.add_job("pdo-clicks", JobState.RUNNING, PROJECT, REGION)
+    old_row = JobHandle(job_id, "pdo-clicks")
+    env = {"PIPELINE_DO_DATAFLOW_PROJECT": PROJECT, "PIPELINE_DO_DATAFLOW_REGION": REGION,
+           "PIPELINE_DO_DATAFLOW_ENDPOINT": dataflow.endpoint}
+    engine = DataflowEngine(_Subscriptions(), env=env, timeout_s=10)
+
+    assert engine.view(old_row).state == JobState.RUNNING
+    paused = engine.pause(old_row)
+
+    assert paused == replace(old_row, location=f"{dataflow.endpoint}/v1b3/projects/{PROJECT}/"
+                                                f"locations/{REGION}")
+    assert [(r.method, r.path) for r in dataflow.calls("PUT")] == [("PUT", f"{JOBS}/{job_id}")]
+    with pytest.raises(DefinitionError) as err:
+        DataflowEngine(_Subscriptions(), env={}).cancel(old_row)
+    assert err.value.field == "runner.options.project"
+    assert "PIPELINE_DO_DATAFLOW_PROJECT" in err.value.message
+
+
+def test_a_location_is_the_api_resource_name_under_its_endpoint() -> None:
+    from beam_pipelines.runners.dataflow_api import JobLocation
+
+    google = JobLocation("my-project-123", "us-central1")
+    assert google.text == "projects/my-project-123/locations/us-central1"
+    local = JobLocation("p-12345", "europe-west4", "http://localhost:8080/")
+    assert local.text == "http://localhost:8080/v1b3/projects/p-12345/locations/europe-west4"
+    for where in (google, local):
+        assert JobLocation.parse(where.text) == replace(
+            where, endpoint=where.endpoint and where.endpoint.rstrip("/"))
+    assert local.no_auth and not google.no_auth
+    with pytest.raises(ValueError):
+        JobLocation.parse("us-central1")
+
+
+def test_an_unreadable_recorded_location_is_an_error_without_it(
+        engine: DataflowEngine) -> None:
+    handle = JobHandle("2026-01-01_00_00_00-1", "pdo-clicks", location="somewhere secret")
+    with pytest.raises(PipelineDoError) as err:
+        engine.view(handle)
+    assert err.value.message == ("the recorded location of Dataflow job 2026-01-01_00_00_00-1 "
+                                 "is unreadable; the server log has it")
 
 
 # -- transform (update) ---------------------------------------------------------

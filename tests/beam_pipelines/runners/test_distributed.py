@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from beam_pipelines.catalog.store import EngineJob, LogEntry
 from beam_pipelines.errors import Unavailable
-from beam_pipelines.runners.base import JobState, RunnerRegistry
+from beam_pipelines.runners.base import JobHandle, JobState, RunnerRegistry
 from beam_pipelines.runners.distributed import (
     SAMPLE_ROWS,
     TRIM_EVERY,
@@ -325,6 +325,53 @@ def test_the_watcher_fails_a_failed_job_and_stops_a_drained_one(
     # Failed: a start launches a new job.
     assert api.ok("start", {"name": "failing"})["status"] == "running"
     assert _job_id(api, failing) == "job-3"
+
+
+def _location(api: Api, pipeline_id: str) -> str | None:
+    with api.store.reading() as s:
+        job = s.get(EngineJob, pipeline_id)
+        assert job is not None
+        return job.location
+
+
+def test_a_job_is_addressed_where_it_was_launched_after_a_restart(
+        api: Api, engine: RecordingEngine, tmp_path: Path) -> None:
+    """The catalog keeps the handle's location: another process (a restarted server, another
+    worker, the watcher in serve), whose engine would launch elsewhere, still reaches the job."""
+    engine.location = "cluster-a"
+    pipeline_id = _create(api, "where")
+    api.ok("start", {"name": "where"})
+    assert _location(api, pipeline_id) == "cluster-a"
+
+    restarted = RecordingEngine(engine.transport, location="cluster-b")
+    restarted.states = engine.states  # one service, seen from two processes
+    other = _api_on(tmp_path, restarted, publish_timeout_s=2.0)
+    watcher = JobWatcher(other.store, {"dataflow": restarted}, other.outbox, call_timeout=10)
+    try:
+        watcher.tick()
+    finally:
+        watcher.close()
+    assert restarted.last("view").handle.location == "cluster-a"
+
+    assert other.ok("pause", {"name": "where"})["status"] == "paused"
+    assert restarted.last("pause").handle == JobHandle("job-1", job_name(pipeline_id),
+                                                       location="cluster-a")
+    assert _location(other, pipeline_id) == "cluster-a"
+
+    # Resume asks the old job where it ran, and launches the new one where this process does.
+    assert other.ok("resume", {"name": "where"})["status"] == "running"
+    assert restarted.last("view").handle.job_id == "job-1"
+    assert restarted.last("view").handle.location == "cluster-a"
+    assert (_job_id(other, pipeline_id), _location(other, pipeline_id)) == ("job-2", "cluster-b")
+
+    # A row recorded before locations were kept: the handle says so, the engine falls back.
+    with other.store.session() as s:
+        job = s.get(EngineJob, pipeline_id)
+        assert job is not None
+        job.location = None
+    assert other.ok("stop", {"name": "where"})["status"] == "stopped"
+    drained = restarted.last("drain").handle
+    assert (drained.job_id, drained.location) == ("job-2", None)
 
 
 def test_resume_while_the_previous_job_still_drains_is_a_conflict(

@@ -15,6 +15,7 @@ checked separately.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,11 +28,12 @@ import pytest
 
 from beam_pipelines.errors import ConflictError
 from beam_pipelines.runners.base import JobHandle, JobRequest, JobState
-from beam_pipelines.runners.flink import FlinkEngine
+from beam_pipelines.runners.flink import FlinkEngine, cluster_location
 from beam_pipelines.runners.flink_rest import FlinkRest
 from beam_pipelines.runners.flink_submit import FlinkSettings
 from tests.flink_cluster import FlinkCluster, build_job_jar
 from tests.flink_cluster import flink_cluster as flink_cluster  # the session fixture
+from tests.servers import free_port
 
 pytestmark = pytest.mark.flink
 
@@ -174,12 +176,55 @@ def test_cancel_ends_the_job_cancelled_and_a_second_cancel_is_fine(
 
 def test_view_of_a_job_the_cluster_does_not_know(engine: FlinkEngine,
                                                  flink_cluster: FlinkCluster) -> None:
-    engine._remember("0" * 32, FlinkRest(flink_cluster.rest_url), None)
-
-    view = engine.view(JobHandle(job_id="0" * 32, job_name="gone"))
+    view = engine.view(JobHandle(job_id="0" * 32, job_name="gone",
+                                 location=cluster_location(flink_cluster.rest_url, None)))
 
     assert view.state == JobState.UNKNOWN
     assert view.metrics == {}
+
+
+def test_a_fresh_engine_reaches_the_job_on_its_own_cluster(
+        engine: FlinkEngine, flink_cluster: FlinkCluster, counter_jar: Path,
+        out_dir: Path) -> None:
+    """Another process (the watcher in serve, a restarted server) has only the catalog's
+    handle, and its environment names a cluster where nothing answers, and no savepoint dir."""
+    first = submit(engine, flink_cluster, counter_jar, out_dir, "moved", "fresh-engine")
+    assert first.location is not None and json.loads(first.location) == {
+        "rest_url": flink_cluster.rest_url,
+        "savepoint_dir": f"file://{flink_cluster.savepoint_dir}"}
+    wait_counts(out_dir, "moved", 5)
+    elsewhere = {"PIPELINE_DO_FLINK_REST_URL": f"http://127.0.0.1:{free_port()}"}
+
+    fresh = FlinkEngine(NullTransport(), env=elsewhere, timeout_s=30.0, savepoint_timeout_s=60.0)
+    assert fresh.view(first).state == JobState.RUNNING
+    paused = fresh.pause(first)
+    assert paused.location == first.location
+    # the savepoint went to the handle's directory, not the cluster's default one
+    assert local_path(str(paused.savepoint)).parent == flink_cluster.savepoint_dir / "fresh-engine"
+    assert FlinkEngine(NullTransport(), env={}).view(paused).state == JobState.DRAINED
+
+    second = submit(engine, flink_cluster, counter_jar, out_dir, "again", "fresh-engine",
+                    savepoint=paused.savepoint)
+    wait_counts(out_dir, "again", 1)
+    FlinkEngine(NullTransport(), env=elsewhere, timeout_s=30.0).cancel(second)
+    assert FlinkRest(flink_cluster.rest_url).job(second.job_id)["state"] == "CANCELED"
+
+
+def test_a_handle_recorded_without_a_location_uses_the_environment_and_learns_it(
+        engine: FlinkEngine, flink_cluster: FlinkCluster, counter_jar: Path,
+        out_dir: Path) -> None:
+    launched = submit(engine, flink_cluster, counter_jar, out_dir, "old", "old-row")
+    wait_counts(out_dir, "old", 1)
+    old_row = replace(launched, location=None)  # a catalog row from before locations
+    configured = FlinkEngine(NullTransport(), env={
+        "PIPELINE_DO_FLINK_REST_URL": flink_cluster.rest_url,
+        "PIPELINE_DO_FLINK_SAVEPOINT_DIR": f"file://{flink_cluster.savepoint_dir}"})
+
+    assert configured.view(old_row).state == JobState.RUNNING
+    paused = configured.pause(old_row)
+
+    assert paused.location == launched.location
+    assert local_path(str(paused.savepoint)).parent == flink_cluster.savepoint_dir / "old-row"
 
 
 def test_pause_of_a_finished_job_is_refused_without_internals(
@@ -255,13 +300,16 @@ def test_launch_finds_the_job_by_name_and_update_resubmits_from_a_savepoint(
 
     assert FlinkRest(flink_cluster.rest_url).job(handle.job_id)["name"] == "pipeline-do-pl-1"
     assert handle.job_name == "pipeline-do-pl-1" and handle.savepoint is None
+    assert handle.location == cluster_location(flink_cluster.rest_url,
+                                               f"file://{flink_cluster.savepoint_dir}")
     before = wait_counts(out_dir, "v1", 10)
 
     updated = engine.update(handle, replace(first, sql="SELECT a FROM events", version=2))
 
-    assert updated.job_id != handle.job_id
-    assert engine.view(handle).state == JobState.DRAINED
-    assert engine.view(updated).state == JobState.RUNNING
+    assert updated.job_id != handle.job_id and updated.location == handle.location
+    fresh = FlinkEngine(NullTransport(), env={})  # another process: only the handles
+    assert fresh.view(handle).state == JobState.DRAINED
+    assert fresh.view(updated).state == JobState.RUNNING
     resubmitted = submit_beam.submissions[1]
     savepoint = next(a.split("=", 1)[1] for a in resubmitted if a.startswith("--savepoint_path="))
     assert local_path(savepoint).parent == flink_cluster.savepoint_dir / "pipeline-do-pl-1"

@@ -214,3 +214,23 @@ def test_calls_after_launch_need_a_rest_url_from_somewhere() -> None:
 
     assert caught.value.field == "runner.options.rest_url"
     assert "PIPELINE_DO_FLINK_REST_URL" in caught.value.message
+
+
+def test_a_handle_that_names_its_cluster_is_not_sent_to_the_environment_s() -> None:
+    from beam_pipelines.errors import PipelineDoError
+    from beam_pipelines.runners.flink import cluster_location
+
+    recorded = f"http://127.0.0.1:{free_port()}"
+    engine = FlinkEngine(NoTransport(), env={"PIPELINE_DO_FLINK_REST_URL": "http://flink.invalid"},
+                         timeout_s=2)
+
+    with pytest.raises(Unavailable) as caught:
+        engine.view(JobHandle(job_id="a" * 32, job_name="j",
+                              location=cluster_location(recorded, None)))
+
+    assert str(caught.value) == (f"could not read the job: the Flink cluster at {recorded} did "
+                                 "not answer")
+    with pytest.raises(PipelineDoError) as unreadable:
+        engine.cancel(JobHandle(job_id="a" * 32, job_name="j", location="not json"))
+    assert str(unreadable.value) == (f"the recorded location of Flink job {'a' * 32} is "
+                                     "unreadable; the server log has it")
