@@ -198,7 +198,7 @@ def test_events_ingested_over_http_land_per_window_exactly_once(
     result = pipeline.run()  # the streaming job runs in background threads until cancelled
     try:
         w = _windows_ahead(3)
-        batches = [
+        batches: list[list[dict[str, Any]]] = [
             [{"user_name": "ana", "n": 1, "ts": w[0].isoformat()},
              {"user_name": "bo", "n": 2, "ts": (w[0] + timedelta(seconds=0.5)).isoformat()},
              {"user_name": "ana", "n": 3, "ts": (w[1] + timedelta(seconds=1)).isoformat()}],
