@@ -30,13 +30,15 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from beam_pipelines.errors import NotFoundError, StorageError, Unavailable
 from beam_pipelines.model.definition import Retention
+from beam_pipelines.runners.base import DeadLetterQuery
 from beam_pipelines.runners.local.expiry import doomed_segments
 from beam_pipelines.runners.local.ledger import Ledger
 from beam_pipelines.runners.local.log import SegmentLog
@@ -351,8 +353,54 @@ class EventBuffer:
         return {"events_in": head.events_total, "bytes_in": head.raw_bytes_total,
                 "events_rejected": self._ledger.rejected()}
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, object]]:
-        return self._ledger.dead_letters(limit)
+    # -- dead letters ----------------------------------------------------------------
+
+    def dead_letters(self, query: DeadLetterQuery | None = None) -> list[dict[str, object]]:
+        return self._ledger.dead_letters(query)
+
+    def replay_dead_letters(self, accepted: Sequence[int], table: pa.Table,
+                            rejected: Sequence[tuple[int, str, str]], *,
+                            publish: Callable[[pa.Table], None] | None = None,
+                            ) -> tuple[list[int], list[int]]:
+        """Accept dead letters again, each at most once; record new rejections.
+
+        ``table`` holds the events of ``accepted``, row for row. Under the
+        log's lock, in one ledger transaction, the ids still present are
+        claimed, their rows handed to ``publish`` (a distributed pipeline's
+        transport) and appended to the log as one frame (synced, counted in
+        ``events_in``), then deleted from the dead letters. The backlog cap
+        and disk floor apply as to an ingest (:class:`Unavailable`).
+        Returns (the ids accepted, the ids rejected again).
+        """
+        now = time.time()
+        ids = pa.array(accepted, pa.int64())
+        with self._log.locked() as head:
+            if head.deleted:
+                raise NotFoundError("the pipeline was deleted")
+
+            def append(claimed: list[int]) -> None:
+                events = table.filter(pc.is_in(ids, value_set=pa.array(claimed, pa.int64())))
+                payload = to_ipc(events)
+                item = _PendingAppend(payload, events.num_rows, len(payload), [])
+                if not self._admit([item], head):
+                    assert item.error is not None
+                    raise item.error
+                if publish is not None:
+                    publish(events)
+                self._log.append(head, [(payload, events.num_rows, len(payload))], now)
+
+            try:
+                return self._ledger.settle_replay(accepted, rejected, now, append)
+            except OSError:
+                _log.exception("replaying dead letters into %s failed", self._log.directory)
+                raise StorageError("the event buffer could not be written; retry") from None
+
+    def expire_dead_letters(self, retention: Retention, *, now: float | None = None) -> int:
+        """Delete the dead letters ``retention.seconds`` no longer keeps (none without it)."""
+        if retention.seconds is None:
+            return 0
+        now = time.time() if now is None else now
+        return self._ledger.expire_dead_letters(now - retention.seconds)
 
 
 class BufferHandles:
