@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from beam_pipelines.catalog.store import PipelineRow
     from beam_pipelines.runners.local.epochs import EpochResult
 
-__all__ = ["DeadLetterQuery", "Engine", "JobHandle", "JobRequest", "JobState", "JobView", "Rejected", "Runner",
-           "RunnerEvents", "RunnerRegistry", "Transport"]
+__all__ = ["DeadLetterQuery", "Engine", "JobHandle", "JobRequest", "JobState", "JobView",
+           "Rejected", "Runner", "RunnerEvents", "RunnerRegistry", "Transport"]
 
 # A record refused at decode: (index in the request, code, message, raw record).
 Rejected = tuple[int, str, str, str | None]
