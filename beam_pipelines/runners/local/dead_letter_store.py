@@ -13,6 +13,13 @@ same order): the rows still present are claimed, their accepted events
 appended to the log, and only then deleted, before the commit. Two replays
 of the same ids therefore run one after the other, and the second finds
 nothing left to accept.
+
+Known gap: a crash after the frame's sync and before the ledger's commit
+leaves the records in the log *and* in the dead letters, so a later replay
+would accept them a second time (a failed append or publish, or a crash
+before the sync, leaves them dead letters only: nothing is lost). Closing
+it needs the claimed rows marked with the frame they went into, settled at
+the next open.
 """
 
 from __future__ import annotations
