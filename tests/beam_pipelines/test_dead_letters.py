@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from beam_pipelines.catalog.store import Store, default_database_url
 from beam_pipelines.errors import DefinitionError
 from beam_pipelines.runners.base import RunnerRegistry
+from beam_pipelines.runners.local import dead_letter_store
 from beam_pipelines.runners.local.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.runners.local.retention import expire_retained
 from beam_pipelines.runners.local.runner import LocalRunner
@@ -173,3 +175,46 @@ def test_dead_letters_follow_retention_seconds(service: PipelineService, tmp_pat
         buffers.close()
     assert service.dead_letters("aged", {})["dead_letters"] == []
     assert len(service.dead_letters("kept", {})["dead_letters"]) == 1  # default: kept
+
+
+def _mark(tmp_path: Path, pipeline_id: str, seq: int, at: float) -> None:
+    """What a replay that died after its claim leaves: every row marked for a frame."""
+    con = sqlite3.connect(buffer_path(str(tmp_path), pipeline_id))
+    with con:
+        con.execute("UPDATE dead_letters SET replay_seq = ?, replay_at = ?", (seq, at))
+    con.close()
+
+
+def test_a_replay_that_died_after_its_frame_was_synced_is_settled_as_accepted(
+        service: PipelineService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline_id = _create(service)
+    _seed(tmp_path, pipeline_id, ['{"n": 1}', '{"n": 2}'])
+    real = dead_letter_store._settle
+
+    def die_before_the_delete(con: Any, seq: int, at: float, *, accepted: bool) -> int:
+        if accepted:
+            raise SystemExit("killed between the frame's sync and the delete")
+        return real(con, seq, at, accepted=accepted)
+
+    monkeypatch.setattr(dead_letter_store, "_settle", die_before_the_delete)
+    with pytest.raises(SystemExit):
+        service.replay_dead_letters("p", {})
+    monkeypatch.setattr(dead_letter_store, "_settle", real)
+    assert len(service.dead_letters("p", {})["dead_letters"]) == 2  # still there, marked
+
+    _buffer(tmp_path, pipeline_id).recover()  # the job manager opening the buffer
+    assert service.dead_letters("p", {})["dead_letters"] == []
+    assert service.replay_dead_letters("p", {}) == {"accepted": 0, "rejected": []}
+    assert _events(tmp_path, pipeline_id) == [1, 2]
+
+
+def test_a_replay_that_died_before_its_frame_leaves_dead_letters_to_replay(
+        service: PipelineService, tmp_path: Path) -> None:
+    pipeline_id = _create(service)
+    _seed(tmp_path, pipeline_id, ['{"n": 1}', '{"n": 2}'])
+    # Marked for frame 1, never written; an ingest then takes number 1 with its own time.
+    _mark(tmp_path, pipeline_id, 1, 12345.0)
+    assert service.ingest_json_lines("p", b'{"n": 3}\n')["accepted"] == 1
+    reply = service.replay_dead_letters("p", {})  # settles first: the frame is not theirs
+    assert reply == {"accepted": 2, "rejected": []}
+    assert _events(tmp_path, pipeline_id) == [1, 2, 3]

@@ -187,10 +187,15 @@ class Ledger:
         return dead_letter_store.select_dead_letters(self._connect(), query or DeadLetterQuery())
 
     def settle_replay(self, accepted: Sequence[int], rejected: Sequence[tuple[int, str, str]],
-                      now: float, append: Callable[[list[int]], None],
+                      frame: tuple[int, float], append: Callable[[list[int]], None],
                       ) -> tuple[list[int], list[int]]:
-        """See :func:`.dead_letter_store.settle_replay`: one transaction."""
-        return dead_letter_store.settle_replay(self._connect(), accepted, rejected, now, append)
+        """See :func:`.dead_letter_store.settle_replay` (call under the log's lock)."""
+        return dead_letter_store.settle_replay(self._connect(), accepted, rejected, frame,
+                                               append)
+
+    def settle_marked(self, frame_time: Callable[[int], float | None]) -> int:
+        """See :func:`.dead_letter_store.settle_marked` (call under the log's lock)."""
+        return dead_letter_store.settle_marked(self._connect(), frame_time)
 
     def expire_dead_letters(self, cutoff: float) -> int:
         """Delete the dead letters last rejected before ``cutoff`` (retention.seconds)."""
