@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select
 
+from beam_pipelines import dead_letters
 from beam_pipelines.catalog.store import (
     Epoch,
     EpochFile,
@@ -362,6 +364,40 @@ class PipelineService:
             self._targets.clear()
         self._targets[ref] = (now + _TARGET_TTL_SECONDS, definition, pipeline_id)
         return definition, pipeline_id
+
+    # -- dead letters ---------------------------------------------------------
+
+    def dead_letters(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A page of the pipeline's rejected records, newest first (``dead_letters``)."""
+        query = dead_letters.parse_query(params, allow_ids=False)
+        definition, pipeline_id = self._definition(ref)
+        rows = self._holding(definition).dead_letters(
+            pipeline_id, replace(query, limit=query.limit + 1))
+        return {"dead_letters": [dead_letters.public(r) for r in rows[:query.limit]],
+                "next_cursor": dead_letters.next_cursor(rows, query.limit)}
+
+    def replay_dead_letters(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Put the selected dead letters (``ids``, or the listing's filters) through the
+        pipeline's current schema again, in one decode: each is accepted once (as an
+        ingest: appended, counted in events_in, no longer a dead letter) or rejected
+        again with its new reason."""
+        query = dead_letters.parse_query(params, allow_ids=True)
+        definition, pipeline_id = self._definition(ref)
+        runner = self._holding(definition)
+        rows = runner.dead_letters(pipeline_id, query)
+        if not rows:
+            return {"accepted": 0, "rejected": []}
+        batch = dead_letters.replay_batch(rows, definition, now=datetime.now(timezone.utc),
+                                          max_record_bytes=MAX_RECORD_BYTES)
+        accepted, again = runner.replay_dead_letters(pipeline_id, batch.accepted, batch.table,
+                                                     batch.rejected)
+        still = set(again)
+        if accepted:
+            self.store.log(pipeline_id, "info", f"{len(accepted)} dead letters replayed and "
+                           "accepted")
+        return {"accepted": len(accepted),
+                "rejected": [{"id": i, "code": code, "message": message}
+                             for i, code, message in batch.rejected if i in still]}
 
     # -- helpers ------------------------------------------------------------
 

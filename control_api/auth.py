@@ -5,7 +5,7 @@ entropy a plain SHA-256 is the right hash (it is what a slow password hash
 protects against that cannot happen here), and it lets a request find its
 key by an indexed lookup; the found hash is still compared in constant
 time. Scopes: ``admin`` (everything), ``ingest`` (ingest only), ``read``
-(get, list, monitor, logs).
+(get, list, monitor, logs, versions, dead_letters).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from control_api.openapi_schemas import (
     ref,
 )
 from control_api.operations import OPERATIONS
+from transforms.decode import REJECTION_CODES
 
 __all__ = ["bp", "build_spec", "init_app"]
 
@@ -60,6 +61,10 @@ def _pipeline_ref(extra: dict[str, Any] | None = None,
 def _operation_parameters() -> dict[str, dict[str, Any]]:
     no_parameters = {"type": "object"}
     event = EVENT
+    dead_letter_filters = {
+        "code": {"enum": list(REJECTION_CODES)}, "since": date_time(), "until": date_time(),
+        "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "cursor": {"type": "string", "description": "next_cursor of the previous page"}}
     return {
         "create": obj({"name": NAME, "sql": {"type": "string", "minLength": 1},
                         "schema": {"type": "array", "minItems": 1, "items": ref("Field")},
@@ -85,6 +90,11 @@ def _operation_parameters() -> dict[str, dict[str, Any]]:
                                "level": {"enum": ["debug", "info", "warning", "error"]},
                                "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}),
         "versions": _pipeline_ref(), "whoami": no_parameters,
+        "dead_letters": _pipeline_ref(dead_letter_filters),
+        "replay_dead_letters": _pipeline_ref({
+            **dead_letter_filters,
+            "ids": {"type": "array", "minItems": 1, "maxItems": 1000,
+                    "items": {"type": "integer", "minimum": 1}}}),
     }
 
 
@@ -93,6 +103,7 @@ _DATA_BY_OPERATION = {
     "delete": "Deleted", "start": "Pipeline", "pause": "Pipeline", "resume": "Pipeline",
     "stop": "Pipeline", "ingest": "IngestResult", "transform": "TransformResult",
     "monitor": "Monitor", "logs": "Logs", "versions": "Versions", "whoami": "WhoAmI",
+    "dead_letters": "DeadLetters", "replay_dead_letters": "ReplayResult",
 }
 
 

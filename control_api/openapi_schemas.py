@@ -168,6 +168,20 @@ def component_schemas() -> dict[str, Any]:
             "version": integer, "sql": {"type": "string"}, "output_schema": ref("OutputSchema"),
             "created_at": date_time()}, ("version", "sql", "output_schema", "created_at"))}},
             ("versions",)),
+        "DeadLetters": obj({
+            "dead_letters": {"type": "array", "items": obj({
+                "id": {"type": "integer", "minimum": 1}, "index": integer,
+                "code": {"enum": list(REJECTION_CODES)}, "message": {"type": "string"},
+                "record": {"type": ["string", "null"]}, "received_at": date_time(),
+                "rejected_at": date_time(), "attempts": {"type": "integer", "minimum": 1}},
+                ("id", "code", "message", "record", "rejected_at"))},
+            "next_cursor": {"type": ["string", "null"]}}, ("dead_letters", "next_cursor")),
+        "ReplayResult": obj({
+            "accepted": integer,
+            "rejected": {"type": "array", "items": obj({
+                "id": {"type": "integer", "minimum": 1},
+                "code": {"enum": list(REJECTION_CODES)}, "message": {"type": "string"}},
+                ("id", "code", "message"))}}, ("accepted", "rejected")),
         "WhoAmI": obj({"scope": {"enum": ["admin", "ingest", "read"]},
                        "key_prefix": {"type": "string"},
                        "operations": {"type": "array", "items": {"type": "string"}}},

@@ -78,6 +78,10 @@ OPERATIONS: dict[str, tuple[str, Handler]] = {
     "monitor": ("read", _monitor),
     "logs": ("read", lambda s, p, o: s.logs(_ref(p), p)),
     "versions": ("read", lambda s, p, o: s.versions(_ref(p))),
+    "dead_letters": ("read", lambda s, p, o: s.dead_letters(_ref(p), p)),
+    # admin, not ingest: it re-drives records the caller need not have sent, chosen by
+    # filters over everything rejected, after an admin's fix (schema, limits).
+    "replay_dead_letters": ("admin", lambda s, p, o: s.replay_dead_letters(_ref(p), p)),
     "whoami": (ANY_SCOPE, _whoami),
 }
 

@@ -31,7 +31,7 @@ whoever listens (control_api's webhook outbox), so nothing imports upward.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,11 +45,25 @@ if TYPE_CHECKING:
     from beam_pipelines.catalog.store import PipelineRow
     from beam_pipelines.runners.local.epochs import EpochResult
 
-__all__ = ["Engine", "JobHandle", "JobRequest", "JobState", "JobView", "Rejected", "Runner",
-           "RunnerEvents", "RunnerRegistry", "Transport"]
+__all__ = ["DeadLetterQuery", "Engine", "JobHandle", "JobRequest", "JobState", "JobView",
+           "Rejected", "Runner", "RunnerEvents", "RunnerRegistry", "Transport"]
 
 # A record refused at decode: (index in the request, code, message, raw record).
 Rejected = tuple[int, str, str, str | None]
+
+
+@dataclass(frozen=True)
+class DeadLetterQuery:
+    """Which dead letters to read, newest first: by ``ids``, or by ``code`` and the
+    time of their last rejection (``since`` <= t < ``until``, Unix seconds); at most
+    ``limit``, each with an id below ``before_id`` (the page after a cursor)."""
+
+    ids: tuple[int, ...] | None = None
+    code: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+    before_id: int | None = None
 
 
 class RunnerEvents(Protocol):
@@ -111,6 +125,17 @@ class Runner(Protocol):
     def monitor(self, pipeline_id: str, counters: dict[str, Any],
                 window_seconds: float) -> dict[str, Any]:
         """The monitor block: counters, throughput and latency over the window."""
+
+    def dead_letters(self, pipeline_id: str, query: DeadLetterQuery) -> list[dict[str, Any]]:
+        """The rejected records ``query`` selects: id, index, code, message, record,
+        received_at, rejected_at (Unix seconds) and attempts."""
+
+    def replay_dead_letters(self, pipeline_id: str, accepted: Sequence[int], table: pa.Table,
+                            rejected: Sequence[tuple[int, str, str]]) -> tuple[list[int], list[int]]:
+        """Accept the dead letters ``accepted`` (their events are ``table``'s rows, in
+        that order) exactly once, like an ingest, and record each of ``rejected``'s
+        (id, code, message) as rejected again; ids another replay took already are
+        skipped. Returns (the ids accepted, the ids rejected again)."""
 
 
 class RunnerRegistry:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
@@ -62,6 +62,7 @@ from beam_pipelines.errors import (
 from beam_pipelines.model.definition import definition_from_dict
 from beam_pipelines.model.lifecycle import Status
 from beam_pipelines.runners.base import (
+    DeadLetterQuery,
     Engine,
     JobHandle,
     JobRequest,
@@ -287,14 +288,17 @@ class DistributedRunner:
         """Publish the accepted events (confirmed), then count them and keep the rejected."""
         ledger = self._ledgers.get(pipeline_id)  # NotFoundError once the pipeline is deleted
         if table.num_rows:
-            attributes = {PIPELINE_ID: pipeline_id, EVENTS: str(table.num_rows)}
-            earliest = earliest_event_ms(table)
-            if earliest is not None:
-                attributes[EVENT_TIME_MS] = str(max(earliest, 0))
-            self._publish(pipeline_id, encode_batch(table), attributes)
+            self._publish_table(pipeline_id, table)
         seq = ledger.append(table, rejected, raw_bytes=raw_bytes)
         if seq is not None and seq % TRIM_EVERY == 0 and seq > SAMPLE_ROWS:
             ledger.release(0, seq - SAMPLE_ROWS, time.time())
+
+    def _publish_table(self, pipeline_id: str, table: pa.Table) -> None:
+        attributes = {PIPELINE_ID: pipeline_id, EVENTS: str(table.num_rows)}
+        earliest = earliest_event_ms(table)
+        if earliest is not None:
+            attributes[EVENT_TIME_MS] = str(max(earliest, 0))
+        self._publish(pipeline_id, encode_batch(table), attributes)
 
     def _publish(self, pipeline_id: str, data: bytes, attributes: Mapping[str, str]) -> None:
         self._ensure(pipeline_id)
@@ -317,6 +321,18 @@ class DistributedRunner:
 
     def sample(self, pipeline_id: str, limit: int, schema: pa.Schema) -> pa.Table:
         return self._ledgers.get(pipeline_id).recent(limit, schema)
+
+    def dead_letters(self, pipeline_id: str, query: DeadLetterQuery) -> list[dict[str, Any]]:
+        return self._ledgers.get(pipeline_id).dead_letters(query)
+
+    def replay_dead_letters(self, pipeline_id: str, accepted: Sequence[int], table: pa.Table,
+                            rejected: Sequence[tuple[int, str, str]]) -> tuple[list[int], list[int]]:
+        """Publish the accepted dead letters' events (confirmed) inside the ledger's
+        claim, so a failed publish leaves them dead letters and a racing replay
+        finds them taken; then count them like an ingest."""
+        return self._ledgers.get(pipeline_id).replay_dead_letters(
+            accepted, table, rejected, publish=lambda events: self._publish_table(pipeline_id,
+                                                                                  events))
 
     def ingest_counters(self, pipeline_id: str, committed_seq: int) -> dict[str, Any]:
         """The ledger's totals and the engine's last metrics; null where none is known."""

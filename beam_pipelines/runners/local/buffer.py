@@ -30,13 +30,15 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from beam_pipelines.errors import NotFoundError, StorageError, Unavailable
 from beam_pipelines.model.definition import Retention
+from beam_pipelines.runners.base import DeadLetterQuery
 from beam_pipelines.runners.local.expiry import doomed_segments
 from beam_pipelines.runners.local.ledger import Ledger
 from beam_pipelines.runners.local.log import SegmentLog
@@ -203,11 +205,14 @@ class EventBuffer:
 
     def recover(self) -> int:
         """Check the log's tail now and cut a torn one (every writer does this
-        before its first commit; the job manager, when it opens the buffer).
-        Returns the bytes this call cut (an unacknowledged write's remains)."""
+        before its first commit; the job manager, when it opens the buffer), and
+        settle a dead-letter replay a crash cut short. Returns the bytes this
+        call cut (an unacknowledged write's remains)."""
         before = self._log.dropped_bytes
-        with self._log.locked():
-            pass
+        with self._log.locked() as head:
+            # A dead-letter replay cut short is settled before its frame can be
+            # planned, committed and deleted (see .dead_letter_store).
+            self._ledger.settle_marked(lambda seq: self._frame_time(head, seq))
         return self._log.dropped_bytes - before
 
     def mark_deleted(self) -> None:
@@ -351,8 +356,67 @@ class EventBuffer:
         return {"events_in": head.events_total, "bytes_in": head.raw_bytes_total,
                 "events_rejected": self._ledger.rejected()}
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, object]]:
-        return self._ledger.dead_letters(limit)
+    # -- dead letters ----------------------------------------------------------------
+
+    def dead_letters(self, query: DeadLetterQuery | None = None) -> list[dict[str, object]]:
+        return self._ledger.dead_letters(query)
+
+    def replay_dead_letters(self, accepted: Sequence[int], table: pa.Table,
+                            rejected: Sequence[tuple[int, str, str]], *,
+                            publish: Callable[[pa.Table], None] | None = None,
+                            ) -> tuple[list[int], list[int]]:
+        """Accept dead letters again, each at most once; record new rejections.
+
+        ``table`` holds the events of ``accepted``, row for row. Under the
+        log's lock (after settling any replay a crash cut short), the ids
+        still present are claimed for the next frame, their rows handed to
+        ``publish`` (a distributed pipeline's transport) and appended to the
+        log as that frame (synced, counted in ``events_in``), then deleted
+        from the dead letters (:mod:`.dead_letter_store`). The backlog cap and
+        disk floor apply as to an ingest (:class:`Unavailable`; the claim is
+        undone). Returns (the ids accepted, the ids rejected again).
+        """
+        now = time.time()
+        ids = pa.array(accepted, pa.int64())
+        with self._log.locked() as head:
+            if head.deleted:
+                raise NotFoundError("the pipeline was deleted")
+
+            def append(claimed: list[int]) -> None:
+                events = table.filter(pc.is_in(ids, value_set=pa.array(claimed, pa.int64())))
+                payload = to_ipc(events)
+                item = _PendingAppend(payload, events.num_rows, len(payload), [])
+                if not self._admit([item], head):
+                    assert item.error is not None
+                    raise item.error
+                if publish is not None:
+                    publish(events)
+                self._log.append(head, [(payload, events.num_rows, len(payload))], now)
+
+            self._ledger.settle_marked(lambda seq: self._frame_time(head, seq))
+            try:
+                return self._ledger.settle_replay(accepted, rejected,
+                                                  (head.last_seq + 1, now), append)
+            except OSError:
+                _log.exception("replaying dead letters into %s failed", self._log.directory)
+                raise StorageError("the event buffer could not be written; retry") from None
+
+    def _frame_time(self, head: Head, seq: int) -> float | None:
+        """The ingest time of frame ``seq`` if the log holds it (None if not, or gone)."""
+        if seq > head.last_seq:
+            return None
+        self._index.refresh(head, need_from=seq)
+        frames = self._index.frames(self._index.span(seq - 1, seq))
+        if not frames or frames[0][1].first_seq != seq:
+            return None
+        return frames[0][1].ingested_at
+
+    def expire_dead_letters(self, retention: Retention, *, now: float | None = None) -> int:
+        """Delete the dead letters ``retention.seconds`` no longer keeps (none without it)."""
+        if retention.seconds is None:
+            return 0
+        now = time.time() if now is None else now
+        return self._ledger.expire_dead_letters(now - retention.seconds)
 
 
 class BufferHandles:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 
 from beam_pipelines.errors import NotFoundError
+from beam_pipelines.runners.base import DeadLetterQuery
+from beam_pipelines.runners.local import dead_letter_store
 
 __all__ = ["Ledger", "SegmentSummary"]
 
@@ -26,8 +28,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     idx INTEGER NOT NULL,
     code TEXT NOT NULL,
     message TEXT NOT NULL,
-    record TEXT
+    record TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    rejected_at REAL
 );
+CREATE INDEX IF NOT EXISTS dead_letters_code ON dead_letters (code, id);
 CREATE TABLE IF NOT EXISTS totals (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     events_rejected INTEGER NOT NULL,
@@ -79,6 +84,7 @@ class Ledger:
             except sqlite3.OperationalError:
                 raise NotFoundError("the pipeline's buffer does not exist") from None
             con.execute("PRAGMA synchronous=FULL")
+            dead_letter_store.upgrade(con)
             self._local.con = con
         return con
 
@@ -109,8 +115,8 @@ class Ledger:
 
     def add_dead_letters(self, rows: list[tuple[float, int, str, str, str | None]]) -> None:
         """Rejected records (received_at, index, code, message, record), durably."""
-        self._write([("INSERT INTO dead_letters (received_at, idx, code, message, record) "
-                      "VALUES (?, ?, ?, ?, ?)", rows),
+        self._write([("INSERT INTO dead_letters (received_at, idx, code, message, record, "
+                      "rejected_at) VALUES (?1, ?2, ?3, ?4, ?5, ?1)", rows),
                      ("UPDATE totals SET events_rejected = events_rejected + ?", (len(rows),))])
 
     def record_latencies(self, committed_at: float, ingested: list[tuple[float, int]]) -> None:
@@ -176,8 +182,21 @@ class Ledger:
                     out[name] = round(latency, 1)
         return out
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, object]]:
-        rows = self._connect().execute(
-            "SELECT received_at, idx, code, message, record FROM dead_letters ORDER BY id DESC "
-            "LIMIT ?", (limit,)).fetchall()
-        return [dict(zip(("received_at", "index", "code", "message", "record"), r)) for r in rows]
+    def dead_letters(self, query: DeadLetterQuery | None = None) -> list[dict[str, object]]:
+        """The dead letters ``query`` selects (default: the newest 100), newest first."""
+        return dead_letter_store.select_dead_letters(self._connect(), query or DeadLetterQuery())
+
+    def settle_replay(self, accepted: Sequence[int], rejected: Sequence[tuple[int, str, str]],
+                      frame: tuple[int, float], append: Callable[[list[int]], None],
+                      ) -> tuple[list[int], list[int]]:
+        """See :func:`.dead_letter_store.settle_replay` (call under the log's lock)."""
+        return dead_letter_store.settle_replay(self._connect(), accepted, rejected, frame,
+                                               append)
+
+    def settle_marked(self, frame_time: Callable[[int], float | None]) -> int:
+        """See :func:`.dead_letter_store.settle_marked` (call under the log's lock)."""
+        return dead_letter_store.settle_marked(self._connect(), frame_time)
+
+    def expire_dead_letters(self, cutoff: float) -> int:
+        """Delete the dead letters last rejected before ``cutoff`` (retention.seconds)."""
+        return dead_letter_store.expire_before(self._connect(), cutoff)

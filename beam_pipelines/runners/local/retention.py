@@ -6,7 +6,7 @@ segments that the pipeline's ``retention`` no longer keeps
 (``EventBuffer.release``), in commit order, off the workers and off ingest.
 A pipeline that commits nothing more (idle, paused, stopped) still ages:
 every ``EXPIRE_EVERY_SECONDS`` the same rule runs over every pipeline with a
-time limit (:func:`expire_retained`).
+time limit (:func:`expire_retained`), which also expires its dead letters.
 
 The releaser keeps its buffers open between epochs, so a pipeline retaining
 days of events is not re-indexed from its first segment at every commit.
@@ -43,8 +43,14 @@ def retention_of(store: Store, pipeline_id: str) -> Retention | None:
 
 
 def expire_retained(store: Store, buffers: BufferHandles, now: float | None = None) -> int:
-    """Delete every local buffer's segments past its pipeline's time retention;
-    return how many went. Closes the handles of pipelines that are gone."""
+    """Delete every local buffer's segments past its pipeline's time retention, and
+    every pipeline's dead letters last rejected longer ago than it (a distributed
+    pipeline's too: they live in the same ledger); return how many segments went.
+    Closes the handles of pipelines that are gone.
+
+    Dead letters follow ``retention.seconds`` only: they are never committed,
+    so without it they stay until the pipeline is deleted, and
+    ``retention.bytes`` bounds the committed events alone."""
     now = time.time() if now is None else now
     with store.reading() as s:
         rows = [(row.id, definition_from_dict(row.definition_dict()))
@@ -52,10 +58,13 @@ def expire_retained(store: Store, buffers: BufferHandles, now: float | None = No
     buffers.keep_only(pipeline_id for pipeline_id, _ in rows)
     deleted = 0
     for pipeline_id, definition in rows:
-        if definition.runner.type != "direct" or definition.retention.seconds is None:
+        if definition.retention.seconds is None:
             continue
         try:
-            deleted += buffers.get(pipeline_id).expire(definition.retention, now=now)
+            buffer = buffers.get(pipeline_id)
+            buffer.expire_dead_letters(definition.retention, now=now)
+            if definition.runner.type == "direct":
+                deleted += buffer.expire(definition.retention, now=now)
         except NotFoundError:
             buffers.forget(pipeline_id)  # deleted meanwhile
         except OSError:

@@ -15,7 +15,7 @@ scheduler owns when the compiler package makes it explicit (issue #7).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from beam_pipelines.catalog.store import Epoch, EpochFile, PipelineRow, Store
 from beam_pipelines.errors import ConflictError, NotFoundError, TimeoutExceeded
-from beam_pipelines.runners.base import Rejected
+from beam_pipelines.runners.base import DeadLetterQuery, Rejected
 from beam_pipelines.runners.local.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.runners.local.monitoring import monitor_snapshot
 
@@ -139,3 +139,10 @@ class LocalRunner:
                 window_seconds: float) -> dict[str, Any]:
         return monitor_snapshot(self.store, self._buffers.get(pipeline_id), pipeline_id,
                                 counters, window_seconds)
+
+    def dead_letters(self, pipeline_id: str, query: DeadLetterQuery) -> list[dict[str, Any]]:
+        return self._buffers.get(pipeline_id).dead_letters(query)
+
+    def replay_dead_letters(self, pipeline_id: str, accepted: Sequence[int], table: pa.Table,
+                            rejected: Sequence[tuple[int, str, str]]) -> tuple[list[int], list[int]]:
+        return self._buffers.get(pipeline_id).replay_dead_letters(accepted, table, rejected)

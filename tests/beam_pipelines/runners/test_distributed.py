@@ -529,3 +529,31 @@ def test_metrics_leave_out_what_a_distributed_job_cannot_report(
     for unreported in ("pipeline_do_events_out", "pipeline_do_backlog_events",
                        'direction="out"'):
         assert not any(unreported in line for line in lines), unreported
+
+
+def test_dead_letters_of_a_distributed_pipeline_are_listed_and_replayed_onto_its_topic(
+        api: Api, engine: RecordingEngine) -> None:
+    """The ledger keeps a dataflow pipeline's dead letters: ``dead_letters`` lists them and
+    a replay publishes what is accepted now to the topic, once, however often it runs."""
+    pipeline_id = _create(api, "clicks")
+    api.ok("start", {"name": "clicks"})
+    reply = api.ndjson("clicks", [{"n": 1}, {"s": "no n"}]).get_json()["data"]
+    assert reply["accepted"] == 1
+    assert len(_pull(engine.transport, pipeline_id, expected=1)) == 1
+    # A record an earlier limit refused, as the ledger keeps it, next to the real one.
+    ledger = EventBuffer(buffer_path(api.ctx.settings.data_dir, pipeline_id))
+    ledger.append(pa.schema([("n", pa.int64())]).empty_table(),
+                  [(0, "too_deep", "nested too deep", json.dumps({"n": 2, "s": "b"}))])
+
+    listed = api.ok("dead_letters", {"name": "clicks"})
+    assert [d["code"] for d in listed["dead_letters"]] == ["too_deep", "missing_field"]
+    ids = [d["id"] for d in listed["dead_letters"]]
+    first = api.ok("replay_dead_letters", {"name": "clicks", "ids": ids})
+    assert first["accepted"] == 1 and [r["code"] for r in first["rejected"]] == ["missing_field"]
+    assert api.ok("replay_dead_letters", {"name": "clicks", "ids": ids})["accepted"] == 0
+
+    messages = _pull(engine.transport, pipeline_id, expected=1)
+    assert [decode_batch(m.data).column("n").to_pylist() for m in messages] == [[2]]
+    assert api.ok("monitor", {"name": "clicks"})["events_in"] == 2
+    [left] = api.ok("dead_letters", {"name": "clicks"})["dead_letters"]
+    assert (left["code"], left["attempts"]) == ("missing_field", 3)
