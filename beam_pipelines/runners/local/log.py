@@ -119,7 +119,9 @@ class SegmentLog:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 head = read_head(fd)
-                if head is None or self._needs_recovery(head):
+                # A deleted log is never recovered (its files may be gone already):
+                # its callers see ``head.deleted`` and refuse.
+                if head is None or (not head.deleted and self._needs_recovery(head)):
                     head = self.recover(head)
                 self._checked = True
                 yield head

@@ -145,6 +145,22 @@ def test_a_deleted_buffer_refuses_appends_from_every_handle(tmp_path: Any) -> No
     assert second.totals()["events_in"] == 3
 
 
+def test_a_handle_open_across_a_delete_and_its_files_removal_is_told_not_found(
+        tmp_path: Any) -> None:
+    """An ingest holding a handle while the delete marks and then removes the log
+    (another API worker): 404, the lookup the service retries, never a 503 from
+    recovering a log whose segments are gone (seen: a name reused after delete)."""
+    first = EventBuffer(str(tmp_path / "b.sqlite"), create=True)
+    assert first.append(_table(0, 3)) is not None
+    used, fresh = EventBuffer(first.path), EventBuffer(first.path)
+    assert used.append(_table(3, 3)) is not None  # its log files are open; fresh's are not
+    first.mark_deleted()
+    first.destroy()
+    for handle in (used, fresh):
+        with pytest.raises(NotFoundError):
+            handle.append(_table(6, 3))
+
+
 def test_opening_a_missing_buffer_never_creates_one(tmp_path: Any) -> None:
     path = str(tmp_path / "gone.sqlite")
     with pytest.raises(NotFoundError):
