@@ -136,11 +136,8 @@ def unexpected_error(_err: Exception) -> Response:
 def init_app(app: Flask) -> None:
     app.before_request(start_request)
     app.after_request(tag_response)
+    app.register_error_handler(ApiError, error_envelope)
     app.register_error_handler(PipelineDoError, domain_error)
-
-    @app.errorhandler(ApiError)
-    def _api_error(err: ApiError) -> Response:
-        return error_envelope(err)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_err: RequestEntityTooLarge) -> Response:

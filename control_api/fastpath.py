@@ -13,6 +13,10 @@ drain, ``X-Request-ID``). Only an app context is pushed, which gives those
 functions ``current_app`` and ``g``; no request context exists on this path.
 Every other request (and any other method on the events path, so a GET still
 gets Flask's 405) goes to Flask unchanged.
+
+Because this path runs the hooks itself, it checks when mounted that the app
+registered exactly those (:func:`_check_hooks`): a hook added to the app
+later fails the app factory instead of being skipped here unnoticed.
 """
 
 from __future__ import annotations
@@ -46,11 +50,25 @@ if TYPE_CHECKING:
 
 __all__ = ["EventsFastPath", "init_app"]
 
+# The handlers _respond stands in for, by exception class; HTTPException and
+# RequestEntityTooLarge are the app's too, but nothing on this path raises them.
+_HANDLERS: dict[type[Exception], Callable[[Any], Response]] = {
+    IdempotentReplay: replay_response,
+    ApiError: error_envelope,
+    PipelineDoError: domain_error,
+    Exception: unexpected_error,
+}
+# The app's request hooks as Flask registers them (after-request ones run in reverse).
+_HOOKS = {"before_request": [start_request],
+          "after_request": [tag_response, discard_unread_body, add_rate_headers, record_response],
+          "teardown_request": [release_claim]}
+
 
 class EventsFastPath:
     """WSGI dispatcher: the events route served lean, everything else by ``fallback``."""
 
     def __init__(self, app: Flask, fallback: WSGIApplication) -> None:
+        _check_hooks(app)
         self.app = app
         self.fallback = fallback  # Flask's own wsgi_app (the benchmark's "before")
 
@@ -87,19 +105,29 @@ class EventsFastPath:
             release_claim()
 
 
-# The app's error handlers for what the events route raises, most specific first.
-_HANDLERS: tuple[tuple[type[Exception], Callable[[Any], Response]], ...] = (
-    (IdempotentReplay, replay_response),
-    (ApiError, error_envelope),
-    (PipelineDoError, domain_error),
-)
-
-
 def _handled(err: Exception) -> Response:
-    for kind, handler in _HANDLERS:
-        if isinstance(err, kind):
+    """The response of the app's handler for ``err``'s nearest class, as Flask picks it."""
+    for kind in type(err).__mro__:
+        handler = _HANDLERS.get(kind)
+        if handler is not None:
             return handler(err)
     return unexpected_error(err)
+
+
+def _check_hooks(app: Flask) -> None:
+    """Refuse to mount on an app whose hooks or handlers differ from what this path runs."""
+    registered: dict[str, dict[Any, list[Any]]] = {
+        "before_request": app.before_request_funcs, "after_request": app.after_request_funcs,
+        "teardown_request": app.teardown_request_funcs}
+    for kind, expected in _HOOKS.items():
+        funcs = registered[kind]
+        if funcs.get(None, []) != expected or funcs.get("ingest"):
+            raise RuntimeError(f"the app's {kind} hooks are not the ones control_api.fastpath "
+                               "runs for the events route: update _HOOKS and _respond")
+    handlers = app.error_handler_spec.get(None, {}).get(None, {})
+    if any(handlers.get(kind) is not handler for kind, handler in _HANDLERS.items()):
+        raise RuntimeError("the app's error handlers are not the ones control_api.fastpath "
+                           "uses for the events route: update _HANDLERS")
 
 
 def init_app(app: Flask) -> None:

@@ -25,7 +25,8 @@ from control_api.fastpath import EventsFastPath
 from tests.conftest import ADMIN_KEY
 
 Send = Callable[..., TestResponse]
-_VOLATILE_HEADERS = ("X-RateLimit-Reset", "Retry-After")
+# The window's end, and the length of a body whose meta.duration may differ in digits.
+_VOLATILE_HEADERS = ("X-RateLimit-Reset", "Retry-After", "Content-Length")
 
 
 def _make_app(tmp_path: Any, **settings: Any) -> Flask:
@@ -58,6 +59,7 @@ def _senders(app: Flask) -> tuple[Send, Send]:
 
 
 def _shape(reply: TestResponse) -> tuple[int, dict[str, str], Any]:
+    assert reply.headers["Content-Length"] == str(len(reply.get_data()))
     body = json.loads(reply.get_data())
     body["meta"].pop("timestamp")
     body["meta"].pop("duration", None)
@@ -208,3 +210,16 @@ def test_the_rate_limit_and_its_headers_match(tmp_path: Any) -> None:
     assert body["error"]["code"] == "RATE_LIMIT_EXCEEDED"
     assert (headers["X-RateLimit-Limit"], headers["X-RateLimit-Remaining"]) == ("1", "0")
     assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+
+
+def test_mounting_refuses_an_app_with_a_hook_the_lean_path_would_skip(tmp_path: Any) -> None:
+    app = _make_app(tmp_path)
+    assert isinstance(app.wsgi_app, EventsFastPath)
+    EventsFastPath(app, app.wsgi_app.fallback)  # the factory's own app: accepted
+
+    def stamp(response: Any) -> Any:
+        return response
+
+    app.after_request(stamp)
+    with pytest.raises(RuntimeError, match="after_request hooks"):
+        EventsFastPath(app, app.wsgi_app.fallback)
