@@ -4,7 +4,10 @@ Takes a JSON array (``application/json``) or NDJSON
 (``application/x-ndjson``). NDJSON goes straight from the request bytes to
 Arrow (pyarrow's JSON reader), with no Python object per event. The body
 may be compressed (``Content-Encoding``) and is bounded like every body
-(:mod:`control_api.bodies`).
+(:mod:`control_api.bodies`). In the running app a POST here is served by
+:mod:`control_api.fastpath`, which calls :func:`accept` without Flask's
+dispatch; the Flask route stays (a GET gets its 405 naming POST, and a
+caller of Flask's own ``wsgi_app`` gets the same answers).
 """
 
 from __future__ import annotations
