@@ -23,6 +23,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         console,
         context,
         errors,
+        fastpath,
         gate,
         health,
         idempotency,
@@ -68,4 +69,5 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
     openapi.init_app(app)
     console.init_app(app)
+    fastpath.init_app(app)
     return app

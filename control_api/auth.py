@@ -16,7 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Request, current_app, g, request
 from sqlalchemy import select
 
 from beam_pipelines.catalog.store import Store
@@ -102,8 +102,10 @@ def _lookup(store: Store, key: str) -> Principal | None:
     return principal
 
 
-def authenticate() -> Principal:
-    header = request.headers.get("Authorization", "")
+def authenticate(req: Request = request) -> Principal:
+    """The key's principal; ``req`` is Flask's request unless the lean ingest path
+    passes its own."""
+    header = req.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "AUTHENTICATION_ERROR",

@@ -28,7 +28,8 @@ from werkzeug.wsgi import get_content_length, get_input_stream
 
 from control_api.errors import payload_too_large, unsupported_media_type, validation_error
 
-__all__ = ["ALLOWED_ENCODINGS", "BoundedRequest", "init_app", "input_stream", "read_body"]
+__all__ = ["ALLOWED_ENCODINGS", "BoundedRequest", "discard_unread_body", "init_app",
+           "input_stream", "read_body"]
 
 _log = logging.getLogger("pipeline_do.api")
 
@@ -190,7 +191,7 @@ class BoundedRequest(Request):
         return False
 
 
-def _discard_unread_body(response: Response) -> Response:
+def discard_unread_body(response: Response, req: Request = request) -> Response:
     """A request answered before its body was read (401, 415, 413, ...) leaves the
     rest of the body on the connection. gunicorn drains only 64 KiB of it before
     reusing a keep-alive connection, and past that closes it without saying so
@@ -198,7 +199,7 @@ def _discard_unread_body(response: Response) -> Response:
     request on it fails. Reading the rest here, up to a few times the limit,
     keeps the connection usable for any body a client would plausibly send."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if isinstance(request, BoundedRequest) and not request.discard_rest_of_body(
+    if isinstance(req, BoundedRequest) and not req.discard_rest_of_body(
             _DISCARD_LIMITS * limit):
         _log.info("left an unread body over %s bytes: the server will close the connection",
                   _DISCARD_LIMITS * limit)
@@ -207,4 +208,4 @@ def _discard_unread_body(response: Response) -> Response:
 
 def init_app(app: Flask) -> None:
     app.request_class = BoundedRequest
-    app.after_request(_discard_unread_body)
+    app.after_request(discard_unread_body)

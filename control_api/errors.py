@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Request, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from beam_pipelines.errors import (
@@ -27,8 +27,9 @@ from beam_pipelines.errors import (
     Unavailable,
 )
 
-__all__ = ["ApiError", "envelope", "error_envelope", "init_app", "payload_too_large",
-           "unsupported_media_type", "validation_error"]
+__all__ = ["ApiError", "domain_error", "envelope", "error_envelope", "init_app", "payload_too_large",
+           "start_request", "tag_response", "unexpected_error", "unsupported_media_type",
+           "validation_error"]
 
 _log = logging.getLogger("pipeline_do.api")
 
@@ -108,25 +109,35 @@ def to_api_error(err: PipelineDoError) -> ApiError:
                     f"for request {getattr(g, 'request_id', '')}")
 
 
+def start_request(req: Request = request) -> None:
+    """Start the clock and pick the request id (the client's ``X-Request-ID`` when it
+    is usable). ``req`` is Flask's request unless the lean ingest path passes its own."""
+    g.started = time.perf_counter()
+    supplied = req.headers.get("X-Request-ID", "")
+    g.request_id = supplied[:128] if supplied.isprintable() and supplied else _new_request_id()
+
+
+def tag_response(response: Response) -> Response:
+    response.headers["X-Request-ID"] = getattr(g, "request_id", "") or ""
+    return response
+
+
+def domain_error(err: PipelineDoError) -> Response:
+    return error_envelope(to_api_error(err))
+
+
+def unexpected_error(_err: Exception) -> Response:
+    """A 500 that names only the request id; the log has the error."""
+    _log.exception("request %s failed", getattr(g, "request_id", "?"))
+    return error_envelope(ApiError(500, "INTERNAL_ERROR", "internal error; see the server "
+                                   f"log for request {getattr(g, 'request_id', '')}"))
+
+
 def init_app(app: Flask) -> None:
-    @app.before_request
-    def _start_request() -> None:
-        g.started = time.perf_counter()
-        supplied = request.headers.get("X-Request-ID", "")
-        g.request_id = supplied[:128] if supplied.isprintable() and supplied else _new_request_id()
-
-    @app.after_request
-    def _tag_response(response: Response) -> Response:
-        response.headers["X-Request-ID"] = getattr(g, "request_id", "") or ""
-        return response
-
-    @app.errorhandler(ApiError)
-    def _api_error(err: ApiError) -> Response:
-        return error_envelope(err)
-
-    @app.errorhandler(PipelineDoError)
-    def _domain_error(err: PipelineDoError) -> Response:
-        return error_envelope(to_api_error(err))
+    app.before_request(start_request)
+    app.after_request(tag_response)
+    app.register_error_handler(ApiError, error_envelope)
+    app.register_error_handler(PipelineDoError, domain_error)
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_err: RequestEntityTooLarge) -> Response:
@@ -146,8 +157,4 @@ def init_app(app: Flask) -> None:
         allow = {"Allow": ", ".join(allowed)} if status == 405 and allowed else {}
         return error_envelope(ApiError(status, code, message, headers=allow))
 
-    @app.errorhandler(Exception)
-    def _unexpected(err: Exception) -> Response:
-        _log.exception("request %s failed", getattr(g, "request_id", "?"))
-        return error_envelope(ApiError(500, "INTERNAL_ERROR", "internal error; see the server "
-                                       f"log for request {getattr(g, 'request_id', '')}"))
+    app.register_error_handler(Exception, unexpected_error)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy.exc
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
 
 from beam_pipelines.errors import PipelineDoError, StorageError, TimeoutExceeded
 from control_api import context
@@ -23,27 +23,28 @@ from control_api.errors import ApiError, validation_error
 from control_api.idempotency import claim
 from transforms.json_depth import MAX_JSON_DEPTH, depth_exceeded
 
-__all__ = ["admit", "init_app", "json_body", "json_bytes", "malformed_json", "run_with_retries",
-           "timeout_seconds"]
+__all__ = ["add_rate_headers", "admit", "init_app", "json_body", "json_bytes", "malformed_json",
+           "run_with_retries", "timeout_seconds"]
 
 T = TypeVar("T")
 
 
-def admit() -> Principal:
-    principal = authenticate()
+def admit(req: Request = request) -> Principal:
+    """``req`` is Flask's request unless the lean ingest path passes its own."""
+    principal = authenticate(req)
     verdict = context.rate_limiter().hit(f"key:{principal.key_id}")
     g.rate_verdict = verdict
     if not verdict.allowed:
         raise ApiError(429, "RATE_LIMIT_EXCEEDED",
                        f"rate limit of {verdict.limit} requests per minute exceeded",
                        {"limit": verdict.limit, "reset": verdict.reset}, verdict.headers())
-    claim(principal)  # X-Idempotency-Key: may answer from the store by raising
+    claim(principal, req=req)  # X-Idempotency-Key: may answer from the store by raising
     return principal
 
 
-def json_bytes() -> bytes:
+def json_bytes(req: Request = request) -> bytes:
     """The request's (decoded, size-limited) body; a 400 when it is empty."""
-    raw = request.get_data(cache=True)
+    raw = req.get_data(cache=True)
     if not raw:
         raise validation_error("body", "the request body must be JSON")
     return raw
@@ -107,17 +108,21 @@ def run_with_retries(call: Callable[[], T], options: Any) -> T:
             time.sleep(delay)
 
 
+def add_rate_headers(response: Response) -> Response:
+    """The rate-limit headers, on every response (an unauthenticated one shows the
+    full allowance)."""
+    verdict = getattr(g, "rate_verdict", None)
+    if verdict is not None:
+        for name, value in verdict.headers().items():
+            response.headers[name] = value
+    else:
+        limit = context.settings().rate_limit
+        now = int(time.time())
+        response.headers["X-RateLimit-Limit"] = str(max(limit, 0))
+        response.headers["X-RateLimit-Remaining"] = str(max(limit, 0))
+        response.headers["X-RateLimit-Reset"] = str(now - now % 60 + 60)
+    return response
+
+
 def init_app(app: Flask) -> None:
-    @app.after_request
-    def _rate_headers(response: Response) -> Response:
-        verdict = getattr(g, "rate_verdict", None)
-        if verdict is not None:
-            for name, value in verdict.headers().items():
-                response.headers[name] = value
-        else:
-            limit = context.settings().rate_limit
-            now = int(time.time())
-            response.headers["X-RateLimit-Limit"] = str(max(limit, 0))
-            response.headers["X-RateLimit-Remaining"] = str(max(limit, 0))
-            response.headers["X-RateLimit-Reset"] = str(now - now % 60 + 60)
-        return response
+    app.after_request(add_rate_headers)

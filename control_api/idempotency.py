@@ -22,7 +22,7 @@ import json
 import time
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
@@ -32,7 +32,8 @@ from control_api.auth import Principal
 from control_api.errors import ApiError, validation_error
 from control_api.tables import IdempotencyRecord
 
-__all__ = ["HEADER", "IdempotentReplay", "claim", "init_app"]
+__all__ = ["HEADER", "IdempotentReplay", "claim", "init_app", "record_response", "release_claim",
+           "replay_response"]
 
 HEADER = "X-Idempotency-Key"
 TTL_SECONDS = 24 * 3600
@@ -51,22 +52,24 @@ class IdempotentReplay(Exception):
         self.body = body
 
 
-def _request_hash() -> str:
+def _request_hash(req: Request) -> str:
     digest = hashlib.sha256()
-    digest.update(f"{request.method} {request.path}\n".encode())
-    digest.update(request.get_data(cache=True))
+    digest.update(f"{req.method} {req.path}\n".encode())
+    digest.update(req.get_data(cache=True))
     return digest.hexdigest()
 
 
-def claim(principal: Principal, wait_seconds: float | None = None) -> None:
-    """Claim the request's idempotency key, or answer it from the store (by raising)."""
-    key = request.headers.get(HEADER)
-    if key is None or request.method != "POST":
+def claim(principal: Principal, wait_seconds: float | None = None,
+          req: Request = request) -> None:
+    """Claim the request's idempotency key, or answer it from the store (by raising).
+    ``req`` is Flask's request unless the lean ingest path passes its own."""
+    key = req.headers.get(HEADER)
+    if key is None or req.method != "POST":
         return
     if not key or len(key) > _MAX_KEY_CHARS or not key.isprintable():
         raise validation_error(HEADER, f"{HEADER} must be 1 to {_MAX_KEY_CHARS} printable "
                                "characters")
-    digest = _request_hash()
+    digest = _request_hash(req)
     store: Store = context.store()
     if wait_seconds is None:
         wait_seconds = context.settings().default_timeout_ms / 1000.0
@@ -115,7 +118,8 @@ def _claim_or_fetch(store: Store, key_id: int, key: str,
         return (record.response_status, record.response_body)
 
 
-def _finish(response: Response) -> Response:
+def record_response(response: Response) -> Response:
+    """Store the answer with the claimed key (or drop a claim a retry must redo)."""
     claimed = g.pop("idempotency_claim", None)
     if claimed is None:
         return response
@@ -135,7 +139,7 @@ def _finish(response: Response) -> Response:
     return response
 
 
-def _replay(replay: IdempotentReplay) -> Response:
+def replay_response(replay: IdempotentReplay) -> Response:
     body: Any = replay.body
     try:
         parsed = json.loads(replay.body)
@@ -149,16 +153,18 @@ def _replay(replay: IdempotentReplay) -> Response:
     return response
 
 
-def init_app(app: Flask) -> None:
-    app.register_error_handler(IdempotentReplay, _replay)
-    app.after_request(_finish)
+def release_claim(_exc: BaseException | None = None) -> None:
+    """A claim whose response never reached :func:`record_response`: let a retry run."""
+    claimed = g.pop("idempotency_claim", None)
+    if claimed is not None:
+        with context.store().session() as s:
+            s.execute(delete(IdempotencyRecord).where(
+                IdempotencyRecord.api_key_id == claimed[0],
+                IdempotencyRecord.key == claimed[1],
+                IdempotencyRecord.status == "pending"))
 
-    @app.teardown_request
-    def _release(_exc: BaseException | None) -> None:
-        claimed = g.pop("idempotency_claim", None)
-        if claimed is not None:  # the response never reached _finish: let a retry run
-            with context.store().session() as s:
-                s.execute(delete(IdempotencyRecord).where(
-                    IdempotencyRecord.api_key_id == claimed[0],
-                    IdempotencyRecord.key == claimed[1],
-                    IdempotencyRecord.status == "pending"))
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(IdempotentReplay, replay_response)
+    app.after_request(record_response)
+    app.teardown_request(release_claim)

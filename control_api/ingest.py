@@ -4,12 +4,17 @@ Takes a JSON array (``application/json``) or NDJSON
 (``application/x-ndjson``). NDJSON goes straight from the request bytes to
 Arrow (pyarrow's JSON reader), with no Python object per event. The body
 may be compressed (``Content-Encoding``) and is bounded like every body
-(:mod:`control_api.bodies`).
+(:mod:`control_api.bodies`). In the running app a POST here is served by
+:mod:`control_api.fastpath`, which calls :func:`accept` without Flask's
+dispatch; the Flask route stays (a GET gets its 405 naming POST, and a
+caller of Flask's own ``wsgi_app`` gets the same answers).
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, request
+import re
+
+from flask import Blueprint, Flask, Request, Response, request
 
 from control_api import context
 from control_api.auth import require_scope
@@ -17,24 +22,35 @@ from control_api.errors import envelope, validation_error
 from control_api.gate import admit, json_bytes, malformed_json
 from transforms.json_depth import load_json_events
 
-__all__ = ["bp", "init_app"]
+__all__ = ["EVENTS_PATH", "EVENTS_RULE", "accept", "bp", "init_app"]
 
 bp = Blueprint("ingest", __name__)
+
+EVENTS_RULE = "/pipelines/<ref>/events"
+# The paths EVENTS_RULE matches (werkzeug's default converter: one segment, no "/"),
+# for the lean path's dispatcher.
+EVENTS_PATH = re.compile(r"/pipelines/(?P<ref>[^/]+)/events")
 
 _NDJSON = ("application/x-ndjson", "application/ndjson", "application/jsonl",
            "application/json-seq")
 
 
-@bp.post("/pipelines/<ref>/events")
+@bp.post(EVENTS_RULE)
 def ingest_events(ref: str):  # type: ignore[no-untyped-def]
-    principal = admit()
+    return accept(ref)
+
+
+def accept(ref: str, req: Request = request) -> Response:
+    """Ingest the request's events into pipeline ``ref``: the route's whole work, which
+    the lean path (:mod:`control_api.fastpath`) runs with its own ``req``."""
+    principal = admit(req)
     require_scope(principal, "ingest", "ingest")
     service = context.service()
-    content_type = (request.mimetype or "").lower()
+    content_type = (req.mimetype or "").lower()
     if content_type in _NDJSON:
-        return envelope(service.ingest_json_lines(ref, request.get_data()))
+        return envelope(service.ingest_json_lines(ref, req.get_data()))
     if content_type == "application/json":
-        raw = json_bytes()
+        raw = json_bytes(req)
         try:  # a too-deep record is left out and rejected by itself, not the request
             parsed = load_json_events(raw)
         except ValueError as err:
