@@ -108,7 +108,9 @@ class PeakRss:
             self._tree = process_tree(self._process)
             self._listed_at = now
             for process in self._tree:
-                if process.pid not in self._roles:
+                # Until it execs, a just-spawned process shows its parent's
+                # command line: "manager" is looked at again on the next listing.
+                if self._roles.get(process.pid, "manager") == "manager":
                     try:
                         self._roles[process.pid] = _role(" ".join(process.cmdline()))
                     except psutil.Error:
