@@ -154,6 +154,7 @@ def run_pipeline_do(dataset_path: str | Path, batches: list[bytes],
             "clients": CLIENTS,
             "server_settled_s": settled,
             "peak_rss_mb": rss.peak_mb,
+            "peak_rss_by_role_mb": rss.peak_by_role_mb,
             # Where the throughput phase's CPU went, per event, and how many of
             # the cores it kept busy: the profile a faster data path starts from.
             "cpu_us_per_event": {role: round(used / events * 1e6, 2)

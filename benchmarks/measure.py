@@ -38,6 +38,10 @@ def process_tree(root: psutil.Process) -> list[psutil.Process]:
 _ROLES = (("gunicorn", "api"), ("multiprocessing.spawn", "epoch_workers"))
 
 
+def _role(command: str) -> str:
+    return next((r for marker, r in _ROLES if marker in command), "manager")
+
+
 def cpu_by_role(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by server ``pid``'s processes, by role:
     ``api`` (gunicorn), ``epoch_workers`` and ``manager`` (the serve process)."""
@@ -49,7 +53,7 @@ def cpu_by_role(pid: int) -> dict[str, float]:
             times = process.cpu_times()
         except psutil.Error:  # exited between listing and sampling
             continue
-        role = next((r for marker, r in _ROLES if marker in command), "manager")
+        role = _role(command)
         totals[role] += times.user + times.system
         if process.pid == pid:
             totals["epoch_workers"] += times.children_user + times.children_system
@@ -91,14 +95,26 @@ class PeakRss:
         self._thread: threading.Thread | None = None
         self._tree: list[psutil.Process] = []
         self._listed_at = -float("inf")
+        self._roles: dict[int, str] = {}
         self.peak_bytes = 0
         self.start_bytes = 0
+        # RSS by role (see cpu_by_role; "manager" for a process that is not a
+        # server's) at the moment of the peak: which process role dominates it.
+        self.peak_by_role: dict[str, int] = {}
 
     def _processes(self) -> list[psutil.Process]:
         now = time.monotonic()
         if now - self._listed_at >= self._rescan:
             self._tree = process_tree(self._process)
             self._listed_at = now
+            for process in self._tree:
+                # Until it execs, a just-spawned process shows its parent's
+                # command line: "manager" is looked at again on the next listing.
+                if self._roles.get(process.pid, "manager") == "manager":
+                    try:
+                        self._roles[process.pid] = _role(" ".join(process.cmdline()))
+                    except psutil.Error:
+                        pass
         return self._tree
 
     def sample(self, *, rescan: bool = False) -> int:
@@ -106,12 +122,17 @@ class PeakRss:
         if rescan:
             self._listed_at = -float("inf")
         total = 0
+        by_role: dict[str, int] = {}
         for process in self._processes():
             try:
-                total += process.memory_info().rss
+                rss = process.memory_info().rss
             except psutil.Error:  # exited between listing and sampling
-                pass
-        self.peak_bytes = max(self.peak_bytes, total)
+                continue
+            total += rss
+            role = self._roles.get(process.pid, "manager")
+            by_role[role] = by_role.get(role, 0) + rss
+        if total > self.peak_bytes:
+            self.peak_bytes, self.peak_by_role = total, by_role
         return total
 
     def _run(self) -> None:
@@ -133,6 +154,10 @@ class PeakRss:
     @property
     def peak_mb(self) -> float:
         return self.peak_bytes / 2**20
+
+    @property
+    def peak_by_role_mb(self) -> dict[str, float]:
+        return {role: round(b / 2**20, 1) for role, b in sorted(self.peak_by_role.items())}
 
     @property
     def start_mb(self) -> float:

@@ -134,8 +134,13 @@ def decode_json_lines(body: bytes, fields: Sequence[Any] | None, event_time_fiel
     if fields is not None and screened is None and objects is not None \
             and not may_hold_large_record(body, max_record_bytes):
         try:
+            # One block per body (block_size is above any body), so a thread
+            # pool only adds hand-offs: single-threaded costs ~5% less CPU per
+            # 1,000-event body (benchmarks/README.md), and gunicorn's threads
+            # already parallelise across requests.
             raw = pa_json.read_json(pa.BufferReader(body),
-                                    read_options=pa_json.ReadOptions(block_size=1 << 26))
+                                    read_options=pa_json.ReadOptions(block_size=1 << 26,
+                                                                     use_threads=False))
             if raw.num_rows != objects:  # two objects on one line would shift indices
                 raise _Mismatch("records")
             return decoder.fast(raw)
