@@ -22,8 +22,9 @@ from beam_pipelines.runners.local import epochs
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.service import PipelineService
 
-SCHEMA = [{"name": "n", "type": "int64", "required": True}, {"name": "s", "type": "string"}]
-WIDER = [*SCHEMA, {"name": "x", "type": "float64", "required": False}]
+SCHEMA: list[dict[str, Any]] = [{"name": "n", "type": "int64", "required": True},
+                                {"name": "s", "type": "string"}]
+WIDER: list[dict[str, Any]] = [*SCHEMA, {"name": "x", "type": "float64", "required": False}]
 
 
 @pytest.fixture
@@ -58,8 +59,13 @@ def _files(tmp_path: Path) -> list[str]:
 
 
 def _read(files: list[str], columns: str) -> list[tuple[Any, ...]]:
-    return duckdb.sql(f"SELECT {columns} FROM read_parquet({files!r}, union_by_name = true) "
-                      "ORDER BY n").fetchall()
+    return duckdb.connect().execute(f"SELECT {columns} FROM read_parquet(?, union_by_name = "
+                                    "true) ORDER BY n", [files]).fetchall()
+
+
+def _columns(files: list[str]) -> list[str]:
+    return [r[0] for r in duckdb.connect().execute(
+        "DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]).fetchall()]
 
 
 @pytest.mark.parametrize(("schema", "field", "reason"), [
@@ -123,8 +129,7 @@ def test_a_widened_schema_lands_as_a_column_in_the_next_files_and_old_rows_read_
     assert _run_due_epochs(service, str(tmp_path), pipeline_id) == [1]
     first = _files(tmp_path)
     before = {f: (os.path.getsize(f), os.stat(f).st_mtime_ns) for f in first}
-    assert [r[0] for r in duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet({first!r})")
-            .fetchall()] == ["n", "s", "_ingested_at", "_event_time"]
+    assert _columns(first) == ["n", "s", "_ingested_at", "_event_time"]
 
     # Frames buffered before the change, then the change, then frames with x: one epoch.
     service.ingest_json_lines("p", _lines([{"n": i, "x": 1.0} for i in range(10, 20)]))
@@ -140,8 +145,7 @@ def test_a_widened_schema_lands_as_a_column_in_the_next_files_and_old_rows_read_
 
     new = [f for f in _files(tmp_path) if f not in before]
     assert new and all("part-0000000002-" in f for f in new)
-    assert [r[0] for r in duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet({new!r})")
-            .fetchall()] == ["n", "s", "x", "_ingested_at", "_event_time"]
+    assert _columns(new) == ["n", "s", "x", "_ingested_at", "_event_time"]
     assert _read(new, "n, x") == [(i, None if i < 20 else i / 2) for i in range(10, 30)]
     # the earlier files are untouched, and the whole lake reads with x null for them
     assert {f: (os.path.getsize(f), os.stat(f).st_mtime_ns) for f in first} == before
