@@ -203,13 +203,17 @@ class PipelineService:
         return {**public, **counters, "files": files}
 
     def versions(self, ref: str) -> dict[str, Any]:
-        """Every SQL version of the pipeline, oldest first, as ``transform`` made them."""
+        """Every SQL version of the pipeline, oldest first, as ``transform`` made them,
+        each with the schema it was planned against."""
         with self.store.reading() as s:
             row = self._row(s, ref)
             found = s.scalars(select(SqlVersion).where(SqlVersion.pipeline_id == row.id)
                               .order_by(SqlVersion.version)).all()
             return {"versions": [{"version": v.version, "sql": v.sql,
                                   "output_schema": json.loads(v.output_schema),
+                                  # None: a version stored before schemas were versioned
+                                  "schema": None if v.input_schema is None
+                                  else json.loads(v.input_schema),
                                   "created_at": iso(v.created_at)} for v in found]}
 
     def list_all(self) -> dict[str, Any]:
