@@ -127,7 +127,7 @@ class PipelineService:
         field list, see ``model.schema_evolution``), as one new version from the next epoch.
 
         Without ``sql`` the current SQL is planned against the new schema. From the
-        commit on, ingest decodes with the new schema (``_ingest_target``).
+        commit on, ingest decodes with the new schema (``IngestTargets``).
         """
         sql, new_schema = params.get("sql"), params.get("schema")
         dry_run = params.get("dry_run", False)
@@ -160,6 +160,11 @@ class PipelineService:
         now = time.time()
         with self.store.session() as s:
             row = self._row(s, ref)
+            if definition_from_dict(row.definition_dict()).schema != current.schema:
+                # Another transform changed the schema since it was read: writing this
+                # definition would take that change back, which is never additive.
+                raise ConflictError("the pipeline's schema changed while this transform was "
+                                    "planned: send it again", {"field": "schema"})
             row.version += 1
             row.definition = self._stored(definition)
             row.updated_at = now

@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from beam_pipelines.catalog.store import Store, default_database_url
-from beam_pipelines.errors import DefinitionError
+from beam_pipelines.errors import ConflictError, DefinitionError
 from beam_pipelines.runners.local import epochs
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.service import PipelineService
@@ -199,3 +199,24 @@ def test_dead_letters_of_an_unknown_field_are_accepted_once_after_widening(
     _run_due_epochs(service, str(tmp_path), pipeline_id)
     rows = _read(_files(tmp_path), "n, x")
     assert rows == [(i, i + 0.25 if i % 3 == 0 else None) for i in range(30)]
+
+
+def test_a_transform_planned_across_another_schema_change_is_a_conflict_not_a_revert(
+        service: PipelineService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _create(service)
+    other = PipelineService(service.store, str(tmp_path),
+                            default_sink_uri=str(tmp_path / "lake/{name}"))
+    plan = service._plan
+
+    def plan_while_another_widens(*args: Any) -> Any:
+        monkeypatch.setattr(service, "_plan", plan)
+        other.transform("p", {"schema": WIDER})  # commits between this one's read and write
+        return plan(*args)
+
+    monkeypatch.setattr(service, "_plan", plan_while_another_widens)
+    with pytest.raises(ConflictError) as raised:
+        service.transform("p", {"sql": "SELECT n FROM events"})
+    assert raised.value.details == {"field": "schema"}
+    got = service.get("p")
+    assert got["version"] == 2 and [f["name"] for f in got["schema"]] == ["n", "s", "x"]
+    assert service.transform("p", {"sql": "SELECT n, x FROM events"})["version"] == 3
