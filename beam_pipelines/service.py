@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -42,12 +41,14 @@ from beam_pipelines.errors import (
     NotFoundError,
     Unavailable,
 )
+from beam_pipelines.ingest_targets import IngestTargets
 from beam_pipelines.model.definition import (
     PipelineDefinition,
     definition_from_dict,
     parse_definition,
 )
 from beam_pipelines.model.lifecycle import OPERATIONS, SCHEDULED, Status
+from beam_pipelines.model.schema_evolution import evolve_schema
 from beam_pipelines.model.times import iso
 from beam_pipelines.runners.base import Runner, RunnerEvents, RunnerRegistry
 from beam_pipelines.runners.engines import distributed_runners
@@ -60,7 +61,6 @@ from transforms.sandbox import SqlError
 
 __all__ = ["PipelineService", "summarize_stop"]
 MAX_RECORD_BYTES = 1024 * 1024
-_TARGET_TTL_SECONDS = 5.0
 RECENT_FILES = 100  # files in a ``get`` reply: the manifest of the latest epochs
 
 
@@ -88,8 +88,7 @@ class PipelineService:
         self.runners = runners or RunnerRegistry({
             "direct": LocalRunner(store, data_dir),
             **distributed_runners(store, data_dir, events=events, secret_box=self._secrets)})
-        self._targets: dict[str, tuple[float, PipelineDefinition, str]] = {}
-        self._lock = threading.Lock()
+        self._targets = IngestTargets(data_dir, self._definition)
 
     # -- definition -------------------------------------------------------
 
@@ -115,7 +114,8 @@ class PipelineService:
                               updated_at=now)
             s.add(row)
             s.add(SqlVersion(pipeline_id=pipeline_id, version=1, sql=definition.sql,
-                             output_schema=json.dumps(output_schema), created_at=now))
+                             output_schema=json.dumps(output_schema), created_at=now,
+                             input_schema=_schema_json(definition)))
             public = _public(row)
             self._holding(definition).create(pipeline_id)
         self.store.log(pipeline_id, "info", f"pipeline {definition.name} created")
@@ -123,14 +123,27 @@ class PipelineService:
         return public
 
     def transform(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
-        sql = params.get("sql")
+        """New SQL and/or optional fields added to the schema (``schema``: the whole new
+        field list, see ``model.schema_evolution``), as one new version from the next epoch.
+
+        Without ``sql`` the current SQL is planned against the new schema. From the
+        commit on, ingest decodes with the new schema (``IngestTargets``).
+        """
+        sql, new_schema = params.get("sql"), params.get("schema")
         dry_run = params.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise DefinitionError("dry_run", "dry_run must be true or false")
         with self.store.session() as s:
             row = self._row(s, ref)
-            definition = definition_from_dict(row.definition_dict()).with_sql(sql)
+            current = definition_from_dict(row.definition_dict())
+            if sql is None and new_schema is None:
+                raise DefinitionError("sql", "transform needs sql, schema (only optional "
+                                      "fields added) or both")
+            if sql is None:
+                sql = current.sql
+            definition = evolve_schema(current.with_sql(sql), new_schema)
             pipeline_id = row.id
+        schema_changed = definition.schema != current.schema
         output_schema = self._plan(definition, definition.sql)
         if dry_run:
             limit = params.get("limit", 100)
@@ -147,13 +160,24 @@ class PipelineService:
         now = time.time()
         with self.store.session() as s:
             row = self._row(s, ref)
+            if definition_from_dict(row.definition_dict()).schema != current.schema:
+                # Another transform changed the schema since it was read: writing this
+                # definition would take that change back, which is never additive.
+                raise ConflictError("the pipeline's schema changed while this transform was "
+                                    "planned: send it again", {"field": "schema"})
             row.version += 1
             row.definition = self._stored(definition)
             row.updated_at = now
             s.add(SqlVersion(pipeline_id=row.id, version=row.version, sql=definition.sql,
-                             output_schema=json.dumps(output_schema), created_at=now))
+                             output_schema=json.dumps(output_schema), created_at=now,
+                             input_schema=_schema_json(definition)))
             version = row.version
             self._holding(definition).transform(s, row, version)
+        if schema_changed:
+            self._targets.schema_changed(pipeline_id)
+            added = [f.name for f in (definition.schema or ())[len(current.schema or ()):]]
+            self.store.log(pipeline_id, "info", f"schema version {version} adds optional "
+                           f"fields {', '.join(added)}: ingest accepts them from now on")
         self.store.log(pipeline_id, "info", f"sql version {version} takes effect at the next epoch "
                        "and at the next attempt of an epoch that failed")
         result = {"version": version, "output_schema": output_schema}
@@ -184,13 +208,17 @@ class PipelineService:
         return {**public, **counters, "files": files}
 
     def versions(self, ref: str) -> dict[str, Any]:
-        """Every SQL version of the pipeline, oldest first, as ``transform`` made them."""
+        """Every SQL version of the pipeline, oldest first, as ``transform`` made them,
+        each with the schema it was planned against."""
         with self.store.reading() as s:
             row = self._row(s, ref)
             found = s.scalars(select(SqlVersion).where(SqlVersion.pipeline_id == row.id)
                               .order_by(SqlVersion.version)).all()
             return {"versions": [{"version": v.version, "sql": v.sql,
                                   "output_schema": json.loads(v.output_schema),
+                                  # None: a version stored before schemas were versioned
+                                  "schema": None if v.input_schema is None
+                                  else json.loads(v.input_schema),
                                   "created_at": iso(v.created_at)} for v in found]}
 
     def list_all(self) -> dict[str, Any]:
@@ -299,8 +327,7 @@ class PipelineService:
             for model in (SqlVersion, LogEntry):
                 s.execute(delete(model).where(model.pipeline_id == pipeline_id))
             s.delete(row)
-        with self._lock:
-            self._targets = {k: v for k, v in self._targets.items() if v[2] != pipeline_id}
+        self._targets.forget(pipeline_id)
         runner.release(pipeline_id)
         self._on_event("pipeline.deleted", {"id": pipeline_id, "name": name})
         return {"deleted": True}
@@ -332,12 +359,12 @@ class PipelineService:
                 raw_bytes: int) -> dict[str, Any]:
         """Decode against the pipeline's schema and append durably.
 
-        The schema and event-time field never change after ``create``, so the
-        lookup is cached briefly; a deleted pipeline's buffer refuses the
-        append itself, and a stale entry is then dropped and looked up again.
+        The lookup is cached briefly (``IngestTargets``: a schema change is seen at
+        once); a deleted pipeline's buffer refuses the append itself, and a stale
+        entry is then dropped and looked up again.
         """
         for attempt in (1, 2):
-            definition, pipeline_id = self._ingest_target(ref, fresh=attempt == 2)
+            definition, pipeline_id = self._targets.get(ref, fresh=attempt == 2)
             decoded = decode(definition)
             rejected = [(r.index, r.code, r.message, r.record) for r in decoded.rejected]
             try:
@@ -353,17 +380,6 @@ class PipelineService:
                 reply["unknown_fields"] = decoded.unknown_fields
             return reply
         raise AssertionError("unreachable")
-
-    def _ingest_target(self, ref: str, *, fresh: bool) -> tuple[PipelineDefinition, str]:
-        now = time.monotonic()
-        cached = None if fresh else self._targets.get(ref)
-        if cached is not None and cached[0] > now:
-            return cached[1], cached[2]
-        definition, pipeline_id = self._definition(ref)
-        if len(self._targets) > 10_000:
-            self._targets.clear()
-        self._targets[ref] = (now + _TARGET_TTL_SECONDS, definition, pipeline_id)
-        return definition, pipeline_id
 
     # -- dead letters ---------------------------------------------------------
 
@@ -453,6 +469,11 @@ def summarize_stop(store: Store, pipeline_id: str) -> dict[str, Any]:
         result["flushed_events"] = int(flushed or 0)
         result["files"] = [f.public() for f in files]
     return result
+
+
+def _schema_json(definition: PipelineDefinition) -> str | None:
+    schema = definition.to_dict()["schema"]
+    return None if schema is None else json.dumps(schema)
 
 
 def _check_parquet_types(schema: pa.Schema) -> None:

@@ -166,6 +166,7 @@ def component_schemas() -> dict[str, Any]:
             ("timestamp", "level", "message", "epoch"))}}, ("logs",)),
         "Versions": obj({"versions": {"type": "array", "items": obj({
             "version": integer, "sql": {"type": "string"}, "output_schema": ref("OutputSchema"),
+            "schema": {"type": ["array", "null"], "items": ref("Field")},
             "created_at": date_time()}, ("version", "sql", "output_schema", "created_at"))}},
             ("versions",)),
         "DeadLetters": obj({

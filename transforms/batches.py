@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 
 from transforms.decode import EVENT_TIME, INGESTED_AT
 
-__all__ = ["BATCH_ID", "EVENTS", "EVENT_TIME_MS", "PIPELINE_ID", "decode_batch", "earliest_event_ms",
-           "encode_batch", "new_batch_id"]
+__all__ = ["BATCH_ID", "EVENTS", "EVENT_TIME_MS", "PIPELINE_ID", "conform_batch", "decode_batch",
+           "earliest_event_ms", "encode_batch", "new_batch_id"]
 
 BATCH_ID = "batch_id"
 PIPELINE_ID = "pipeline_id"
@@ -53,6 +53,21 @@ def decode_batch(data: bytes) -> pa.Table:
     """The table ``encode_batch`` wrote (zero copy over ``data``)."""
     with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
         return reader.read_all()
+
+
+def conform_batch(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A batch as ``schema`` has it, by column name.
+
+    Batches accepted before the schema gained optional fields (additive schema
+    evolution, see ``beam_pipelines.model.schema_evolution``) lack those columns:
+    they read as nulls. A batch already in ``schema`` is returned as is (zero copy).
+    """
+    if table.schema.equals(schema):
+        return table
+    names = set(table.column_names)
+    columns = [table.column(f.name) if f.name in names
+               else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def earliest_event_ms(table: pa.Table) -> int | None:

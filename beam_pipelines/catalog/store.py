@@ -93,6 +93,9 @@ class SqlVersion(Base):
     sql: Mapped[str] = mapped_column(Text)
     output_schema: Mapped[str] = mapped_column(Text)  # JSON [{name, type}]
     created_at: Mapped[float] = mapped_column(Float)
+    # The definition's schema (JSON, API shape) this version was planned against;
+    # None: a version from before schemas could change (the pipeline's first schema).
+    input_schema: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Epoch(Base):
@@ -178,6 +181,7 @@ class LogEntry(Base):
 #: Nullable columns added to a table after its first release (``Store.create_all`` adds them).
 ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("engine_jobs", "location"),
+    ("sql_versions", "input_schema"),
 )
 
 

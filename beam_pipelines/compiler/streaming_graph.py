@@ -51,7 +51,7 @@ from beam_pipelines.compiler.window_files import (
     WriteWindowFiles,
 )
 from beam_pipelines.model.definition import Sink
-from transforms.batches import decode_batch
+from transforms.batches import conform_batch, decode_batch
 from transforms.decode import EVENT_TIME, INGESTED_AT
 from transforms.sql import DuckDbSql
 
@@ -79,11 +79,16 @@ class StreamSpec:
 
 
 class _DecodeBatchFn(beam.DoFn):
-    """``(batch_id, IPC bytes)`` → ``(batch_id, table)``."""
+    """``(batch_id, IPC bytes)`` → ``(batch_id, table)`` in the job's input schema: a
+    batch published before the schema gained optional fields gets them as nulls."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        super().__init__()
+        self._schema = schema
 
     def process(self, message: tuple[str, bytes]) -> Iterator[tuple[str, pa.Table]]:
         batch_id, data = message
-        yield batch_id, decode_batch(data)
+        yield batch_id, conform_batch(decode_batch(data), self._schema)
 
 
 class _DropRepublishedFn(beam.DoFn):
@@ -236,7 +241,7 @@ class StreamingGraph(beam.PTransform):
         spec = self._spec
         stages: list[beam.PTransform] = [
             self._source,
-            beam.ParDo(_DecodeBatchFn()).with_output_types(tuple[str, pa.Table]),
+            beam.ParDo(_DecodeBatchFn(spec.input_schema)).with_output_types(tuple[str, pa.Table]),
             beam.ParDo(_DropRepublishedFn(self._dedupe_seconds))
                 .with_output_types(tuple[str, pa.Table]),
             beam.ParDo(_SliceByWindowFn(spec.window_seconds)).with_output_types(pa.Table),

@@ -40,6 +40,7 @@ __all__ = [
     "Sink",
     "definition_from_dict",
     "parse_definition",
+    "parse_schema",
 ]
 
 FIELD_TYPES = ("string", "int64", "float64", "bool", "timestamp", "date", "json")
@@ -171,7 +172,7 @@ def parse_definition(params: dict[str, Any], *, default_sink_uri: str,
         raise DefinitionError(
             "name", "name must be 1-63 letters, digits, '_' or '-', start with a letter "
             "and not start with 'pl_'")
-    schema = _parse_schema(params.get("schema"))
+    schema = parse_schema(params.get("schema"))
     event_time_field = _parse_event_time_field(params.get("event_time_field"), schema)
     sink = _parse_sink(params.get("sink"), default_sink_uri.replace("{name}", name),
                        local_sink_roots)
@@ -246,7 +247,7 @@ def _parse_sql(sql: Any) -> str:
     return sql.strip()
 
 
-def _parse_schema(raw: Any) -> tuple[Field, ...] | None:
+def parse_schema(raw: Any) -> tuple[Field, ...] | None:
     if raw is None:
         return None
     if not isinstance(raw, list) or not raw:

@@ -57,6 +57,8 @@ def test_versions_lists_every_sql_version_oldest_first(client: Any, auth: dict[s
     assert [(v["version"], v["sql"]) for v in versions] == [(1, DEFINITION["sql"]), (2, new_sql)]
     assert versions[0]["output_schema"] == [{"name": "doubled", "type": "int64"}]
     assert versions[1]["created_at"].endswith("Z")
+    assert versions[0]["schema"] == versions[1]["schema"] == [
+        {"name": "user_id", "type": "int64", "required": False}]
     assert _call(client, key, "versions", {"name": "other"}).status_code == 404
 
 

@@ -45,6 +45,7 @@ from beam_pipelines.runners.local.log import SegmentLog
 from beam_pipelines.runners.local.log_index import LogIndex
 from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, Head, to_ipc
 from beam_pipelines.settings import data_plane_settings
+from transforms.batches import conform_batch
 
 __all__ = ["Backlog", "BufferHandles", "EventBuffer", "buffer_path", "log_directory"]
 
@@ -309,7 +310,7 @@ class EventBuffer:
         tables = self._index.read(span)
         if not tables:
             return schema.empty_table()
-        return pa.concat_tables(tables)
+        return pa.concat_tables([conform_batch(t, schema) for t in tables])
 
     def ingested_times(self, after_seq: int, through_seq: int) -> list[tuple[float, int]]:
         """(ingest time, events) per request in the range: for latency figures."""
@@ -330,7 +331,7 @@ class EventBuffer:
             return schema.empty_table()
         tables = self._index.read(self._index.span(frames[first][1].first_seq - 1,
                                                    frames[-1][1].last_seq))
-        return pa.concat_tables(tables).slice(max(0, total - limit))
+        return pa.concat_tables([conform_batch(t, schema) for t in tables]).slice(max(0, total - limit))
 
     def events_since(self, since: float) -> int:
         """Events ingested since ``since``: deleted segments' from the ledger, the

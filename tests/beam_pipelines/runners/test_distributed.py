@@ -557,3 +557,16 @@ def test_dead_letters_of_a_distributed_pipeline_are_listed_and_replayed_onto_its
     assert api.ok("monitor", {"name": "clicks"})["events_in"] == 2
     [left] = api.ok("dead_letters", {"name": "clicks"})["dead_letters"]
     assert (left["code"], left["attempts"]) == ("missing_field", 3)
+
+
+def test_a_schema_change_updates_the_running_job_with_the_wider_input(
+        api: Api, engine: RecordingEngine) -> None:
+    _create(api, "wide")
+    api.ok("start", {"name": "wide"})
+    assert "x" not in engine.last("launch").request.input_schema.names
+    wider = [*SCHEMA, {"name": "x", "type": "float64"}]
+    assert api.ok("transform", {"name": "wide", "schema": wider})["version"] == 2
+    update = engine.last("update").request
+    assert update.input_schema.field("x").type == pa.float64()
+    assert update.sql == "SELECT n, s FROM events" and update.version == 2
+    assert update.definition["schema"][-1] == {"name": "x", "type": "float64", "required": False}

@@ -186,3 +186,26 @@ def test_the_table_definition_is_checked_at_create(service: PipelineService) -> 
             service.create({"name": "t1", "sink": {"table": table}})
     with pytest.raises(DefinitionError, match="needs format parquet"):
         service.create({"name": "t2", "sink": {"format": "jsonl", "table": {"name": "t"}}})
+
+
+def test_a_field_added_to_the_schema_becomes_an_optional_table_column(
+        service: PipelineService, tmp_path: Path) -> None:
+    data_dir = str(tmp_path)
+    pipeline_id = _create(service)
+    _ingest(service, 0, 100)
+    _run_due_epochs(service, data_dir, pipeline_id)
+    assert "x" not in _table(data_dir).schema().column_names
+
+    service.transform("orders", {"schema": [*SCHEMA, {"name": "x", "type": "float64"}]})
+    body = "\n".join(f'{{"n": {i}, "country": "de", "ts": "2026-02-01T00:00:00Z", "x": {i}.5}}'
+                     for i in range(100, 150)).encode()
+    assert service.ingest_json_lines("orders", body)["accepted"] == 50
+    _run_due_epochs(service, data_dir, pipeline_id)
+
+    table = _table(data_dir)
+    column = table.schema().find_field("x")
+    assert not column.required and str(column.field_type) == "double"
+    rows = table.scan().to_arrow().sort_by("n").to_pylist()
+    assert [r["n"] for r in rows] == list(range(150))
+    assert [r["x"] for r in rows] == [None] * 100 + [i + 0.5 for i in range(100, 150)]
+    assert _data_files(table) == _committed_files(service, pipeline_id)
