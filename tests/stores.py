@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -120,3 +122,17 @@ class Receiver:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@contextmanager
+def running_store(scheme: str) -> Iterator[Store]:
+    """A started store for a module's tests; stopped after, with Beam's process state reset
+    (its filesystems keep the endpoint and credentials they were pointed at)."""
+    from beam_pipelines.storage.process import reset_process_state
+
+    store = start_store(scheme)
+    try:
+        yield store
+    finally:
+        store.server.stop()
+        reset_process_state()

@@ -32,7 +32,7 @@ from tests import servers
 from tests.conftest import ADMIN_KEY
 from tests.fakes.dataflow_server import DataflowServer
 from tests.live import wait_for
-from tests.stores import Store, start_store
+from tests.stores import Store, running_store
 from transforms.batches import EVENT_TIME_MS, encode_batch
 
 pytestmark = [
@@ -51,12 +51,8 @@ SQL = "SELECT user_name, n * 10 AS tens, _event_time FROM events WHERE n <> 13"
 
 @pytest.fixture(scope="module")
 def gcs() -> Iterator[Store]:
-    store = start_store("gs")
-    try:
+    with running_store("gs") as store:
         yield store
-    finally:
-        store.server.stop()
-        process.reset_process_state()
 
 
 @pytest.fixture

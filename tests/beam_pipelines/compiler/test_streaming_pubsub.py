@@ -31,7 +31,7 @@ from beam_pipelines.model.layout import window_file_name
 from beam_pipelines.storage import process
 from tests import servers
 from tests.beam_pipelines.compiler.stream_fixtures import PIPELINE_ID, batch, read_files, stream_spec
-from tests.stores import Store, start_store
+from tests.stores import Store, running_store
 from transforms.batches import BATCH_ID, encode_batch
 from transforms.decode import EVENT_TIME, INGESTED_AT, TIMESTAMP
 
@@ -50,12 +50,8 @@ RUN_SECONDS = 90.0  # the bound on the job's run; it normally finishes in a few 
 
 @pytest.fixture(scope="module")
 def gcs() -> Iterator[Store]:
-    store = start_store("gs")
-    try:
+    with running_store("gs") as store:
         yield store
-    finally:
-        store.server.stop()
-        process.reset_process_state()
 
 
 @pytest.fixture
