@@ -18,7 +18,7 @@ setup(
         "numpy>=1.24",
         "flask>=3.0",
         "sqlalchemy>=2.0",
-        "gunicorn>=22",
+        "gunicorn>=25.1",  # --no-control-socket
         "requests>=2.31",
         "prometheus-client>=0.20",
         "tqdm>=4.66",

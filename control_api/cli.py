@@ -98,6 +98,9 @@ def _serve(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{listener.fileno()}",
                "--workers", str(args.workers), "--threads", str(args.threads),
                "--worker-class", "gthread", "--timeout", "120", "--graceful-timeout", "30",
+               # gunicorn >= 25.1 opens a management socket (reload, shutdown, worker
+               # count) at one per-user path shared by every server on the host.
+               "--no-control-socket",
                *(["--access-logfile", "-"] if args.access_log else []),
                "control_api:create_app()"]
     server = subprocess.Popen(command, env=env, pass_fds=(listener.fileno(),))
