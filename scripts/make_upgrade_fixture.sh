@@ -9,7 +9,7 @@
 # (scripts/upgrade_fixture_driver.py says what it does), and copies the data
 # directory here without server logs. The data directory's path is fixed
 # (FIXTURE_DATA_DIR below) because the catalog stores absolute paths; the tests
-# rewrite it to where they copy the fixture (tests/fixtures/upgrade_data.py).
+# rewrite it to where they copy the fixture (tests/upgrade_fixture.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
