@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from beam_pipelines.catalog.store import Epoch, PipelineRow, Store
+from beam_pipelines.catalog.store import Epoch, LogEntry, PipelineRow, Store
 from beam_pipelines.errors import StorageError
 from beam_pipelines.runners.local.buffer import buffer_path, log_directory
 from beam_pipelines.runners.local.ledger import Ledger
@@ -149,7 +149,12 @@ def upgrade_buffer(store: Store, data_dir: str, pipeline_id: str, *,
             return None
         shutil.rmtree(log_dir + _STAGED, ignore_errors=True)
         _remove_database(path + _STAGED)
-        staged = _stage(path, log_dir + _STAGED, path + _STAGED, committed)
+        try:
+            staged = _stage(path, log_dir + _STAGED, path + _STAGED, committed)
+        except BaseException:
+            shutil.rmtree(log_dir + _STAGED, ignore_errors=True)
+            _remove_database(path + _STAGED)
+            raise
         step("staged")
         os.rename(log_dir + _STAGED, log_dir)  # the commit point
         _sync_dir(os.path.dirname(path))
@@ -243,7 +248,11 @@ def _finish(store: Store, pipeline_id: str, path: str,
             select(Epoch.epoch, Epoch.range_start, Epoch.range_end)
             .where(Epoch.pipeline_id == pipeline_id, Epoch.status == "planned")
             .order_by(Epoch.epoch)).all()]
-    store.log(pipeline_id, "info", upgraded.message(planned))
+        message = upgraded.message(planned)
+        logged = s.scalar(select(LogEntry.id).where(LogEntry.pipeline_id == pipeline_id,
+                                                    LogEntry.message == message))
+    if logged is None:  # a crash after the line and before the removal below
+        store.log(pipeline_id, "info", message)
     step("logged")
     _remove(aside)
     _remove(path + ".lock")  # the old writers' lock file

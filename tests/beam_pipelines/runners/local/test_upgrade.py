@@ -1,0 +1,166 @@
+"""Upgrading 78d94f8's SQLite buffers (tests/fixtures/upgrade_78d94f8) to the event log.
+
+The fixture was written by that release's real server; these tests run
+today's upgrade on a copy, crash it with ``kill -9`` (``os._exit`` in a child
+process) after each of its steps, run it again, and read the log back.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from contextlib import closing
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from sqlalchemy import select
+
+from beam_pipelines.catalog.store import LogEntry, PipelineRow, Store, default_database_url
+from beam_pipelines.runners.base import DeadLetterQuery
+from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
+from beam_pipelines.runners.local.upgrade import pending_upgrades, upgrade_data_dir
+from tests.upgrade_fixture import copy_fixture, expected
+
+SCHEMA = pa.schema([("seq", pa.int64()), ("payload", pa.string())])
+STEPS = ["staged", "log_in_place", "old_set_aside", "ledger_in_place", "logged", "done"]
+
+_CRASH_AT = """
+import os, sys
+from beam_pipelines.catalog.store import Store, default_database_url
+from beam_pipelines.runners.local.upgrade import upgrade_data_dir
+
+data_dir, crash_at, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+seen = []
+
+def step(name):
+    seen.append(name)
+    if name == crash_at and seen.count(name) == nth:
+        os._exit(9)
+
+store = Store(default_database_url(data_dir))
+upgrade_data_dir(store, data_dir, step=step)
+"""
+
+
+def _copy(tmp_path: Any) -> tuple[str, Store]:
+    data_dir = copy_fixture(str(tmp_path / "data"))
+    store = Store(default_database_url(data_dir))
+    store.create_all()  # as serve does first: the catalog's own added columns
+    return data_dir, store
+
+
+def _ids(store: Store) -> dict[str, tuple[str, int]]:
+    with store.reading() as s:
+        return {name: (pid, committed) for pid, name, committed in s.execute(
+            select(PipelineRow.id, PipelineRow.name, PipelineRow.committed_seq)).all()}
+
+
+def _check_upgraded(data_dir: str, store: Store) -> None:
+    """Every acknowledged, uncommitted event in the log once, in order; counters and
+    dead letters as the old server had them; one log line each."""
+    want = expected()
+    for name, (pipeline_id, committed) in _ids(store).items():
+        buffer = EventBuffer(buffer_path(data_dir, pipeline_id))
+        try:
+            backlog = buffer.backlog(committed)
+            seqs = buffer.read_range(committed, backlog.last_seq, SCHEMA).column("seq").to_pylist()
+            uncommitted = [s for s in want["acked"][name] if s not in set(want["committed"][name])]
+            assert seqs == uncommitted and max(Counter(seqs).values()) == 1
+            assert backlog.events == len(uncommitted)
+            old = want["counters"][name]
+            assert buffer.totals() == {"events_in": old["events_in"], "bytes_in": old["bytes_in"],
+                                       "events_rejected": old["events_rejected"]}
+            letters = buffer.dead_letters(DeadLetterQuery(limit=100))
+            assert len(letters) == old["events_rejected"]
+            assert all(str(r["record"]).startswith('{"seq": "bad-') for r in letters)
+        finally:
+            buffer.close()
+        with store.reading() as s:
+            lines = s.scalars(select(LogEntry.message).where(
+                LogEntry.pipeline_id == pipeline_id,
+                LogEntry.message.like("event buffer upgraded%"))).all()
+        assert len(lines) == 1, lines
+    assert pending_upgrades(data_dir) == []
+    assert sorted(os.listdir(os.path.join(data_dir, "buffers"))) == sorted(
+        f"{pid}{ext}" for pid, _ in _ids(store).values() for ext in (".log", ".sqlite"))
+
+
+def test_upgrade_moves_uncommitted_events_counters_dead_letters_and_says_so(tmp_path: Any,
+                                                                            ) -> None:
+    data_dir, store = _copy(tmp_path)
+    assert len(pending_upgrades(data_dir)) == 2
+    upgraded = {u.pipeline_id: u for u in upgrade_data_dir(store, data_dir)}
+    _check_upgraded(data_dir, store)
+    orders, _ = _ids(store)["orders"]
+    # Seq 5 (planned as epoch 3, its files written, not committed) to 7; 1-4 committed.
+    assert (upgraded[orders].first_seq, upgraded[orders].last_seq) == (5, 7)
+    with store.reading() as s:
+        line = s.scalars(select(LogEntry.message).where(
+            LogEntry.pipeline_id == orders, LogEntry.message.like("event buffer%"))).one()
+    assert "60 uncommitted events in 3 requests (seq 5 to 7)" in line
+    assert "planned epochs kept, re-run over the same events: 3 (seq 5 to 5)" in line
+    assert upgrade_data_dir(store, data_dir) == []  # once
+
+
+def test_new_ingest_after_the_upgrade_continues_the_sequence(tmp_path: Any) -> None:
+    data_dir, store = _copy(tmp_path)
+    upgrade_data_dir(store, data_dir)
+    orders, _ = _ids(store)["orders"]
+    buffer = EventBuffer(buffer_path(data_dir, orders))
+    try:
+        seq = buffer.append(pa.table({"seq": [9000], "payload": ["new"]}, schema=SCHEMA))
+        assert seq == 8
+        assert buffer.totals()["events_in"] == expected()["counters"]["orders"]["events_in"] + 1
+        assert buffer.read_range(7, 8, SCHEMA).column("seq").to_pylist() == [9000]
+    finally:
+        buffer.close()
+
+
+@pytest.mark.parametrize("nth", [1, 2], ids=["first-pipeline", "second-pipeline"])
+@pytest.mark.parametrize("crash_at", STEPS)
+def test_kill_9_after_any_step_then_restart_loses_and_duplicates_nothing(
+        tmp_path: Any, crash_at: str, nth: int) -> None:
+    data_dir, store = _copy(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    crashed = subprocess.run([sys.executable, "-c", _CRASH_AT, data_dir, crash_at, str(nth)],
+                             env=env, capture_output=True, timeout=120, check=False)
+    assert crashed.returncode == 9, crashed.stderr.decode()[-2000:]
+    upgrade_data_dir(store, data_dir)  # the restart
+    _check_upgraded(data_dir, store)
+
+
+def test_a_crash_while_staging_leaves_only_scratch_which_the_restart_discards(
+        tmp_path: Any) -> None:
+    data_dir, store = _copy(tmp_path)
+    orders, _ = _ids(store)["orders"]
+    base = buffer_path(data_dir, orders)
+    os.makedirs(base[:-len(".sqlite")] + ".log.upgrading")
+    with open(os.path.join(base[:-len(".sqlite")] + ".log.upgrading",
+                           "00000000000000000005.arrows"), "wb") as f:
+        f.write(b"PDOF torn")
+    with open(base + ".upgrading", "wb") as f:
+        f.write(b"half a ledger")
+    upgrade_data_dir(store, data_dir)
+    _check_upgraded(data_dir, store)
+
+
+def test_an_old_buffer_with_a_gap_is_left_as_it_was_and_the_others_upgraded(
+        tmp_path: Any) -> None:
+    data_dir, store = _copy(tmp_path)
+    orders, _ = _ids(store)["orders"]
+    path = buffer_path(data_dir, orders)
+    with closing(sqlite3.connect(path)) as con:
+        con.execute("DELETE FROM batches WHERE seq = 6")
+        con.commit()
+    upgraded = upgrade_data_dir(store, data_dir)
+    assert [u.pipeline_id for u in upgraded] == [_ids(store)["clicks"][0]]
+    assert pending_upgrades(data_dir) == [orders]
+    with closing(sqlite3.connect(path)) as con:
+        assert [r[0] for r in con.execute("SELECT seq FROM batches ORDER BY seq")] == [5, 7]
+    with store.reading() as s:
+        assert s.scalars(select(LogEntry.level).where(LogEntry.pipeline_id == orders,
+                                                      LogEntry.level == "error")).all()
