@@ -15,6 +15,7 @@ import glob
 import hashlib
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from tests.live import LiveServer, query
@@ -22,7 +23,7 @@ from tests.upgrade_fixture import copy_fixture, expected
 
 
 def _files(lake: str) -> dict[str, str]:
-    return {os.path.relpath(p, lake): hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return {os.path.relpath(p, lake): hashlib.sha256(Path(p).read_bytes()).hexdigest()
             for p in glob.glob(os.path.join(lake, "*", "*.parquet"))}
 
 
@@ -51,6 +52,11 @@ def test_serve_upgrades_an_old_data_dir_and_writes_every_acknowledged_event_once
             assert {letter["code"] for letter in letters} == {"type_mismatch"}
             logs = server.ok("logs", {"name": name})["logs"]
             assert sum("event buffer upgraded" in e["message"] for e in logs) == 1, logs
+
+        # New events after the upgrade go on from the log's last sequence number.
+        response = server.post_ndjson("orders", b'{"seq": 9000, "payload": "new"}')
+        assert response.status_code == 200 and response.json()["data"]["accepted"] == 1
+        want["acked"]["orders"].append(9000)
 
         server.ok("resume", {"name": "clicks"})
         for name in ("orders", "clicks"):

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from beam_pipelines.catalog.store import LogEntry, PipelineRow, Store, default_database_url
+from beam_pipelines.errors import NotFoundError
 from beam_pipelines.runners.base import DeadLetterQuery
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.upgrade import pending_upgrades, upgrade_data_dir
@@ -104,6 +105,39 @@ def test_upgrade_moves_uncommitted_events_counters_dead_letters_and_says_so(tmp_
     assert "60 uncommitted events in 3 requests (seq 5 to 7)" in line
     assert "planned epochs kept, re-run over the same events: 3 (seq 5 to 5)" in line
     assert upgrade_data_dir(store, data_dir) == []  # once
+
+
+def test_a_row_a_release_left_behind_is_not_moved_and_the_old_lock_files_go(
+        tmp_path: Any) -> None:
+    """A crash in the old release's row-by-row delete left committed rows: they stay out."""
+    data_dir, store = _copy(tmp_path)
+    orders, committed = _ids(store)["orders"]
+    path = buffer_path(data_dir, orders)
+    with closing(sqlite3.connect(path)) as con:
+        con.execute("INSERT INTO batches (seq, events, bytes, ingested_at, data) "
+                    "SELECT ?, events, bytes, ingested_at, data FROM batches WHERE seq = 5",
+                    (committed,))
+        con.commit()
+    for pipeline_id, _ in _ids(store).values():
+        open(buffer_path(data_dir, pipeline_id) + ".lock", "wb").close()
+    upgrade_data_dir(store, data_dir)
+    _check_upgraded(data_dir, store)
+
+
+def test_the_deleted_mark_is_carried_over(tmp_path: Any) -> None:
+    data_dir, store = _copy(tmp_path)
+    clicks, _ = _ids(store)["clicks"]
+    with closing(sqlite3.connect(buffer_path(data_dir, clicks))) as con:
+        con.execute("UPDATE state SET deleted = 1")
+        con.commit()
+    upgrade_data_dir(store, data_dir)
+    buffer = EventBuffer(buffer_path(data_dir, clicks))
+    try:
+        with pytest.raises(NotFoundError):
+            buffer.append(pa.table({"seq": [1], "payload": ["x"]}, schema=SCHEMA))
+        assert buffer.backlog(0).events == 20  # kept until the delete removes the files
+    finally:
+        buffer.close()
 
 
 def test_new_ingest_after_the_upgrade_continues_the_sequence(tmp_path: Any) -> None:
