@@ -13,10 +13,12 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from typing import Any
 
-__all__ = ["FIXTURE", "copy_fixture", "expected"]
+__all__ = ["FIXTURE", "copy_fixture", "crash_upgrade", "expected"]
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "upgrade_78d94f8")
 
@@ -42,3 +44,31 @@ def copy_fixture(destination: str) -> str:
                                 (original, destination))
         con.commit()
     return destination
+
+
+_CRASH_AT = """
+import os, sys
+from beam_pipelines.catalog.store import Store, default_database_url
+from beam_pipelines.runners.local.upgrade import upgrade_data_dir
+
+data_dir, crash_at, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+seen = []
+
+def step(name):
+    seen.append(name)
+    if name == crash_at and seen.count(name) == nth:
+        os._exit(9)
+
+store = Store(default_database_url(data_dir))
+store.create_all()
+upgrade_data_dir(store, data_dir, step=step)
+"""
+
+
+def crash_upgrade(data_dir: str, crash_at: str, nth: int = 1) -> None:
+    """Upgrade ``data_dir`` in a child process that dies (``os._exit(9)``, no cleanup,
+    like ``kill -9``) right after the ``nth`` time the upgrade completes ``crash_at``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    crashed = subprocess.run([sys.executable, "-c", _CRASH_AT, data_dir, crash_at, str(nth)],
+                             env=env, capture_output=True, timeout=120, check=False)
+    assert crashed.returncode == 9, crashed.stderr.decode()[-2000:]

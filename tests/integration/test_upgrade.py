@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.live import LiveServer, query
-from tests.upgrade_fixture import copy_fixture, expected
+from tests.upgrade_fixture import copy_fixture, crash_upgrade, expected
 
 
 def _files(lake: str) -> dict[str, str]:
@@ -34,7 +34,18 @@ def _written(data_dir: str, name: str) -> Counter[int]:
 
 def test_serve_upgrades_an_old_data_dir_and_writes_every_acknowledged_event_once(
         tmp_path: Any) -> None:
+    _serve_and_check(copy_fixture(str(tmp_path / "data")))
+
+
+def test_serve_after_an_upgrade_killed_past_its_commit_point_writes_every_event_once(
+        tmp_path: Any) -> None:
+    """The log in place, the ledger still the old file: serve finishes the upgrade."""
     data_dir = copy_fixture(str(tmp_path / "data"))
+    crash_upgrade(data_dir, "log_in_place")
+    _serve_and_check(data_dir)
+
+
+def _serve_and_check(data_dir: str) -> None:
     want = expected()
     lake = os.path.join(data_dir, "lake")
     committed_files = {path: digest for path, digest in _files(lake).items()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
 from collections import Counter
 from contextlib import closing
 from typing import Any
@@ -24,27 +22,11 @@ from beam_pipelines.errors import NotFoundError
 from beam_pipelines.runners.base import DeadLetterQuery
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.upgrade import pending_upgrades, upgrade_data_dir
-from tests.upgrade_fixture import copy_fixture, expected
+from tests.upgrade_fixture import copy_fixture, crash_upgrade, expected
 
 SCHEMA = pa.schema([("seq", pa.int64()), ("payload", pa.string())])
 STEPS = ["staged", "log_in_place", "old_set_aside", "ledger_in_place", "logged", "done"]
 
-_CRASH_AT = """
-import os, sys
-from beam_pipelines.catalog.store import Store, default_database_url
-from beam_pipelines.runners.local.upgrade import upgrade_data_dir
-
-data_dir, crash_at, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
-seen = []
-
-def step(name):
-    seen.append(name)
-    if name == crash_at and seen.count(name) == nth:
-        os._exit(9)
-
-store = Store(default_database_url(data_dir))
-upgrade_data_dir(store, data_dir, step=step)
-"""
 
 
 def _copy(tmp_path: Any) -> tuple[str, Store]:
@@ -159,10 +141,7 @@ def test_new_ingest_after_the_upgrade_continues_the_sequence(tmp_path: Any) -> N
 def test_kill_9_after_any_step_then_restart_loses_and_duplicates_nothing(
         tmp_path: Any, crash_at: str, nth: int) -> None:
     data_dir, store = _copy(tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
-    crashed = subprocess.run([sys.executable, "-c", _CRASH_AT, data_dir, crash_at, str(nth)],
-                             env=env, capture_output=True, timeout=120, check=False)
-    assert crashed.returncode == 9, crashed.stderr.decode()[-2000:]
+    crash_upgrade(data_dir, crash_at, nth)
     upgrade_data_dir(store, data_dir)  # the restart
     _check_upgraded(data_dir, store)
 
