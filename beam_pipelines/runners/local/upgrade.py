@@ -165,8 +165,17 @@ def upgrade_buffer(store: Store, data_dir: str, pipeline_id: str, *,
 
 
 def _stage(path: str, log_dir: str, ledger_path: str, committed_seq: int) -> StagedLog:
-    """Write the new log and ledger from the old file, synced; the old file is only read."""
-    with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30.0,
+    """Write the new log and ledger from the old file, synced; the old file is only read
+    (its WAL folded in first)."""
+    try:
+        return _stage_from(path, log_dir, ledger_path, committed_seq)
+    except sqlite3.Error as err:
+        raise StorageError(f"the old event buffer {path} could not be read ({err}): is an "
+                           "earlier server still running on this data directory?") from None
+
+
+def _stage_from(path: str, log_dir: str, ledger_path: str, committed_seq: int) -> StagedLog:
+    with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5.0,
                                  isolation_level=None)) as old:
         old.execute("PRAGMA synchronous=FULL")
         mode = old.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
@@ -242,6 +251,8 @@ def _finish(store: Store, pipeline_id: str, path: str,
         step("ledger_in_place")
     if not os.path.exists(aside):
         return None  # finished before (a crash came after the last removal)
+    with closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30.0)) as con:
+        con.execute("PRAGMA journal_mode=WAL")  # as Ledger.create makes them; staged without
     upgraded = _recorded(path, pipeline_id)
     with store.reading() as s:
         planned = [(int(n), int(a), int(b)) for n, a, b in s.execute(

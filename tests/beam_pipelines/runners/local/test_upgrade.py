@@ -62,6 +62,8 @@ def _check_upgraded(data_dir: str, store: Store) -> None:
             assert all(str(r["record"]).startswith('{"seq": "bad-') for r in letters)
         finally:
             buffer.close()
+        with closing(sqlite3.connect(buffer_path(data_dir, pipeline_id))) as con:
+            assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         with store.reading() as s:
             lines = s.scalars(select(LogEntry.message).where(
                 LogEntry.pipeline_id == pipeline_id,
@@ -177,3 +179,18 @@ def test_an_old_buffer_with_a_gap_is_left_as_it_was_and_the_others_upgraded(
     with store.reading() as s:
         assert s.scalars(select(LogEntry.level).where(LogEntry.pipeline_id == orders,
                                                       LogEntry.level == "error")).all()
+
+
+def test_an_old_buffer_still_open_elsewhere_is_not_touched(tmp_path: Any) -> None:
+    """An earlier server still running on the data dir holds its buffers open."""
+    data_dir, store = _copy(tmp_path)
+    orders, _ = _ids(store)["orders"]
+    path = buffer_path(data_dir, orders)
+    with closing(sqlite3.connect(path)) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT count(*) FROM batches").fetchone()  # a reader, as the old server
+        upgraded = upgrade_data_dir(store, data_dir)
+    assert [u.pipeline_id for u in upgraded] == [_ids(store)["clicks"][0]]
+    assert pending_upgrades(data_dir) == [orders]
+    upgrade_data_dir(store, data_dir)  # once the old server is gone
+    _check_upgraded(data_dir, store)
