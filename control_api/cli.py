@@ -50,7 +50,6 @@ def _serve(args: argparse.Namespace) -> int:
     from beam_pipelines.runners.job_watcher import JobWatcher
     from beam_pipelines.runners.local.scheduler import JobManager
     from beam_pipelines.runners.local.supervisor import ManagerSupervisor
-    from beam_pipelines.runners.local.upgrade import upgrade_data_dir
     from control_api.auth import create_key, ensure_key, has_keys
     from control_api.webhooks.dispatcher import WebhookDispatcher
     from control_api.webhooks.outbox import Outbox
@@ -66,10 +65,6 @@ def _serve(args: argparse.Namespace) -> int:
     store.dispose()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # Buffers of earlier releases move to the event log before anything opens them.
-    upgrading = Store(settings.database_url)
-    upgrade_data_dir(upgrading, settings.data_dir)
-    upgrading.dispose()
     if not _seal_secrets(settings):
         return 2
     _raise_open_file_limit()

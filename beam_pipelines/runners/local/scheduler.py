@@ -210,7 +210,9 @@ class JobManager:
     # -- lifecycle of the manager itself --------------------------------------
 
     def start(self) -> None:
-        upgrade_data_dir(self.store, self.data_dir)  # buffers of earlier releases, once
+        # Buffers of earlier releases move to the log first; ``serve`` starts the
+        # manager before gunicorn, so no request finds one in the old format.
+        upgrade_data_dir(self.store, self.data_dir)
         self._ensure_pool()
         self._releaser.start()
         self._loop.start()

@@ -21,6 +21,7 @@ from beam_pipelines.catalog.store import LogEntry, PipelineRow, Store, default_d
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.runners.base import DeadLetterQuery
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
+from beam_pipelines.runners.local.runner import LocalRunner
 from beam_pipelines.runners.local.upgrade import pending_upgrades, upgrade_data_dir
 from tests.upgrade_fixture import copy_fixture, crash_upgrade, expected
 
@@ -70,7 +71,9 @@ def _check_upgraded(data_dir: str, store: Store) -> None:
                 LogEntry.message.like("event buffer upgraded%"))).all()
         assert len(lines) == 1, lines
     assert pending_upgrades(data_dir) == []
-    assert sorted(os.listdir(os.path.join(data_dir, "buffers"))) == sorted(
+    files = [n for n in os.listdir(os.path.join(data_dir, "buffers"))
+             if not n.endswith(("-wal", "-shm"))]  # an open ledger's
+    assert sorted(files) == sorted(
         f"{pid}{ext}" for pid, _ in _ids(store).values() for ext in (".log", ".sqlite"))
 
 
@@ -193,4 +196,13 @@ def test_an_old_buffer_still_open_elsewhere_is_not_touched(tmp_path: Any) -> Non
     assert [u.pipeline_id for u in upgraded] == [_ids(store)["clicks"][0]]
     assert pending_upgrades(data_dir) == [orders]
     upgrade_data_dir(store, data_dir)  # once the old server is gone
+    _check_upgraded(data_dir, store)
+
+
+def test_an_api_process_upgrades_when_its_local_runner_is_made(tmp_path: Any) -> None:
+    """Without ``serve``'s job manager (an API-only process), the runner upgrades first."""
+    data_dir, store = _copy(tmp_path)
+    runner = LocalRunner(store, data_dir)
+    orders, committed = _ids(store)["orders"]
+    assert runner.ingest_counters(orders, committed)["backlog_events"] == 60
     _check_upgraded(data_dir, store)
