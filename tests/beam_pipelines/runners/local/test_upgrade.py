@@ -80,6 +80,11 @@ def _check_upgraded(data_dir: str, store: Store) -> None:
 def test_upgrade_moves_uncommitted_events_counters_dead_letters_and_says_so(tmp_path: Any,
                                                                             ) -> None:
     data_dir, store = _copy(tmp_path)
+    # The catalog of 78d94f8 got today's added columns and tables (Store.create_all).
+    with closing(sqlite3.connect(os.path.join(data_dir, "pipeline-do.sqlite"))) as con:
+        columns = {(table, c[1]) for table in ("sql_versions", "engine_jobs")
+                   for c in con.execute(f"PRAGMA table_info({table})")}
+    assert {("sql_versions", "input_schema"), ("engine_jobs", "location")} <= columns
     assert len(pending_upgrades(data_dir)) == 2
     upgraded = {u.pipeline_id: u for u in upgrade_data_dir(store, data_dir)}
     _check_upgraded(data_dir, store)
