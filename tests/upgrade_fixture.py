@@ -15,10 +15,14 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from typing import Any
 
-__all__ = ["FIXTURE", "copy_fixture", "crash_upgrade", "expected"]
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+__all__ = ["FIXTURE", "copy_fixture", "crash_upgrade", "expected", "grow_old_buffer"]
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "upgrade_78d94f8")
 
@@ -72,3 +76,28 @@ def crash_upgrade(data_dir: str, crash_at: str, nth: int = 1) -> None:
     crashed = subprocess.run([sys.executable, "-c", _CRASH_AT, data_dir, crash_at, str(nth)],
                              env=env, capture_output=True, timeout=120, check=False)
     assert crashed.returncode == 9, crashed.stderr.decode()[-2000:]
+
+
+def grow_old_buffer(path: str, requests: int, events: int) -> list[int]:
+    """Append ``requests`` rows of ``events`` events to an old buffer, as the old
+    server's rows are (one Arrow IPC stream each; ``seq`` values go on from 100,000
+    and are unique); return the ``seq`` values added, in order."""
+    added: list[int] = []
+    with closing(sqlite3.connect(path)) as con:
+        (last,) = con.execute("SELECT max(seq) FROM batches").fetchone()
+        rows = []
+        for k in range(requests):
+            first = 100_000 + k * events
+            table = pa.table({"seq": pa.array(range(first, first + events), pa.int64()),
+                              "payload": pa.array([f"grown-{i:08d}" for i in range(events)])})
+            sink = pa.BufferOutputStream()
+            with ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            blob = sink.getvalue().to_pybytes()
+            rows.append((last + 1 + k, events, len(blob), time.time(), blob))
+            added.extend(range(first, first + events))
+        con.executemany("INSERT INTO batches VALUES (?, ?, ?, ?, ?)", rows)
+        con.execute("UPDATE totals SET events_in = events_in + ?, bytes_in = bytes_in + ?",
+                    (requests * events, sum(r[2] for r in rows)))
+        con.commit()
+    return added

@@ -244,7 +244,9 @@ def _finish(store: Store, pipeline_id: str, path: str,
             os.rename(path, aside)
             _sync_dir(os.path.dirname(path))
             step("old_set_aside")
-        for suffix in ("-wal", "-shm"):  # the old file's; its WAL was folded in when staged
+        # Whatever the old file left beside it must not be applied to the new one (its
+        # WAL was folded in when staged, and nothing wrote to it since).
+        for suffix in ("-wal", "-shm", "-journal"):
             _remove(path + suffix)
         os.rename(staged, path)
         _sync_dir(os.path.dirname(path))

@@ -8,7 +8,11 @@ process) after each of its steps, run it again, and read the log back.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections import Counter
 from contextlib import closing
 from typing import Any
@@ -23,7 +27,7 @@ from beam_pipelines.runners.base import DeadLetterQuery
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.runner import LocalRunner
 from beam_pipelines.runners.local.upgrade import pending_upgrades, upgrade_data_dir
-from tests.upgrade_fixture import copy_fixture, crash_upgrade, expected
+from tests.upgrade_fixture import copy_fixture, crash_upgrade, expected, grow_old_buffer
 
 SCHEMA = pa.schema([("seq", pa.int64()), ("payload", pa.string())])
 STEPS = ["staged", "log_in_place", "old_set_aside", "ledger_in_place", "logged", "done"]
@@ -60,6 +64,7 @@ def _check_upgraded(data_dir: str, store: Store) -> None:
                                        "events_rejected": old["events_rejected"]}
             letters = buffer.dead_letters(DeadLetterQuery(limit=100))
             assert len(letters) == old["events_rejected"]
+            assert buffer.events_since(0) == old["events_in"]  # ledger + frames, none twice
             assert all(str(r["record"]).startswith('{"seq": "bad-') for r in letters)
         finally:
             buffer.close()
@@ -211,3 +216,48 @@ def test_an_api_process_upgrades_when_its_local_runner_is_made(tmp_path: Any) ->
     orders, committed = _ids(store)["orders"]
     assert runner.ingest_counters(orders, committed)["backlog_events"] == 60
     _check_upgraded(data_dir, store)
+
+
+_UPGRADE_WHEN_TOLD = """
+import sys
+from beam_pipelines.catalog.store import Store, default_database_url
+from beam_pipelines.runners.local.upgrade import upgrade_data_dir
+
+store = Store(default_database_url(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.readline()
+upgrade_data_dir(store, sys.argv[1])
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
+def test_sigkill_at_any_moment_of_a_larger_upgrade_then_restart_is_exactly_once(
+        tmp_path: Any, delay: float) -> None:
+    """A real ``kill -9`` of the upgrading process, mid-write or between steps."""
+    data_dir, store = _copy(tmp_path)
+    orders, committed = _ids(store)["orders"]
+    added = grow_old_buffer(buffer_path(data_dir, orders), requests=300, events=1000)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    child = subprocess.Popen([sys.executable, "-c", _UPGRADE_WHEN_TOLD, data_dir], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    upgrade_data_dir(store, data_dir)  # the restart
+    buffer = EventBuffer(buffer_path(data_dir, orders))
+    try:
+        last = buffer.backlog(committed).last_seq
+        seqs = buffer.read_range(committed, last, SCHEMA).column("seq").to_pylist()
+    finally:
+        buffer.close()
+    old = [s for s in expected()["acked"]["orders"]
+           if s not in set(expected()["committed"]["orders"])]
+    assert seqs == old + added
+    assert pending_upgrades(data_dir) == []
