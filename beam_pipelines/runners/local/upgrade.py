@@ -52,7 +52,9 @@ from beam_pipelines.catalog.store import Epoch, LogEntry, PipelineRow, Store
 from beam_pipelines.errors import StorageError
 from beam_pipelines.runners.local.buffer import buffer_path, log_directory
 from beam_pipelines.runners.local.ledger import Ledger
+from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES
 from beam_pipelines.runners.local.upgrade_log import StagedLog, stage_log
+from beam_pipelines.settings import data_plane_settings
 
 __all__ = ["Upgraded", "pending_upgrades", "upgrade_buffer", "upgrade_data_dir"]
 
@@ -172,6 +174,8 @@ def _stage(path: str, log_dir: str, ledger_path: str, committed_seq: int) -> Sta
     except sqlite3.Error as err:
         raise StorageError(f"the old event buffer {path} could not be read ({err}): is an "
                            "earlier server still running on this data directory?") from None
+    except OSError as err:  # a full disk, most likely: the next start tries again
+        raise StorageError(f"the upgrade of {path} could not be written: {err}") from None
 
 
 def _stage_from(path: str, log_dir: str, ledger_path: str, committed_seq: int) -> StagedLog:
@@ -185,6 +189,7 @@ def _stage_from(path: str, log_dir: str, ledger_path: str, committed_seq: int) -
         if old.execute("SELECT count(*) FROM sqlite_master WHERE name = 'batches'"
                        ).fetchone()[0] == 0:
             raise StorageError(f"{path} is neither an old event buffer nor a ledger with a log")
+        _check_room(old, os.path.dirname(path), committed_seq)
         events_in, bytes_in = old.execute("SELECT events_in, bytes_in FROM totals").fetchone()
         deleted = bool(old.execute("SELECT deleted FROM state").fetchone()[0])
         rows = old.execute("SELECT seq, events, bytes, ingested_at, data FROM batches "
@@ -193,6 +198,20 @@ def _stage_from(path: str, log_dir: str, ledger_path: str, committed_seq: int) -
                            raw_bytes_total=bytes_in, deleted=deleted)
     _stage_ledger(path, ledger_path, committed_seq, staged)
     return staged
+
+
+def _check_room(old: sqlite3.Connection, directory: str, committed_seq: int) -> None:
+    """Refuse an upgrade that would take the disk under the ingest floor
+    (``PIPELINE_DO_MIN_FREE_DISK_BYTES``): the uncommitted rows are written once more."""
+    rows, size = old.execute("SELECT count(*), coalesce(sum(length(data)), 0) FROM batches "
+                             "WHERE seq > ?", (committed_seq,)).fetchone()
+    need = size + rows * (FRAME_HEADER_BYTES + 8) + (1 << 20)  # and the new ledger
+    stat = os.statvfs(directory)
+    free = stat.f_bavail * stat.f_frsize
+    floor = data_plane_settings().min_free_disk_bytes
+    if free - need < floor:
+        raise StorageError(f"the upgrade needs {need} bytes of disk and would leave {free - need}, "
+                           f"under the {floor} bytes kept free: free some space, then restart")
 
 
 def _stage_ledger(old_path: str, ledger_path: str, committed_seq: int,

@@ -27,7 +27,8 @@ from beam_pipelines.runners.base import DeadLetterQuery
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.runner import LocalRunner
 from beam_pipelines.runners.local.upgrade import pending_upgrades, upgrade_data_dir
-from tests.upgrade_fixture import copy_fixture, crash_upgrade, expected, grow_old_buffer
+from beam_pipelines.settings import data_plane_settings
+from tests.upgrade_fixture import FIXTURE, copy_fixture, crash_upgrade, expected, grow_old_buffer
 
 SCHEMA = pa.schema([("seq", pa.int64()), ("payload", pa.string())])
 STEPS = ["staged", "log_in_place", "old_set_aside", "ledger_in_place", "logged", "done"]
@@ -261,3 +262,22 @@ def test_sigkill_at_any_moment_of_a_larger_upgrade_then_restart_is_exactly_once(
            if s not in set(expected()["committed"]["orders"])]
     assert seqs == old + added
     assert pending_upgrades(data_dir) == []
+
+
+def test_no_room_on_disk_leaves_every_old_buffer_as_it_was(tmp_path: Any,
+                                                          monkeypatch: Any) -> None:
+    data_dir, store = _copy(tmp_path)
+    monkeypatch.setenv("PIPELINE_DO_MIN_FREE_DISK_BYTES", str(1 << 60))
+    data_plane_settings.cache_clear()
+    try:
+        assert upgrade_data_dir(store, data_dir) == []
+        assert len(pending_upgrades(data_dir)) == 2
+        # Only each old file's WAL was folded into it (journal_mode=DELETE), losslessly.
+        assert sorted(os.listdir(os.path.join(data_dir, "buffers"))) == sorted(
+            n for n in os.listdir(os.path.join(FIXTURE, "data", "buffers"))
+            if not n.endswith(("-wal", "-shm")))
+    finally:
+        monkeypatch.undo()
+        data_plane_settings.cache_clear()
+    upgrade_data_dir(store, data_dir)  # room again: the next start upgrades
+    _check_upgraded(data_dir, store)
