@@ -31,6 +31,12 @@ old file removed). A ``kill -9`` anywhere neither loses nor duplicates an
 event. The old file's WAL is folded into it (``journal_mode=DELETE``) before
 anything is read, which also fails if an old server still has it open.
 
+A buffer that cannot be upgraded (an old server still running, too little
+disk for a second copy of its uncommitted rows, a gap in its sequence) is
+left exactly as it was, with an ``error`` line in its pipeline's logs; the
+other pipelines go on, and the next start tries again. Until then that
+pipeline's ingest is refused as if it had no buffer (nothing is acknowledged).
+
 The catalog's own changes since then (``ADDED_COLUMNS``, new tables) are
 made by ``Store.create_all``, which every server start runs first.
 """
