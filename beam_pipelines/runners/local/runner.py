@@ -27,6 +27,7 @@ from beam_pipelines.errors import ConflictError, NotFoundError, TimeoutExceeded
 from beam_pipelines.runners.base import DeadLetterQuery, Rejected
 from beam_pipelines.runners.local.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.runners.local.monitoring import monitor_snapshot
+from beam_pipelines.runners.local.upgrade import upgrade_data_dir
 
 __all__ = ["LocalRunner"]
 
@@ -39,6 +40,7 @@ class LocalRunner:
     def __init__(self, store: Store, data_dir: str) -> None:
         self.store = store
         self.data_dir = data_dir
+        upgrade_data_dir(store, data_dir)  # buffers of earlier releases, before any is opened
         self._buffers = BufferHandles(data_dir)
 
     def create(self, pipeline_id: str) -> None:

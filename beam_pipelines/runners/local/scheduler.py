@@ -68,6 +68,7 @@ from beam_pipelines.runners.local.epochs import (
 )
 from beam_pipelines.runners.local.periodic import PeriodicThread
 from beam_pipelines.runners.local.retention import Releaser
+from beam_pipelines.runners.local.upgrade import upgrade_data_dir
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from beam_pipelines.settings import data_plane_settings
 from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
@@ -209,6 +210,9 @@ class JobManager:
     # -- lifecycle of the manager itself --------------------------------------
 
     def start(self) -> None:
+        # Buffers of earlier releases move to the log first; ``serve`` starts the
+        # manager before gunicorn, so no request finds one in the old format.
+        upgrade_data_dir(self.store, self.data_dir)
         self._ensure_pool()
         self._releaser.start()
         self._loop.start()
