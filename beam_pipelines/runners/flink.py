@@ -50,6 +50,7 @@ from beam_pipelines.errors import (
 from beam_pipelines.runners.base import JobHandle, JobRequest, JobState, JobView, Transport
 from beam_pipelines.runners.flink_rest import FlinkRest, flink_state_to_job_state
 from beam_pipelines.runners.flink_submit import FlinkSettings, beam_pipeline_args, resolve_settings
+from beam_pipelines.runners.process_clients import ProcessClients
 
 __all__ = ["FlinkEngine"]
 
@@ -89,7 +90,7 @@ class FlinkEngine:
         self._timeout_s = timeout_s
         self._savepoint_timeout_s = savepoint_timeout_s
         self._find_job_timeout_s = find_job_timeout_s
-        self._rests: dict[str, FlinkRest] = {}  # by REST URL: clients, not jobs
+        self._rests: ProcessClients[str, FlinkRest] = ProcessClients()  # by REST URL
 
     # -- settings ----------------------------------------------------------
     def check(self, options: Mapping[str, Any]) -> None:
@@ -128,9 +129,7 @@ class FlinkEngine:
 
     def _rest(self, url: str) -> FlinkRest:
         url = url.rstrip("/")
-        if url not in self._rests:
-            self._rests[url] = FlinkRest(url, timeout_s=self._timeout_s)
-        return self._rests[url]
+        return self._rests.get(url, lambda: FlinkRest(url, timeout_s=self._timeout_s))
 
     # -- the Beam job --------------------------------------------------------
     def launch(self, request: JobRequest) -> JobHandle:
