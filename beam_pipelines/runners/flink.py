@@ -51,6 +51,7 @@ from beam_pipelines.runners.base import JobHandle, JobRequest, JobState, JobView
 from beam_pipelines.runners.flink_rest import FlinkRest, flink_state_to_job_state
 from beam_pipelines.runners.flink_submit import FlinkSettings, beam_pipeline_args, resolve_settings
 from beam_pipelines.runners.process_clients import ProcessClients
+from beam_pipelines.settings import FLINK_ENV, missing_setting
 
 __all__ = ["FlinkEngine"]
 
@@ -120,12 +121,11 @@ class FlinkEngine:
                            handle.location[:200])
                 raise PipelineDoError(f"the recorded location of Flink job {handle.job_id} "
                                       "is unreadable; the server log has it") from None
-        url = self._env.get("PIPELINE_DO_FLINK_REST_URL")
+        url = self._env.get(FLINK_ENV["rest_url"])
         if not url:
-            raise DefinitionError("runner.options.rest_url", "Flink needs the JobManager's "
-                                  "REST URL: set runner.options.rest_url or "
-                                  "PIPELINE_DO_FLINK_REST_URL")
-        return _Cluster(self._rest(url), self._env.get("PIPELINE_DO_FLINK_SAVEPOINT_DIR"))
+            raise missing_setting("Flink", "rest_url", FLINK_ENV["rest_url"],
+                                  "the JobManager's REST URL")
+        return _Cluster(self._rest(url), self._env.get(FLINK_ENV["savepoint_dir"]))
 
     def _rest(self, url: str) -> FlinkRest:
         url = url.rstrip("/")
