@@ -61,7 +61,7 @@ class KafkaTransport:
     # -- Transport --------------------------------------------------------------
 
     def ensure(self, pipeline_id: str) -> None:
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import KafkaError
         from confluent_kafka.admin import NewTopic
 
         _, admin = self._clients()
@@ -70,14 +70,7 @@ class KafkaTransport:
             [NewTopic(name, num_partitions=self.partitions,
                       replication_factor=self.replication_factor)],
             operation_timeout=ADMIN_TIMEOUT_SECONDS, request_timeout=ADMIN_TIMEOUT_SECONDS)
-        try:
-            futures[name].result(timeout=ADMIN_TIMEOUT_SECONDS + 5)
-        except KafkaException as err:
-            if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise _unavailable("could not create the pipeline's Kafka topic", err) from None
-        except TimeoutError:
-            raise Unavailable("Kafka did not create the pipeline's topic within "
-                              f"{ADMIN_TIMEOUT_SECONDS:g} s", {"transport": "kafka"}) from None
+        _settle(futures[name], "create", done_already=KafkaError.TOPIC_ALREADY_EXISTS)
 
     def publish(self, pipeline_id: str, data: bytes, attributes: Mapping[str, str],
                 timeout_s: float) -> None:
@@ -118,20 +111,13 @@ class KafkaTransport:
                               {"transport": "kafka"})
 
     def remove(self, pipeline_id: str) -> None:
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import KafkaError
 
         _, admin = self._clients()
         name = self.topic(pipeline_id)
         futures = admin.delete_topics([name], operation_timeout=ADMIN_TIMEOUT_SECONDS,
                                       request_timeout=ADMIN_TIMEOUT_SECONDS)
-        try:
-            futures[name].result(timeout=ADMIN_TIMEOUT_SECONDS + 5)
-        except KafkaException as err:
-            if err.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise _unavailable("could not delete the pipeline's Kafka topic", err) from None
-        except TimeoutError:
-            raise Unavailable("Kafka did not delete the pipeline's topic within "
-                              f"{ADMIN_TIMEOUT_SECONDS:g} s", {"transport": "kafka"}) from None
+        _settle(futures[name], "delete", done_already=KafkaError.UNKNOWN_TOPIC_OR_PART)
 
     # -- clients ----------------------------------------------------------------
 
@@ -154,6 +140,21 @@ class KafkaTransport:
         producer = Producer({**common, "acks": "all", "enable.idempotence": True,
                              "linger.ms": 0, "delivery.timeout.ms": DELIVERY_TIMEOUT_MS})
         return producer, AdminClient(common)
+
+
+def _settle(future: Any, verb: str, *, done_already: int) -> None:
+    """Wait for a topic's creation or deletion; the error ``done_already`` (the topic
+    exists already, or is gone already) is the outcome wanted, so it is no error."""
+    from confluent_kafka import KafkaException
+
+    try:
+        future.result(timeout=ADMIN_TIMEOUT_SECONDS + 5)
+    except KafkaException as err:
+        if err.args[0].code() != done_already:
+            raise _unavailable(f"could not {verb} the pipeline's Kafka topic", err) from None
+    except TimeoutError:
+        raise Unavailable(f"Kafka did not {verb} the pipeline's topic within "
+                          f"{ADMIN_TIMEOUT_SECONDS:g} s", {"transport": "kafka"}) from None
 
 
 def _unavailable(what: str, err: Exception) -> Unavailable:
