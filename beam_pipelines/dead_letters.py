@@ -7,6 +7,9 @@ records through the pipeline's current schema the way NDJSON ingest does,
 all in one decode: the stored records are JSON texts, one per line once
 their line breaks (whitespace between JSON tokens) are made spaces.
 
+``page`` and ``replay`` are the two operations' work on the runner that
+holds the pipeline's events, once ``PipelineService`` has found it.
+
 A record cannot be replayed as kept when the store holds less than was
 sent: cut at ``MAX_DEAD_LETTER_CHARS``, or not UTF-8 (kept with
 replacement characters). Such records are rejected again with their own
@@ -18,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,12 +31,12 @@ import pyarrow.compute as pc
 from beam_pipelines.errors import DefinitionError
 from beam_pipelines.model.definition import PipelineDefinition
 from beam_pipelines.model.times import iso
-from beam_pipelines.runners.base import DeadLetterQuery
+from beam_pipelines.runners.base import DeadLetterQuery, Runner
 from transforms.decode import REJECTION_CODES, arrow_schema, decode_json_lines
 from transforms.decode_records import MAX_DEAD_LETTER_CHARS
 
-__all__ = ["MAX_LIMIT", "ReplayBatch", "next_cursor", "parse_query", "parse_time", "public",
-           "replay_batch"]
+__all__ = ["MAX_LIMIT", "ReplayBatch", "next_cursor", "page", "parse_query", "parse_time", "public",
+           "replay", "replay_batch"]
 
 MAX_LIMIT = 1000
 _CURSOR_PREFIX = "dl1:"
@@ -102,6 +105,31 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
             "message": row["message"], "record": row["record"],
             "received_at": iso(row["received_at"]), "rejected_at": iso(row["rejected_at"]),
             "attempts": row["attempts"]}
+
+
+def page(runner: Runner, pipeline_id: str, query: DeadLetterQuery) -> dict[str, Any]:
+    """A page of the pipeline's rejected records, newest first, and the next page's cursor."""
+    rows = runner.dead_letters(pipeline_id, replace(query, limit=query.limit + 1))
+    return {"dead_letters": [public(r) for r in rows[:query.limit]],
+            "next_cursor": next_cursor(rows, query.limit)}
+
+
+def replay(runner: Runner, definition: PipelineDefinition, pipeline_id: str,
+           query: DeadLetterQuery, *, max_record_bytes: int) -> tuple[int, dict[str, Any]]:
+    """Put the selected dead letters through the pipeline's current schema again, in one
+    decode: each is accepted once (as an ingest) or rejected again with its new reason.
+    How many were accepted, and the operation's reply."""
+    rows = runner.dead_letters(pipeline_id, query)
+    if not rows:
+        return 0, {"accepted": 0, "rejected": []}
+    batch = replay_batch(rows, definition, now=datetime.now(timezone.utc),
+                         max_record_bytes=max_record_bytes)
+    accepted, again = runner.replay_dead_letters(pipeline_id, batch.accepted, batch.table,
+                                                 batch.rejected)
+    still = set(again)
+    return len(accepted), {"accepted": len(accepted),
+                           "rejected": [{"id": i, "code": code, "message": message}
+                                        for i, code, message in batch.rejected if i in still]}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ The engine's part of every operation is a ``Runner``'s (``beam_pipelines.runners
 picked by the definition's ``runner.type`` from the registry given to the
 service: the service checks the lifecycle, keeps the catalog (definitions, SQL
 versions, logs) and announces events; it never touches a buffer or a scheduler.
+What is not orchestration lives beside it: ``sql_versions`` (planning, dry runs,
+the stored versions), ``model.schema_evolution`` (what a transform's schema may
+change), ``dead_letters`` (the dead-letter operations) and ``views`` (the
+pipeline's public shape, the stop summary, logs).
 """
 
 from __future__ import annotations
@@ -18,29 +22,14 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 
-from beam_pipelines import dead_letters
-from beam_pipelines.catalog.store import (
-    Epoch,
-    EpochFile,
-    LogEntry,
-    PipelineRow,
-    SqlVersion,
-    Store,
-)
-from beam_pipelines.errors import (
-    ConflictError,
-    DefinitionError,
-    NotFoundError,
-    Unavailable,
-)
+from beam_pipelines import dead_letters, sql_versions, views
+from beam_pipelines.catalog.store import EpochFile, LogEntry, PipelineRow, SqlVersion, Store
+from beam_pipelines.errors import ConflictError, DefinitionError, NotFoundError
 from beam_pipelines.ingest_targets import IngestTargets
 from beam_pipelines.model.definition import (
     PipelineDefinition,
@@ -48,16 +37,19 @@ from beam_pipelines.model.definition import (
     parse_definition,
 )
 from beam_pipelines.model.lifecycle import OPERATIONS, SCHEDULED, Status
-from beam_pipelines.model.schema_evolution import evolve_schema
+from beam_pipelines.model.schema_evolution import (
+    added_fields,
+    check_schema_unchanged,
+    transformed,
+)
 from beam_pipelines.model.times import iso
 from beam_pipelines.runners.base import Runner, RunnerEvents, RunnerRegistry
 from beam_pipelines.runners.engines import distributed_runners
 from beam_pipelines.runners.local.runner import LocalRunner
 from beam_pipelines.storage.roots import allowed_local_roots
 from beam_pipelines.storage.sealing import SecretBox
+from beam_pipelines.views import summarize_stop
 from transforms.decode import DecodedBatch, arrow_schema, decode_json_lines, decode_objects
-from transforms.isolation import dry_run_isolated, plan_isolated
-from transforms.sandbox import SqlError
 
 __all__ = ["PipelineService", "summarize_stop"]
 MAX_RECORD_BYTES = 1024 * 1024
@@ -95,9 +87,7 @@ class PipelineService:
     def create(self, params: dict[str, Any]) -> dict[str, Any]:
         """Make the pipeline; with ``dry_run`` only check the definition and plan its SQL
         (a form checks as the user types), answering like ``transform``'s dry run."""
-        dry_run = params.get("dry_run", False) if isinstance(params, dict) else False
-        if not isinstance(dry_run, bool):
-            raise DefinitionError("dry_run", "dry_run must be true or false")
+        dry_run = sql_versions.dry_run_flag(params)
         definition = parse_definition(params, default_sink_uri=self.default_sink_uri,
                                       local_sink_roots=self.local_sink_roots)
         output_schema = self._plan(definition, definition.sql)
@@ -113,10 +103,8 @@ class PipelineService:
                               definition=self._stored(definition), created_at=now,
                               updated_at=now)
             s.add(row)
-            s.add(SqlVersion(pipeline_id=pipeline_id, version=1, sql=definition.sql,
-                             output_schema=json.dumps(output_schema), created_at=now,
-                             input_schema=_schema_json(definition)))
-            public = _public(row)
+            s.add(sql_versions.version_row(pipeline_id, 1, definition, output_schema, now))
+            public = views.public(row)
             self._holding(definition).create(pipeline_id)
         self.store.log(pipeline_id, "info", f"pipeline {definition.name} created")
         self._on_event("pipeline.created", public)
@@ -129,55 +117,34 @@ class PipelineService:
         Without ``sql`` the current SQL is planned against the new schema. From the
         commit on, ingest decodes with the new schema (``IngestTargets``).
         """
-        sql, new_schema = params.get("sql"), params.get("schema")
-        dry_run = params.get("dry_run", False)
-        if not isinstance(dry_run, bool):
-            raise DefinitionError("dry_run", "dry_run must be true or false")
+        dry_run = sql_versions.dry_run_flag(params)
         with self.store.session() as s:
             row = self._row(s, ref)
             current = definition_from_dict(row.definition_dict())
-            if sql is None and new_schema is None:
-                raise DefinitionError("sql", "transform needs sql, schema (only optional "
-                                      "fields added) or both")
-            if sql is None:
-                sql = current.sql
-            definition = evolve_schema(current.with_sql(sql), new_schema)
+            definition = transformed(current, params.get("sql"), params.get("schema"))
             pipeline_id = row.id
         schema_changed = definition.schema != current.schema
         output_schema = self._plan(definition, definition.sql)
         if dry_run:
-            limit = params.get("limit", 100)
-            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-                raise DefinitionError("limit", "limit must be an integer from 1 to 10000")
+            limit = sql_versions.dry_run_limit(params)
             input_schema = arrow_schema(definition.schema, definition.unknown_fields)
             sample = self._holding(definition).sample(pipeline_id, limit, input_schema)
-            try:  # in a bounded child process: user SQL never runs in the API's own
-                rows = dry_run_isolated(definition.sql, sample, limit).to_pylist()
-            except SqlError as err:
-                raise _sql_failure(err) from None
-            return {"dry_run": True, "output_schema": output_schema,
-                    "rows": json.loads(json.dumps(rows, default=_json_default))}
+            return sql_versions.dry_run(definition, sample, limit, output_schema)
         now = time.time()
         with self.store.session() as s:
             row = self._row(s, ref)
-            if definition_from_dict(row.definition_dict()).schema != current.schema:
-                # Another transform changed the schema since it was read: writing this
-                # definition would take that change back, which is never additive.
-                raise ConflictError("the pipeline's schema changed while this transform was "
-                                    "planned: send it again", {"field": "schema"})
+            check_schema_unchanged(definition_from_dict(row.definition_dict()), current)
             row.version += 1
             row.definition = self._stored(definition)
             row.updated_at = now
-            s.add(SqlVersion(pipeline_id=row.id, version=row.version, sql=definition.sql,
-                             output_schema=json.dumps(output_schema), created_at=now,
-                             input_schema=_schema_json(definition)))
+            s.add(sql_versions.version_row(row.id, row.version, definition, output_schema, now))
             version = row.version
             self._holding(definition).transform(s, row, version)
         if schema_changed:
             self._targets.schema_changed(pipeline_id)
-            added = [f.name for f in (definition.schema or ())[len(current.schema or ()):]]
             self.store.log(pipeline_id, "info", f"schema version {version} adds optional "
-                           f"fields {', '.join(added)}: ingest accepts them from now on")
+                           f"fields {', '.join(added_fields(current, definition))}: ingest "
+                           "accepts them from now on")
         self.store.log(pipeline_id, "info", f"sql version {version} takes effect at the next epoch "
                        "and at the next attempt of an epoch that failed")
         result = {"version": version, "output_schema": output_schema}
@@ -185,14 +152,7 @@ class PipelineService:
         return result
 
     def _plan(self, definition: PipelineDefinition, sql: str) -> list[dict[str, str]]:
-        try:  # planning folds constants, so it is bounded like a run
-            schema = plan_isolated(sql, arrow_schema(definition.schema,
-                                                     definition.unknown_fields))
-        except SqlError as err:
-            raise _sql_failure(err) from None
-        if definition.sink.format == "parquet":
-            _check_parquet_types(schema)
-        return [{"name": f.name, "type": str(f.type)} for f in schema]
+        return sql_versions.plan(definition, sql)
 
     # -- reading ------------------------------------------------------------
 
@@ -200,7 +160,7 @@ class PipelineService:
         """The pipeline, its counters, and the manifest of its most recent files."""
         with self.store.reading() as s:  # one snapshot: counters and files agree
             row = self._row(s, ref)
-            public = _public(row)
+            public = views.public(row)
             counters = self._counters(row)
             recent = s.scalars(select(EpochFile).where(EpochFile.pipeline_id == row.id)
                                .order_by(EpochFile.id.desc()).limit(RECENT_FILES)).all()
@@ -211,20 +171,12 @@ class PipelineService:
         """Every SQL version of the pipeline, oldest first, as ``transform`` made them,
         each with the schema it was planned against."""
         with self.store.reading() as s:
-            row = self._row(s, ref)
-            found = s.scalars(select(SqlVersion).where(SqlVersion.pipeline_id == row.id)
-                              .order_by(SqlVersion.version)).all()
-            return {"versions": [{"version": v.version, "sql": v.sql,
-                                  "output_schema": json.loads(v.output_schema),
-                                  # None: a version stored before schemas were versioned
-                                  "schema": None if v.input_schema is None
-                                  else json.loads(v.input_schema),
-                                  "created_at": iso(v.created_at)} for v in found]}
+            return {"versions": sql_versions.list_versions(s, self._row(s, ref).id)}
 
     def list_all(self) -> dict[str, Any]:
         with self.store.reading() as s:
             rows = s.scalars(select(PipelineRow).order_by(PipelineRow.created_at)).all()
-            return {"pipelines": [_public(r) for r in rows]}
+            return {"pipelines": [views.public(r) for r in rows]}
 
     def counters(self, pipeline_id: str) -> dict[str, Any]:
         with self.store.reading() as s:
@@ -250,29 +202,9 @@ class PipelineService:
                                                  window_seconds)
 
     def logs(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
-        limit = params.get("limit", 100)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise DefinitionError("limit", "limit must be an integer from 1 to 1000")
-        level = params.get("level")
-        if level is not None and level not in ("debug", "info", "warning", "error"):
-            raise DefinitionError("level", "level must be one of debug, info, warning, error")
-        since = params.get("since")
-        since_ts = None
-        if since is not None:
-            try:
-                since_ts = datetime.fromisoformat(str(since).replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                raise DefinitionError("since", "since must be an ISO-8601 time") from None
+        query = views.parse_log_query(params)
         with self.store.reading() as s:
-            row = self._row(s, ref)
-            query = select(LogEntry).where(LogEntry.pipeline_id == row.id)
-            if since_ts is not None:
-                query = query.where(LogEntry.timestamp >= since_ts)
-            if level is not None:
-                order = ["debug", "info", "warning", "error"]
-                query = query.where(LogEntry.level.in_(order[order.index(level):]))
-            entries = s.scalars(query.order_by(LogEntry.id.desc()).limit(limit)).all()
-            return {"logs": [e.public() for e in reversed(entries)]}
+            return views.logs(s, self._row(s, ref).id, query)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -293,7 +225,7 @@ class PipelineService:
                     "stop": runner.stop}[operation]
             move(s, row, target)
             row.updated_at = now
-            public = _public(row)
+            public = views.public(row)
         if previous == target:
             return public  # stop while stopping: the same flush, waited for again
         self.store.log(public["id"], "info", f"pipeline {operation}: status {target}")
@@ -387,10 +319,7 @@ class PipelineService:
         """A page of the pipeline's rejected records, newest first (``dead_letters``)."""
         query = dead_letters.parse_query(params, allow_ids=False)
         definition, pipeline_id = self._definition(ref)
-        rows = self._holding(definition).dead_letters(
-            pipeline_id, replace(query, limit=query.limit + 1))
-        return {"dead_letters": [dead_letters.public(r) for r in rows[:query.limit]],
-                "next_cursor": dead_letters.next_cursor(rows, query.limit)}
+        return dead_letters.page(self._holding(definition), pipeline_id, query)
 
     def replay_dead_letters(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
         """Put the selected dead letters (``ids``, or the listing's filters) through the
@@ -399,21 +328,11 @@ class PipelineService:
         again with its new reason."""
         query = dead_letters.parse_query(params, allow_ids=True)
         definition, pipeline_id = self._definition(ref)
-        runner = self._holding(definition)
-        rows = runner.dead_letters(pipeline_id, query)
-        if not rows:
-            return {"accepted": 0, "rejected": []}
-        batch = dead_letters.replay_batch(rows, definition, now=datetime.now(timezone.utc),
-                                          max_record_bytes=MAX_RECORD_BYTES)
-        accepted, again = runner.replay_dead_letters(pipeline_id, batch.accepted, batch.table,
-                                                     batch.rejected)
-        still = set(again)
+        accepted, reply = dead_letters.replay(self._holding(definition), definition, pipeline_id,
+                                              query, max_record_bytes=MAX_RECORD_BYTES)
         if accepted:
-            self.store.log(pipeline_id, "info", f"{len(accepted)} dead letters replayed and "
-                           "accepted")
-        return {"accepted": len(accepted),
-                "rejected": [{"id": i, "code": code, "message": message}
-                             for i, code, message in batch.rejected if i in still]}
+            self.store.log(pipeline_id, "info", f"{accepted} dead letters replayed and accepted")
+        return reply
 
     # -- helpers ------------------------------------------------------------
 
@@ -440,66 +359,3 @@ class PipelineService:
 
 
 _PAST = {"start": "started", "pause": "paused", "resume": "resumed", "stop": "stopped"}
-
-
-def _public(row: PipelineRow) -> dict[str, Any]:
-    definition = definition_from_dict(row.definition_dict()).public()
-    return {"id": row.id, "name": row.name, "status": row.status, "version": row.version,
-            "sql": definition["sql"], "schema": definition["schema"],
-            "event_time_field": definition["event_time_field"],
-            "unknown_fields": definition["unknown_fields"], "sink": definition["sink"],
-            "runner": definition["runner"], "created_at": iso(row.created_at),
-            "updated_at": iso(row.updated_at)}
-
-
-def summarize_stop(store: Store, pipeline_id: str) -> dict[str, Any]:
-    """The pipeline after a stop, with what its flush wrote: the stop reply and event."""
-    with store.reading() as s:
-        row = s.get(PipelineRow, pipeline_id)
-        if row is None:
-            raise NotFoundError(f"no pipeline {pipeline_id!r}")
-        first_epoch = row.stop_from_epoch
-        flushed = s.scalar(select(func.coalesce(func.sum(Epoch.events), 0)).where(
-            Epoch.pipeline_id == pipeline_id, Epoch.epoch >= first_epoch,
-            Epoch.status == "committed"))
-        files = s.scalars(select(EpochFile).where(EpochFile.pipeline_id == pipeline_id,
-                                                  EpochFile.epoch >= first_epoch)
-                          .order_by(EpochFile.id)).all()
-        result = _public(row)
-        result["flushed_events"] = int(flushed or 0)
-        result["files"] = [f.public() for f in files]
-    return result
-
-
-def _schema_json(definition: PipelineDefinition) -> str | None:
-    schema = definition.to_dict()["schema"]
-    return None if schema is None else json.dumps(schema)
-
-
-def _check_parquet_types(schema: pa.Schema) -> None:
-    """Refuse at create/transform an output no epoch could ever write."""
-    for f in schema:
-        try:
-            pq.write_table(pa.schema([f]).empty_table(), pa.BufferOutputStream())
-        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
-            raise DefinitionError("sql", f"output column {f.name!r} has type {f.type}, which "
-                                  "Parquet cannot store: cast it (e.g. to VARCHAR)") from None
-
-
-def _sql_failure(err: SqlError) -> Exception:
-    """The API's answer to SQL that was refused, failed or hit its bounds.
-
-    A bound (``memory_limit``, ``timeout``, ``output_limit``) is a property
-    of the SQL, so it is a 400 on ``sql`` like a syntax error, with
-    ``details.reason`` saying which; only ``busy`` is the server's (503).
-    """
-    if err.code == "busy":
-        return Unavailable(str(err), {"field": "sql", "reason": err.code})
-    text = f"invalid SQL: {err}" if err.code in ("invalid_sql", "refused") else str(err)
-    return DefinitionError("sql", text, reason=err.code)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    return str(value)

@@ -16,10 +16,32 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from beam_pipelines.errors import DefinitionError
+from beam_pipelines.errors import ConflictError, DefinitionError
 from beam_pipelines.model.definition import Field, PipelineDefinition, parse_schema
 
-__all__ = ["evolve_schema"]
+__all__ = ["added_fields", "check_schema_unchanged", "evolve_schema", "transformed"]
+
+
+def transformed(current: PipelineDefinition, sql: Any, raw_schema: Any) -> PipelineDefinition:
+    """The definition ``transform`` makes: new ``sql`` (None: the current SQL) and/or the
+    schema ``raw_schema`` (None: unchanged), checked by ``evolve_schema``."""
+    if sql is None and raw_schema is None:
+        raise DefinitionError("sql", "transform needs sql, schema (only optional fields "
+                              "added) or both")
+    return evolve_schema(current.with_sql(current.sql if sql is None else sql), raw_schema)
+
+
+def added_fields(old: PipelineDefinition, new: PipelineDefinition) -> list[str]:
+    """The names of the fields ``new`` appends to ``old``'s schema."""
+    return [f.name for f in (new.schema or ())[len(old.schema or ()):]]
+
+
+def check_schema_unchanged(stored: PipelineDefinition, planned_on: PipelineDefinition) -> None:
+    """Refuse a transform when another one changed the schema since it was read: writing
+    it would take that change back, which is never additive."""
+    if stored.schema != planned_on.schema:
+        raise ConflictError("the pipeline's schema changed while this transform was "
+                            "planned: send it again", {"field": "schema"})
 
 
 def evolve_schema(definition: PipelineDefinition, raw: Any) -> PipelineDefinition:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from beam_pipelines.runners.local.epochs import EpochResult
 
 __all__ = ["DeadLetterQuery", "Engine", "JobHandle", "JobRequest", "JobState", "JobView",
-           "Rejected", "Runner", "RunnerEvents", "RunnerRegistry", "Transport"]
+           "NoEvents", "Rejected", "Runner", "RunnerEvents", "RunnerRegistry", "Transport"]
 
 # A record refused at decode: (index in the request, code, message, raw record).
 Rejected = tuple[int, str, str, str | None]
@@ -77,6 +77,19 @@ class RunnerEvents(Protocol):
 
     def on_stopped(self, pipeline_id: str) -> None:
         """A stop's flush ended: the pipeline is now ``stopped``."""
+
+
+class NoEvents:
+    """``RunnerEvents`` nobody listens to (a runner built without an outbox)."""
+
+    def on_committed(self, result: EpochResult) -> None:
+        pass
+
+    def on_failed(self, pipeline_id: str, epoch: int, message: str, attempts: int) -> None:
+        pass
+
+    def on_stopped(self, pipeline_id: str) -> None:
+        pass
 
 
 class Runner(Protocol):

@@ -64,6 +64,7 @@ from beam_pipelines.runners.dataflow_settings import (
     env_location,
     resolve_settings,
 )
+from beam_pipelines.runners.process_clients import ProcessClients
 
 __all__ = ["COUNTERS", "DataflowEngine", "METRICS_NAMESPACE", "job_state"]
 
@@ -106,7 +107,7 @@ class DataflowEngine:
         self._env = os.environ if env is None else env
         self._timeout_s = timeout_s
         self._submit_timeout_s = submit_timeout_s
-        self._apis: dict[str | None, DataflowApi] = {}  # by endpoint: clients, not jobs
+        self._apis: ProcessClients[str | None, DataflowApi] = ProcessClients()  # by endpoint
         # Beam's FileSystems options and credential cache are process-wide: one submission at
         # a time.
         self._submit_lock = threading.Lock()
@@ -186,10 +187,8 @@ class DataflowEngine:
                                   "unreadable; the server log has it") from None
 
     def _api(self, where: JobLocation) -> DataflowApi:
-        if where.endpoint not in self._apis:
-            self._apis[where.endpoint] = DataflowApi(where.endpoint, auth=not where.no_auth,
-                                                     timeout_s=self._timeout_s)
-        return self._apis[where.endpoint]
+        return self._apis.get(where.endpoint, lambda: DataflowApi(
+            where.endpoint, auth=not where.no_auth, timeout_s=self._timeout_s))
 
     def _request_state(self, handle: JobHandle, state: str) -> JobLocation:
         """Drain or cancel; a job that already ended needs neither (delete stays idempotent).

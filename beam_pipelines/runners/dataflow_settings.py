@@ -39,10 +39,15 @@ from urllib.parse import urlsplit
 
 from beam_pipelines.errors import DefinitionError
 from beam_pipelines.runners.dataflow_api import JobLocation
+from beam_pipelines.settings import DATAFLOW_ENV, engine_option, missing_setting
 
 __all__ = ["DataflowSettings", "env_location", "resolve_settings"]
 
-_REQUIRED = ("project", "region", "temp_location", "staging_location", "sdk_container_image")
+# The required settings, and what each is in the refusal of a missing one.
+_NEEDS = {"project": "a Google Cloud project", "region": "a region",
+          "temp_location": "a gs:// temp location", "staging_location": "a gs:// staging location",
+          "sdk_container_image": "a worker image with pipeline.do (templates/dataflow's)"}
+_REQUIRED = tuple(_NEEDS)
 _OPTIONAL = ("dataflow_endpoint", "service_account_email", "subnetwork", "machine_type",
              "max_num_workers", "flex_template")
 
@@ -58,25 +63,9 @@ _RULES: dict[str, tuple[re.Pattern[str], str]] = {
 }
 
 
-#: The environment variable of each setting (all listed in ``beam_pipelines.settings``).
-ENV_VARS = {
-    "project": "PIPELINE_DO_DATAFLOW_PROJECT",
-    "region": "PIPELINE_DO_DATAFLOW_REGION",
-    "temp_location": "PIPELINE_DO_DATAFLOW_TEMP_LOCATION",
-    "staging_location": "PIPELINE_DO_DATAFLOW_STAGING_LOCATION",
-    "sdk_container_image": "PIPELINE_DO_DATAFLOW_SDK_CONTAINER_IMAGE",
-    "dataflow_endpoint": "PIPELINE_DO_DATAFLOW_ENDPOINT",
-    "service_account_email": "PIPELINE_DO_DATAFLOW_SERVICE_ACCOUNT_EMAIL",
-    "subnetwork": "PIPELINE_DO_DATAFLOW_SUBNETWORK",
-    "machine_type": "PIPELINE_DO_DATAFLOW_MACHINE_TYPE",
-    "max_num_workers": "PIPELINE_DO_DATAFLOW_MAX_NUM_WORKERS",
-    "flex_template": "PIPELINE_DO_DATAFLOW_FLEX_TEMPLATE",
-}
-
-
 def env_var(key: str) -> str:
-    """The environment variable of setting ``key``."""
-    return ENV_VARS[key]
+    """The environment variable of setting ``key`` (``beam_pipelines.settings.DATAFLOW_ENV``)."""
+    return DATAFLOW_ENV[key]
 
 
 @dataclass(frozen=True)
@@ -138,20 +127,13 @@ def resolve_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> Data
     (and lists every missing one in ``details['missing']``)."""
     values: dict[str, str] = {}
     for key in (*_REQUIRED, *_OPTIONAL):
-        raw = options.get(key)
-        if raw is None or raw == "":
-            raw = env.get(env_var(key), "")
-        if not isinstance(raw, str | int) or isinstance(raw, bool):
-            raise DefinitionError(f"runner.options.{key}", f"runner.options.{key} must be a "
-                                  f"string, not {type(raw).__name__}")
-        if str(raw).strip():
-            values[key] = str(raw).strip()
+        value = engine_option(options, env, key, env_var(key),
+                              whole_number=key == "max_num_workers")
+        if value is not None:
+            values[key] = value
     missing = [key for key in _REQUIRED if key not in values]
     if missing:
-        names = ", ".join(f"runner.options.{k} (or {env_var(k)})" for k in missing)
-        raise DefinitionError(f"runner.options.{missing[0]}",
-                              f"a Dataflow pipeline needs {names}: set "
-                              f"runner.options.{missing[0]} or {env_var(missing[0])}",
+        raise missing_setting("Dataflow", missing[0], env_var(missing[0]), _NEEDS[missing[0]],
                               missing=[f"runner.options.{k}" for k in missing])
     for key, (pattern, allowed) in _RULES.items():
         if key in values and not pattern.match(values[key]):

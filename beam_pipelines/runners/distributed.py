@@ -67,10 +67,11 @@ from beam_pipelines.runners.base import (
     JobHandle,
     JobRequest,
     JobState,
+    NoEvents,
     Rejected,
     RunnerEvents,
 )
-from beam_pipelines.runners.job_watcher import Unheard, job_handle, observe_job
+from beam_pipelines.runners.job_watcher import job_handle, observe_job
 from beam_pipelines.runners.local.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.storage.sealing import SecretBox
 from transforms.batches import (
@@ -116,7 +117,7 @@ class DistributedRunner:
         self.data_dir = data_dir
         self.engine = engine
         self.type = engine.type
-        self.events: RunnerEvents = events or Unheard()
+        self.events: RunnerEvents = events or NoEvents()
         self._secrets = secret_box
         self.publish_timeout_s = publish_timeout_s
         self.publish_attempts = max(1, publish_attempts)

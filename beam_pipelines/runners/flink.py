@@ -50,6 +50,8 @@ from beam_pipelines.errors import (
 from beam_pipelines.runners.base import JobHandle, JobRequest, JobState, JobView, Transport
 from beam_pipelines.runners.flink_rest import FlinkRest, flink_state_to_job_state
 from beam_pipelines.runners.flink_submit import FlinkSettings, beam_pipeline_args, resolve_settings
+from beam_pipelines.runners.process_clients import ProcessClients
+from beam_pipelines.settings import FLINK_ENV, missing_setting
 
 __all__ = ["FlinkEngine"]
 
@@ -89,7 +91,7 @@ class FlinkEngine:
         self._timeout_s = timeout_s
         self._savepoint_timeout_s = savepoint_timeout_s
         self._find_job_timeout_s = find_job_timeout_s
-        self._rests: dict[str, FlinkRest] = {}  # by REST URL: clients, not jobs
+        self._rests: ProcessClients[str, FlinkRest] = ProcessClients()  # by REST URL
 
     # -- settings ----------------------------------------------------------
     def check(self, options: Mapping[str, Any]) -> None:
@@ -119,18 +121,15 @@ class FlinkEngine:
                            handle.location[:200])
                 raise PipelineDoError(f"the recorded location of Flink job {handle.job_id} "
                                       "is unreadable; the server log has it") from None
-        url = self._env.get("PIPELINE_DO_FLINK_REST_URL")
+        url = self._env.get(FLINK_ENV["rest_url"])
         if not url:
-            raise DefinitionError("runner.options.rest_url", "Flink needs the JobManager's "
-                                  "REST URL: set runner.options.rest_url or "
-                                  "PIPELINE_DO_FLINK_REST_URL")
-        return _Cluster(self._rest(url), self._env.get("PIPELINE_DO_FLINK_SAVEPOINT_DIR"))
+            raise missing_setting("Flink", "rest_url", FLINK_ENV["rest_url"],
+                                  "the JobManager's REST URL")
+        return _Cluster(self._rest(url), self._env.get(FLINK_ENV["savepoint_dir"]))
 
     def _rest(self, url: str) -> FlinkRest:
         url = url.rstrip("/")
-        if url not in self._rests:
-            self._rests[url] = FlinkRest(url, timeout_s=self._timeout_s)
-        return self._rests[url]
+        return self._rests.get(url, lambda: FlinkRest(url, timeout_s=self._timeout_s))
 
     # -- the Beam job --------------------------------------------------------
     def launch(self, request: JobRequest) -> JobHandle:

@@ -27,19 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from beam_pipelines.errors import DefinitionError
+from beam_pipelines.settings import FLINK_ENV, engine_option, missing_setting, required_option
 
 __all__ = ["FlinkSettings", "beam_pipeline_args", "job_server_command", "resolve_settings"]
 
-# runner.options key → environment variable; the first four are required
-# (job_server_jar unless job_endpoint is given).
-_ENV = {
-    "rest_url": "PIPELINE_DO_FLINK_REST_URL",
-    "job_server_jar": "PIPELINE_DO_FLINK_JOB_SERVER_JAR",
-    "savepoint_dir": "PIPELINE_DO_FLINK_SAVEPOINT_DIR",
-    "kafka_bootstrap": "PIPELINE_DO_KAFKA_BOOTSTRAP",
-    "kafka_expansion_service": "PIPELINE_DO_KAFKA_EXPANSION_SERVICE",
-    "job_endpoint": "PIPELINE_DO_FLINK_JOB_ENDPOINT",
-}
+# Each setting's environment variable is ``beam_pipelines.settings.FLINK_ENV``'s; rest_url,
+# savepoint_dir and kafka_bootstrap are required, and job_server_jar unless job_endpoint is given.
 _OPTIONAL_INT = {"parallelism": (1, 10_000), "checkpointing_interval_ms": (1_000, 86_400_000)}
 _ENVIRONMENT_TYPES = ("DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK")
 _FLINK_VERSIONS = ("1.19", "1.20")  # what Beam 2.77 publishes job servers for, of Flink 1.x
@@ -70,20 +63,10 @@ class FlinkSettings:
 def resolve_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> FlinkSettings:
     """The settings, or a ``DefinitionError`` naming the missing/invalid one and where to set it."""
     def text(key: str) -> str | None:
-        value = options.get(key)
-        if value is None and key in _ENV:
-            value = env.get(_ENV[key]) or None
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise DefinitionError(f"runner.options.{key}", f"runner.options.{key} must be a "
-                                  "non-empty string")
-        return value.strip() if value is not None else None
+        return engine_option(options, env, key, FLINK_ENV.get(key))
 
     def required(key: str, what: str) -> str:
-        value = text(key)
-        if value is None:
-            raise DefinitionError(f"runner.options.{key}", f"Flink needs {what}: set "
-                                  f"runner.options.{key} or {_ENV[key]}")
-        return value
+        return required_option("Flink", options, env, key, FLINK_ENV[key], what)
 
     rest_url = required("rest_url", "the JobManager's REST URL (http://host:8081)")
     if not rest_url.startswith(("http://", "https://")):
@@ -95,10 +78,9 @@ def resolve_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> Flin
     job_endpoint = text("job_endpoint")
     job_server_jar = text("job_server_jar")
     if job_endpoint is None and job_server_jar is None:
-        raise DefinitionError("runner.options.job_server_jar", "Flink needs Beam's Flink job "
-                              "server: set runner.options.job_server_jar or "
-                              "PIPELINE_DO_FLINK_JOB_SERVER_JAR (or runner.options.job_endpoint "
-                              "of a running job server)")
+        raise missing_setting("Flink", "job_server_jar", FLINK_ENV["job_server_jar"],
+                              "Beam's Flink job server",
+                              alternative="runner.options.job_endpoint of a running job server")
     flink_version = str(options.get("flink_version", "1.20"))
     if flink_version not in _FLINK_VERSIONS:
         raise DefinitionError("runner.options.flink_version", f"unknown flink_version "
@@ -163,8 +145,8 @@ def job_server_command(settings: FlinkSettings, *, job_port: int, artifact_port:
     itself (apache_beam/runners/portability/flink_runner.py).
     """
     if not settings.job_server_jar:
-        raise DefinitionError("runner.options.job_server_jar", "a job server needs its jar: set "
-                              "runner.options.job_server_jar or PIPELINE_DO_FLINK_JOB_SERVER_JAR")
+        raise missing_setting("a job server", "job_server_jar", FLINK_ENV["job_server_jar"],
+                              "its jar")
     return [java, "-jar", settings.job_server_jar,
             "--flink-master", settings.flink_master,
             "--artifacts-dir", os.fspath(artifacts_dir),

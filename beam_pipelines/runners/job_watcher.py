@@ -38,7 +38,6 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
 
 from sqlalchemy import select
 
@@ -47,25 +46,12 @@ from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
 from beam_pipelines.runners.base import Engine, JobHandle, JobState, JobView, RunnerEvents
 from beam_pipelines.runners.local.periodic import PeriodicThread
 
-__all__ = ["JobWatcher", "Unheard", "finish_stop", "job_handle", "observe_job"]
+__all__ = ["JobWatcher", "finish_stop", "job_handle", "observe_job"]
 
 _log = logging.getLogger(__name__)
 
 _ENDED = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.DRAINED, JobState.DONE})
 _BROKEN = frozenset({JobState.FAILED, JobState.CANCELLED})
-
-
-class Unheard:
-    """``RunnerEvents`` nobody listens to (a runner built without an outbox)."""
-
-    def on_committed(self, result: Any) -> None:
-        pass
-
-    def on_failed(self, pipeline_id: str, epoch: int, message: str, attempts: int) -> None:
-        pass
-
-    def on_stopped(self, pipeline_id: str) -> None:
-        pass
 
 
 def job_handle(job: EngineJob) -> JobHandle:

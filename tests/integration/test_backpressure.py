@@ -10,6 +10,8 @@ import json
 from collections import Counter
 from typing import Any
 
+import requests
+
 from tests.live import LiveServer, query, wait_for
 
 SCHEMA = [{"name": "seq", "type": "int64", "required": True},
@@ -22,21 +24,33 @@ def _batch(first: int) -> bytes:
                       for i in range(first, first + REQUEST))
 
 
+def _fill_until_refused(server: LiveServer, name: str) -> tuple[list[int], requests.Response]:
+    """Ingest requests of ``REQUEST`` events until one is refused: the first ``seq`` of
+    each acknowledged request, and the refusal."""
+    acked: list[int] = []
+    for first in range(0, 100 * REQUEST, REQUEST):
+        response = server.post_ndjson(name, _batch(first))
+        if response.status_code != 200:
+            return acked, response
+        acked.append(first)
+    raise AssertionError("the cap never refused a request")
+
+
+def _assert_written_once(parquet_glob: str, acked: list[int]) -> None:
+    """Every event of every acknowledged request is in the files, once; nothing else is."""
+    written = Counter(r[0] for r in query(f"SELECT seq FROM read_parquet('{parquet_glob}')"))
+    assert max(written.values()) == 1
+    assert set(written) == {i for first in acked for i in range(first, first + REQUEST)}
+
+
 def test_a_full_backlog_answers_503_then_drains_and_loses_nothing(tmp_path: Any) -> None:
     server = LiveServer(str(tmp_path), extra_env={
         "PIPELINE_DO_MAX_BACKLOG_BYTES": str(400_000)}).start()
     try:
         server.ok("create", {"name": "capped", "schema": SCHEMA,
                              "sink": {"roll": {"interval_seconds": 0.2}}})
-        acked: list[int] = []
-        refused = None
-        for first in range(0, 100 * REQUEST, REQUEST):  # not started: nothing commits
-            response = server.post_ndjson("capped", _batch(first))
-            if response.status_code != 200:
-                refused = response
-                break
-            acked.append(first)
-        assert refused is not None and acked, "the cap never refused a request"
+        acked, refused = _fill_until_refused(server, "capped")  # not started: nothing commits
+        assert acked, "the cap refused the first request"
         assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
         body = refused.json()
         assert body["error"]["code"] == "SERVICE_UNAVAILABLE"
@@ -47,10 +61,7 @@ def test_a_full_backlog_answers_503_then_drains_and_loses_nothing(tmp_path: Any)
                  timeout=60, interval=0.2, message="ingest accepted again after the drain")
         acked.append(10**6)
         server.ok("stop", {"name": "capped"}, options={"timeout": 120_000})
-        rows = query(f"SELECT seq FROM read_parquet('{tmp_path}/lake/capped/**/*.parquet')")
-        written = Counter(r[0] for r in rows)
-        assert max(written.values()) == 1
-        assert set(written) == {i for first in acked for i in range(first, first + REQUEST)}
+        _assert_written_once(f"{tmp_path}/lake/capped/**/*.parquet", acked)
     finally:
         server.kill()
 
@@ -71,15 +82,8 @@ def test_a_sink_outage_fills_the_backlog_then_heals_and_a_stop_meanwhile_times_o
             "uri": gcs.uri("outage"), "options": gcs.options, "roll": {"interval_seconds": 0.2}}})
         server.ok("start", {"name": "outage"})
         gcs.server.stop()  # the sink goes away: nothing commits, the backlog grows
-        acked: list[int] = []
-        refused = None
-        for first in range(0, 100 * REQUEST, REQUEST):
-            response = server.post_ndjson("outage", _batch(first))
-            if response.status_code != 200:
-                refused = response
-                break
-            acked.append(first)
-        assert refused is not None and refused.status_code == 503
+        acked, refused = _fill_until_refused(server, "outage")
+        assert refused.status_code == 503
         assert refused.headers.get("Retry-After")
 
         # A stop during the outage cannot flush: it times out (504) and leaves a
@@ -95,10 +99,7 @@ def test_a_sink_outage_fills_the_backlog_then_heals_and_a_stop_meanwhile_times_o
         server.ok("stop", {"name": "outage"}, options={"timeout": 120_000})
         objects = gcs.download("outage", str(tmp_path / "read"))
         assert objects
-        rows = query(f"SELECT seq FROM read_parquet('{tmp_path}/read/**/*.parquet')")
-        written = Counter(r[0] for r in rows)
-        assert max(written.values()) == 1
-        assert set(written) == {i for first in acked for i in range(first, first + REQUEST)}
+        _assert_written_once(f"{tmp_path}/read/**/*.parquet", acked)
     finally:
         server.kill()
         gcs.server.stop()

@@ -57,7 +57,7 @@ from sqlalchemy import select
 from beam_pipelines.catalog.store import Epoch, PipelineRow, Store
 from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
 from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
-from beam_pipelines.runners.base import RunnerEvents
+from beam_pipelines.runners.base import NoEvents, RunnerEvents
 from beam_pipelines.runners.local.buffer import BufferHandles
 from beam_pipelines.runners.local.epochs import (
     EpochResult,
@@ -162,19 +162,6 @@ class _Quiet:
     state: tuple[str, int, str, int]  # status, committed_seq, definition, epochs in flight
     data_version: int
     until: float
-
-
-class NoEvents:
-    """``RunnerEvents`` that nobody listens to."""
-
-    def on_committed(self, result: EpochResult) -> None:
-        pass
-
-    def on_failed(self, pipeline_id: str, epoch: int, message: str, attempts: int) -> None:
-        pass
-
-    def on_stopped(self, pipeline_id: str) -> None:
-        pass
 
 
 class JobManager:

@@ -19,13 +19,13 @@ exercised against a real broker only.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from beam_pipelines.errors import DefinitionError, Unavailable
+from beam_pipelines.runners.process_clients import ProcessClients
 from beam_pipelines.runners.transports import TOPIC_PREFIX, topic_name
 from transforms.batches import BATCH_ID, EVENT_TIME_MS
 
@@ -52,10 +52,7 @@ class KafkaTransport:
         self.partitions = partitions
         self.replication_factor = replication_factor
         self.config = dict(config or {})
-        self._lock = threading.Lock()
-        self._pid = 0
-        self._producer: Any = None
-        self._admin: Any = None
+        self._clients_by_pid: ProcessClients[None, tuple[Any, Any]] = ProcessClients()
 
     def topic(self, pipeline_id: str) -> str:
         """What the Flink job reads (``ReadFromKafka(topics=[...])``)."""
@@ -64,7 +61,7 @@ class KafkaTransport:
     # -- Transport --------------------------------------------------------------
 
     def ensure(self, pipeline_id: str) -> None:
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import KafkaError
         from confluent_kafka.admin import NewTopic
 
         _, admin = self._clients()
@@ -73,14 +70,7 @@ class KafkaTransport:
             [NewTopic(name, num_partitions=self.partitions,
                       replication_factor=self.replication_factor)],
             operation_timeout=ADMIN_TIMEOUT_SECONDS, request_timeout=ADMIN_TIMEOUT_SECONDS)
-        try:
-            futures[name].result(timeout=ADMIN_TIMEOUT_SECONDS + 5)
-        except KafkaException as err:
-            if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise _unavailable("could not create the pipeline's Kafka topic", err) from None
-        except TimeoutError:
-            raise Unavailable("Kafka did not create the pipeline's topic within "
-                              f"{ADMIN_TIMEOUT_SECONDS:g} s", {"transport": "kafka"}) from None
+        _settle(futures[name], "create", done_already=KafkaError.TOPIC_ALREADY_EXISTS)
 
     def publish(self, pipeline_id: str, data: bytes, attributes: Mapping[str, str],
                 timeout_s: float) -> None:
@@ -121,43 +111,50 @@ class KafkaTransport:
                               {"transport": "kafka"})
 
     def remove(self, pipeline_id: str) -> None:
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import KafkaError
 
         _, admin = self._clients()
         name = self.topic(pipeline_id)
         futures = admin.delete_topics([name], operation_timeout=ADMIN_TIMEOUT_SECONDS,
                                       request_timeout=ADMIN_TIMEOUT_SECONDS)
-        try:
-            futures[name].result(timeout=ADMIN_TIMEOUT_SECONDS + 5)
-        except KafkaException as err:
-            if err.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise _unavailable("could not delete the pipeline's Kafka topic", err) from None
-        except TimeoutError:
-            raise Unavailable("Kafka did not delete the pipeline's topic within "
-                              f"{ADMIN_TIMEOUT_SECONDS:g} s", {"transport": "kafka"}) from None
+        _settle(futures[name], "delete", done_already=KafkaError.UNKNOWN_TOPIC_OR_PART)
 
     # -- clients ----------------------------------------------------------------
 
     def _clients(self) -> tuple[Any, Any]:
-        if not self.bootstrap:
+        """This process's producer and admin client (made on first use after a fork)."""
+        bootstrap = self.bootstrap
+        if not bootstrap:
             raise DefinitionError("runner.options.kafka_bootstrap", "the Kafka transport needs "
                                   "brokers: set PIPELINE_DO_KAFKA_BOOTSTRAP on the server")
-        with self._lock:
-            if self._pid != os.getpid() or self._producer is None:
-                try:
-                    from confluent_kafka import Producer
-                    from confluent_kafka.admin import AdminClient
-                except ImportError:
-                    raise DefinitionError("runner.type", "the Kafka transport needs "
-                                          "confluent-kafka: pip install 'pipeline-do[flink]'"
-                                          ) from None
-                common = {"bootstrap.servers": self.bootstrap, **self.config}
-                self._producer = Producer({**common, "acks": "all", "enable.idempotence": True,
-                                           "linger.ms": 0,
-                                           "delivery.timeout.ms": DELIVERY_TIMEOUT_MS})
-                self._admin = AdminClient(common)
-                self._pid = os.getpid()
-            return self._producer, self._admin
+        return self._clients_by_pid.get(None, lambda: self._connect(bootstrap))
+
+    def _connect(self, bootstrap: str) -> tuple[Any, Any]:
+        try:
+            from confluent_kafka import Producer
+            from confluent_kafka.admin import AdminClient
+        except ImportError:
+            raise DefinitionError("runner.type", "the Kafka transport needs "
+                                  "confluent-kafka: pip install 'pipeline-do[flink]'") from None
+        common = {"bootstrap.servers": bootstrap, **self.config}
+        producer = Producer({**common, "acks": "all", "enable.idempotence": True,
+                             "linger.ms": 0, "delivery.timeout.ms": DELIVERY_TIMEOUT_MS})
+        return producer, AdminClient(common)
+
+
+def _settle(future: Any, verb: str, *, done_already: int) -> None:
+    """Wait for a topic's creation or deletion; the error ``done_already`` (the topic
+    exists already, or is gone already) is the outcome wanted, so it is no error."""
+    from confluent_kafka import KafkaException
+
+    try:
+        future.result(timeout=ADMIN_TIMEOUT_SECONDS + 5)
+    except KafkaException as err:
+        if err.args[0].code() != done_already:
+            raise _unavailable(f"could not {verb} the pipeline's Kafka topic", err) from None
+    except TimeoutError:
+        raise Unavailable(f"Kafka did not {verb} the pipeline's topic within "
+                          f"{ADMIN_TIMEOUT_SECONDS:g} s", {"transport": "kafka"}) from None
 
 
 def _unavailable(what: str, err: Exception) -> Unavailable:

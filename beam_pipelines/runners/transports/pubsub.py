@@ -14,12 +14,11 @@ itself (plain-text channel, no credentials).
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from beam_pipelines.errors import DefinitionError, Unavailable
+from beam_pipelines.runners.process_clients import ProcessClients
 from beam_pipelines.runners.transports import TOPIC_PREFIX, topic_name
 
 __all__ = ["PubSubTransport"]
@@ -42,10 +41,7 @@ class PubSubTransport:
         starts and only distributed pipelines are refused."""
         self.project = project
         self.prefix = prefix
-        self._lock = threading.Lock()
-        self._pid = 0
-        self._publisher: Any = None
-        self._subscriber: Any = None
+        self._clients_by_pid: ProcessClients[None, tuple[Any, Any]] = ProcessClients()
 
     # -- names ----------------------------------------------------------------
 
@@ -137,29 +133,28 @@ class PubSubTransport:
 
     def _clients(self) -> tuple[Any, Any]:
         """This process's publisher and subscriber (made on first use after a fork)."""
-        with self._lock:
-            if self._pid != os.getpid() or self._publisher is None:
-                try:
-                    import google.cloud.pubsub_v1 as pubsub_v1
-                except ImportError:
-                    raise DefinitionError("runner.type", "the Pub/Sub transport needs "
-                                          "google-cloud-pubsub: pip install 'pipeline-do[gcp]'"
-                                          ) from None
+        return self._clients_by_pid.get(None, _connect)
 
-                from google.auth.exceptions import DefaultCredentialsError
 
-                try:
-                    # Each message is one whole ingest request, confirmed before the
-                    # ack: batching would only add its latency (10 ms by default).
-                    self._publisher = pubsub_v1.PublisherClient(
-                        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
-                    self._subscriber = pubsub_v1.SubscriberClient()
-                except DefaultCredentialsError:
-                    raise Unavailable("the server has no Google credentials for Pub/Sub: set "
-                                      "GOOGLE_APPLICATION_CREDENTIALS (or PUBSUB_EMULATOR_HOST)",
-                                      {"transport": "pubsub"}) from None
-                self._pid = os.getpid()
-            return self._publisher, self._subscriber
+def _connect() -> tuple[Any, Any]:
+    try:
+        import google.cloud.pubsub_v1 as pubsub_v1
+    except ImportError:
+        raise DefinitionError("runner.type", "the Pub/Sub transport needs "
+                              "google-cloud-pubsub: pip install 'pipeline-do[gcp]'") from None
+
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        # Each message is one whole ingest request, confirmed before the
+        # ack: batching would only add its latency (10 ms by default).
+        publisher = pubsub_v1.PublisherClient(
+            batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
+        return publisher, pubsub_v1.SubscriberClient()
+    except DefaultCredentialsError:
+        raise Unavailable("the server has no Google credentials for Pub/Sub: set "
+                          "GOOGLE_APPLICATION_CREDENTIALS (or PUBSUB_EMULATOR_HOST)",
+                          {"transport": "pubsub"}) from None
 
 
 def _reason(err: Exception) -> str:

@@ -100,11 +100,14 @@ def wait_counts(out_dir: Path, tag: str, at_least: int) -> list[tuple[int, int]]
 
 
 def submit(engine: FlinkEngine, cluster: FlinkCluster, jar: Path, out_dir: Path, tag: str,
-           name: str, savepoint: str | None = None) -> JobHandle:
-    return engine.submit_jar(cluster.rest_url, str(jar), ENTRY,
-                             ["--out", str(out_dir), "--tag", tag, "--name", name],
-                             job_name=name, savepoint_dir=f"file://{cluster.savepoint_dir}",
-                             savepoint=savepoint)
+           name: str, savepoint: str | None = None, *, seen: int = 1) -> JobHandle:
+    """The counter job ``name`` (counting under ``tag``), once it has written ``seen`` counts."""
+    handle = engine.submit_jar(cluster.rest_url, str(jar), ENTRY,
+                               ["--out", str(out_dir), "--tag", tag, "--name", name],
+                               job_name=name, savepoint_dir=f"file://{cluster.savepoint_dir}",
+                               savepoint=savepoint)
+    wait_counts(out_dir, tag, seen)
+    return handle
 
 
 def local_path(location: str) -> Path:
@@ -119,9 +122,8 @@ def local_path(location: str) -> Path:
 def test_pause_writes_a_savepoint_and_resume_restores_the_state(
         engine: FlinkEngine, flink_cluster: FlinkCluster, counter_jar: Path,
         out_dir: Path) -> None:
-    first = submit(engine, flink_cluster, counter_jar, out_dir, "first", "pause-resume")
+    first = submit(engine, flink_cluster, counter_jar, out_dir, "first", "pause-resume", seen=30)
     assert engine.view(first).state == JobState.RUNNING
-    wait_counts(out_dir, "first", 30)
 
     paused = engine.pause(first)
 
@@ -148,8 +150,7 @@ def test_pause_writes_a_savepoint_and_resume_restores_the_state(
 
 def test_drain_ends_the_job_finished(engine: FlinkEngine, flink_cluster: FlinkCluster,
                                      counter_jar: Path, out_dir: Path) -> None:
-    handle = submit(engine, flink_cluster, counter_jar, out_dir, "drained", "drain")
-    wait_counts(out_dir, "drained", 10)
+    handle = submit(engine, flink_cluster, counter_jar, out_dir, "drained", "drain", seen=10)
 
     engine.drain(handle)
 
@@ -163,7 +164,6 @@ def test_cancel_ends_the_job_cancelled_and_a_second_cancel_is_fine(
         engine: FlinkEngine, flink_cluster: FlinkCluster, counter_jar: Path,
         out_dir: Path) -> None:
     handle = submit(engine, flink_cluster, counter_jar, out_dir, "cancelled", "cancel")
-    wait_counts(out_dir, "cancelled", 1)
 
     engine.cancel(handle)
     engine.cancel(handle)
@@ -188,11 +188,10 @@ def test_a_fresh_engine_reaches_the_job_on_its_own_cluster(
         out_dir: Path) -> None:
     """Another process (the watcher in serve, a restarted server) has only the catalog's
     handle, and its environment names a cluster where nothing answers, and no savepoint dir."""
-    first = submit(engine, flink_cluster, counter_jar, out_dir, "moved", "fresh-engine")
+    first = submit(engine, flink_cluster, counter_jar, out_dir, "moved", "fresh-engine", seen=5)
     assert first.location is not None and json.loads(first.location) == {
         "rest_url": flink_cluster.rest_url,
         "savepoint_dir": f"file://{flink_cluster.savepoint_dir}"}
-    wait_counts(out_dir, "moved", 5)
     elsewhere = {"PIPELINE_DO_FLINK_REST_URL": f"http://127.0.0.1:{free_port()}"}
 
     fresh = FlinkEngine(NullTransport(), env=elsewhere, timeout_s=30.0, savepoint_timeout_s=60.0)
@@ -205,7 +204,6 @@ def test_a_fresh_engine_reaches_the_job_on_its_own_cluster(
 
     second = submit(engine, flink_cluster, counter_jar, out_dir, "again", "fresh-engine",
                     savepoint=paused.savepoint)
-    wait_counts(out_dir, "again", 1)
     FlinkEngine(NullTransport(), env=elsewhere, timeout_s=30.0).cancel(second)
     assert FlinkRest(flink_cluster.rest_url).job(second.job_id)["state"] == "CANCELED"
 
@@ -214,7 +212,6 @@ def test_a_handle_recorded_without_a_location_uses_the_environment_and_learns_it
         engine: FlinkEngine, flink_cluster: FlinkCluster, counter_jar: Path,
         out_dir: Path) -> None:
     launched = submit(engine, flink_cluster, counter_jar, out_dir, "old", "old-row")
-    wait_counts(out_dir, "old", 1)
     old_row = replace(launched, location=None)  # a catalog row from before locations
     configured = FlinkEngine(NullTransport(), env={
         "PIPELINE_DO_FLINK_REST_URL": flink_cluster.rest_url,
@@ -231,7 +228,6 @@ def test_pause_of_a_finished_job_is_refused_without_internals(
         engine: FlinkEngine, flink_cluster: FlinkCluster, counter_jar: Path,
         out_dir: Path) -> None:
     handle = submit(engine, flink_cluster, counter_jar, out_dir, "twice", "stop-twice")
-    wait_counts(out_dir, "twice", 1)
     engine.cancel(handle)
 
     with pytest.raises(ConflictError) as caught:
@@ -244,7 +240,6 @@ def test_a_savepoint_that_fails_is_reported_without_internals(
         engine: FlinkEngine, flink_cluster: FlinkCluster, counter_jar: Path,
         out_dir: Path) -> None:
     handle = submit(engine, flink_cluster, counter_jar, out_dir, "gone", "stop-gone")
-    wait_counts(out_dir, "gone", 1)
     engine.cancel(handle)
     rest = FlinkRest(flink_cluster.rest_url)
 
@@ -258,6 +253,14 @@ def test_a_savepoint_that_fails_is_reported_without_internals(
 
 
 # -- launch and update: the Beam submission swapped for the jar, the rest real ------
+
+@pytest.fixture
+def job_server_jar(tmp_path: Path) -> Path:
+    """A stand-in: the real one is on Maven Central only (and the submission is swapped)."""
+    jar = tmp_path / "beam-runners-flink-1.20-job-server.jar"
+    jar.write_bytes(b"a stand-in")
+    return jar
+
 
 def request(cluster: FlinkCluster, job_server_jar: Path) -> JobRequest:
     options = {"rest_url": cluster.rest_url, "savepoint_dir": f"file://{cluster.savepoint_dir}",
@@ -289,9 +292,8 @@ class JarAsBeamJob:
 
 
 def test_launch_finds_the_job_by_name_and_update_resubmits_from_a_savepoint(
-        flink_cluster: FlinkCluster, counter_jar: Path, out_dir: Path, tmp_path: Path) -> None:
-    job_server_jar = tmp_path / "beam-runners-flink-1.20-job-server.jar"
-    job_server_jar.write_bytes(b"a stand-in: the real one is on Maven Central only")
+        flink_cluster: FlinkCluster, counter_jar: Path, out_dir: Path,
+        job_server_jar: Path) -> None:
     submit_beam = JarAsBeamJob(counter_jar, out_dir)
     engine = FlinkEngine(NullTransport(), env={}, submit_beam=submit_beam)
     first = request(flink_cluster, job_server_jar)
@@ -322,9 +324,8 @@ def test_launch_finds_the_job_by_name_and_update_resubmits_from_a_savepoint(
 
 
 def test_an_update_whose_new_job_is_refused_names_the_savepoint(
-        flink_cluster: FlinkCluster, counter_jar: Path, out_dir: Path, tmp_path: Path) -> None:
-    job_server_jar = tmp_path / "job-server.jar"
-    job_server_jar.write_bytes(b"a stand-in")
+        flink_cluster: FlinkCluster, counter_jar: Path, out_dir: Path,
+        job_server_jar: Path) -> None:
     # The second submission names a class the jar does not have: Flink refuses the run.
     engine = FlinkEngine(NullTransport(), env={}, submit_beam=JarAsBeamJob(
         counter_jar, out_dir, entries=(ENTRY, "pipelinedo.testjob.Missing")))

@@ -52,6 +52,20 @@ def _table(first: int, count: int) -> pa.Table:
                      "pad": ["x" * 40] * count})
 
 
+def _filled(path: str, frames: int) -> EventBuffer:
+    """A new buffer holding ``frames`` appends of 100 events: 0-99, 100-199..."""
+    buffer = EventBuffer(path, create=True)
+    for i in range(frames):
+        buffer.append(_table(i * 100, 100))
+    return buffer
+
+
+def _tear_last_frame(path: str) -> None:
+    """What a crash in the middle of a write leaves: the last frame loses its end."""
+    segment = os.path.join(log_directory(path), segment_name(1))
+    os.truncate(segment, os.path.getsize(segment) - 7)
+
+
 def _everything(path: str) -> Counter[int]:
     buffer = EventBuffer(path)
     try:
@@ -108,12 +122,8 @@ def test_kill_9_of_appending_processes_during_group_commits_loses_no_acknowledge
 def test_a_torn_last_frame_is_cut_and_logged_and_everything_before_it_kept(
         tmp_path: Any, caplog: Any) -> None:
     path = str(tmp_path / "b.sqlite")
-    buffer = EventBuffer(path, create=True)
-    for i in range(5):
-        buffer.append(_table(i * 100, 100))
-    buffer.close()
-    segment = os.path.join(log_directory(path), segment_name(1))
-    os.truncate(segment, os.path.getsize(segment) - 7)  # the last frame loses its end
+    _filled(path, 5).close()
+    _tear_last_frame(path)
 
     with caplog.at_level(logging.WARNING):
         assert EventBuffer(path).recover() > 0
@@ -128,9 +138,7 @@ def test_a_torn_last_frame_is_cut_and_logged_and_everything_before_it_kept(
 def test_a_half_written_frame_after_the_head_is_cut_before_the_next_commit(
         tmp_path: Any, caplog: Any) -> None:
     path = str(tmp_path / "b.sqlite")
-    buffer = EventBuffer(path, create=True)
-    for i in range(3):
-        buffer.append(_table(i * 100, 100))
+    buffer = _filled(path, 3)
     with open(os.path.join(log_directory(path), segment_name(1)), "ab") as f:
         f.write(b"PDOF" + os.urandom(300))  # a writer killed in the middle of its pwritev
     other = EventBuffer(path)  # another process appends next
@@ -173,9 +181,7 @@ def test_a_corrupted_frame_fails_the_read_instead_of_feeding_an_epoch(tmp_path: 
     import pytest
 
     path = str(tmp_path / "b.sqlite")
-    buffer = EventBuffer(path, create=True)
-    for i in range(3):
-        buffer.append(_table(i * 100, 100))
+    _filled(path, 3)
     segment = os.path.join(log_directory(path), segment_name(1))
     with open(segment, "r+b") as f:  # flip one byte inside the second frame's payload
         f.seek(os.path.getsize(segment) // 2)
@@ -188,13 +194,10 @@ def test_a_corrupted_frame_fails_the_read_instead_of_feeding_an_epoch(tmp_path: 
 
 def test_a_reader_that_indexed_frames_a_recovery_cut_starts_over(tmp_path: Any) -> None:
     path = str(tmp_path / "b.sqlite")
-    writer = EventBuffer(path, create=True)
-    for i in range(4):
-        writer.append(_table(i * 100, 100))
+    writer = _filled(path, 4)
     planner = EventBuffer(path)
     assert planner.backlog(0).events == 400  # indexed all four
-    segment = os.path.join(log_directory(path), segment_name(1))
-    os.truncate(segment, os.path.getsize(segment) - 7)  # the disk lost the last one's end
+    _tear_last_frame(path)  # the disk lost the last one's end
     EventBuffer(path).recover()
     for i in range(4, 6):  # new frames take numbers 4 and 5
         writer.append(_table(i * 100, 100))

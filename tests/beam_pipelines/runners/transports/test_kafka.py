@@ -72,3 +72,35 @@ def test_without_brokers_every_call_names_the_setting() -> None:
                  lambda: transport.remove("pl_1")):
         with pytest.raises(DefinitionError, match="PIPELINE_DO_KAFKA_BOOTSTRAP"):
             call()
+
+
+def test_a_topic_already_there_or_already_gone_is_no_error_and_others_name_the_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ensure``/``remove``'s wait on the admin client's future (a ``concurrent.futures``
+    one), given the outcomes a real broker answers with."""
+    from concurrent.futures import Future
+
+    from beam_pipelines.runners.transports import kafka
+
+    def settled(error: int | None) -> Future[None]:
+        future: Future[None] = Future()
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(confluent_kafka.KafkaException(confluent_kafka.KafkaError(error)))
+        return future
+
+    kafka_error = confluent_kafka.KafkaError
+    kafka._settle(settled(None), "create", done_already=kafka_error.TOPIC_ALREADY_EXISTS)
+    kafka._settle(settled(kafka_error.TOPIC_ALREADY_EXISTS), "create",
+                  done_already=kafka_error.TOPIC_ALREADY_EXISTS)
+    kafka._settle(settled(kafka_error.UNKNOWN_TOPIC_OR_PART), "delete",
+                  done_already=kafka_error.UNKNOWN_TOPIC_OR_PART)
+    with pytest.raises(Unavailable) as caught:
+        kafka._settle(settled(kafka_error.TOPIC_AUTHORIZATION_FAILED), "delete",
+                      done_already=kafka_error.UNKNOWN_TOPIC_OR_PART)
+    assert caught.value.message == ("could not delete the pipeline's Kafka topic: "
+                                    "TOPIC_AUTHORIZATION_FAILED")
+    monkeypatch.setattr(kafka, "ADMIN_TIMEOUT_SECONDS", 0.05)
+    with pytest.raises(Unavailable, match="Kafka did not create the pipeline's topic within"):
+        kafka._settle(Future(), "create", done_already=kafka_error.TOPIC_ALREADY_EXISTS)
