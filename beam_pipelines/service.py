@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select
 
-from beam_pipelines import dead_letters
+from beam_pipelines import dead_letters, replay
 from beam_pipelines.catalog.store import (
     Epoch,
     EpochFile,
@@ -414,6 +414,24 @@ class PipelineService:
         return {"accepted": len(accepted),
                 "rejected": [{"id": i, "code": code, "message": message}
                              for i, code, message in batch.rejected if i in still]}
+
+    # -- replay ---------------------------------------------------------------
+
+    def replay(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run a retained range again through a SQL version or new SQL, into the sink or
+        a prefix beside it, as epochs of its own (``beam_pipelines.replay``)."""
+        definition, pipeline_id = self._definition(ref)
+
+        def preview(sql: str, sample: pa.Table, limit: int) -> list[dict[str, Any]]:
+            try:  # as transform's dry run: in a bounded child process
+                rows = dry_run_isolated(sql, sample, limit).to_pylist()
+            except SqlError as err:
+                raise _sql_failure(err) from None
+            return json.loads(json.dumps(rows, default=_json_default))  # type: ignore[no-any-return]
+
+        return replay.start_replay(self.store, self.data_dir, pipeline_id, definition, params,
+                                   plan_sql=self._plan, preview=preview,
+                                   local_sink_roots=self.local_sink_roots)
 
     # -- helpers ------------------------------------------------------------
 
