@@ -31,6 +31,7 @@ from beam_pipelines.catalog.store import Store
 from beam_pipelines.errors import EpochError, NotFoundError
 from beam_pipelines.runners.base import RunnerEvents
 from beam_pipelines.runners.local.epochs import EpochResult
+from beam_pipelines.runners.local.replays import planned_stamp
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from beam_pipelines.settings import data_plane_settings
 
@@ -58,6 +59,9 @@ def run_in_worker(database_url: str, data_dir: str, replay_id: str,
     return run_replay_epoch(_worker_store, data_dir, replay_id, epoch_no, plans=_worker_plans)
 
 
+_LOOK = -1  # never a stamp: the next tick looks
+
+
 @dataclass
 class _Flight:
     epoch: int
@@ -77,15 +81,24 @@ class ReplayScheduler:
         self.max_flights = max(1, workers // 2)
         self._flights: dict[str, _Flight] = {}
         self._retry_at: dict[str, float] = {}
+        # The planned-stamp when a look last found nothing to run (_LOOK: look next tick).
+        self._idle_stamp: int | None = _LOOK
 
     def tick(self) -> None:
+        """Collect, then look for replay epochs to run: a query only while replays run
+        or after one was planned (``replays.touch_planned``), so an idle tick stays at
+        the job manager's one query."""
         self._collect()
+        stamp = planned_stamp(self.data_dir)
+        if not self._flights and not self._retry_at and stamp == self._idle_stamp:
+            return
         with self.store.reading() as s:
             due = s.execute(select(ReplayEpoch.replay_id, func.min(ReplayEpoch.epoch))
                             .join(Replay, Replay.id == ReplayEpoch.replay_id)
                             .where(Replay.status == RUNNING, ReplayEpoch.status == "planned")
                             .group_by(ReplayEpoch.replay_id)
                             .order_by(func.min(Replay.created_at))).all()
+        self._idle_stamp = stamp if not due else _LOOK
         active = {replay_id for replay_id, _epoch in due}
         for replay_id in set(self._flights) - active:
             self._cancel(replay_id)

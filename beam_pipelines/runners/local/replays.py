@@ -56,8 +56,8 @@ if TYPE_CHECKING:
 
     from beam_pipelines.runners.local.plan_cache import PlanCache
 
-__all__ = ["ReplayRange", "delete_replays", "plan_replay", "replay_views", "resolve_range",
-           "run_replay_epoch", "sample_range"]
+__all__ = ["ReplayRange", "delete_replays", "plan_replay", "planned_stamp", "replay_views",
+           "resolve_range", "run_replay_epoch", "sample_range", "touch_planned"]
 
 
 @dataclass(frozen=True)
@@ -141,12 +141,34 @@ def plan_replay(store: Store, data_dir: str, pipeline_id: str, wanted: ReplayRan
             raise DefinitionError("since", "the range is no longer retained")
     finally:
         buffer.close()
+    touch_planned(data_dir)
     store.log(pipeline_id, "info", f"replay {replay_id} planned: offsets {after + 1} to "
               f"{through}, {sum(e[2] for e in epochs)} events in {len(epochs)} epochs")
     with store.reading() as s:
         replay = s.get(Replay, replay_id)
         assert replay is not None
         return _view(replay)
+
+
+def _stamp_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "replays.planned")
+
+
+def touch_planned(data_dir: str) -> None:
+    """Tell the job manager a replay was planned (it looks for replays only then)."""
+    path = _stamp_path(data_dir)
+    with open(path, "a"):
+        pass
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
+def planned_stamp(data_dir: str) -> int | None:
+    """When a replay was last planned (None: never): one ``stat``, no query."""
+    try:
+        return os.stat(_stamp_path(data_dir)).st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def sample_range(data_dir: str, pipeline_id: str, wanted: ReplayRange, limit: int,

@@ -231,3 +231,55 @@ def test_deleting_the_pipeline_drops_its_replays(
     with service.store.reading() as s:
         assert s.scalars(ReplayEpoch.__table__.select().where(
             ReplayEpoch.replay_id == view["id"])).all() == []
+
+
+# -- on the job manager (real worker pool) ------------------------------------------------
+
+
+@pytest.fixture
+def manager(service: PipelineService, tmp_path: Path) -> Any:
+    from beam_pipelines.runners.local.scheduler import JobManager
+
+    jobs = JobManager(service.store.url, str(tmp_path), workers=1)  # ticked by the test
+    yield jobs
+    jobs.close()
+
+
+def _tick_until(manager: Any, done: Any, message: str) -> Any:
+    from tests.live import wait_for
+
+    def ticked() -> Any:
+        manager.tick()
+        return done()
+    return wait_for(ticked, timeout=120, interval=0.05, message=message)
+
+
+def test_the_job_manager_runs_a_replay_of_a_paused_pipeline_and_announces_each_epoch(
+        service: PipelineService, tmp_path: Path, ingested: tuple[str, float],
+        manager: Any) -> None:
+    pipeline_id, _between = ingested
+    service.transition("p", "start")
+    service.transition("p", "pause")
+    heard: list[Any] = []
+    manager._replays._events = type("Heard", (), {"on_committed": lambda _s, r: heard.append(r)})()
+    view = service.replay("p", {"sql": "SELECT n, n * 3 AS m FROM events",
+                                "target": {"prefix": "p-x3"}})
+    _tick_until(manager, lambda: replay_views(service.store, pipeline_id)[0]["status"] == "done",
+                "the replay done")
+    assert sorted(r.epoch for r in heard) == [1, 2, 3]
+    assert {r.replay for r in heard} == {view["id"]}
+    assert _values(str(tmp_path / "lake/p-x3/**/*.parquet"), "m") == [3 * i for i in range(30)]
+    assert service.get("p")["status"] == "paused" and service.get("p")["epochs"] == 3
+
+
+def test_deleting_the_pipeline_cancels_its_replay_in_flight(
+        service: PipelineService, tmp_path: Path, ingested: tuple[str, float],
+        manager: Any) -> None:
+    view = service.replay("p", {"target": {"prefix": "p-gone"}})
+    _tick_until(manager, lambda: view["id"] in manager._replays._flights, "a replay in flight")
+    service.delete("p")
+    _tick_until(manager, lambda: not manager._replays._flights, "the flight cancelled")
+    assert manager._pool is not None and manager._pool.problem() is None
+    with service.store.reading() as s:
+        assert s.scalars(ReplayEpoch.__table__.select().where(
+            ReplayEpoch.replay_id == view["id"])).all() == []
