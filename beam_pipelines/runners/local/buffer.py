@@ -43,7 +43,8 @@ from beam_pipelines.runners.local.expiry import doomed_segments
 from beam_pipelines.runners.local.ledger import Ledger, SegmentSummary
 from beam_pipelines.runners.local.log import SegmentLog
 from beam_pipelines.runners.local.log_index import LogIndex
-from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, Head, segment_seqs, to_ipc
+from beam_pipelines.runners.local.log_ranges import RetainedRanges
+from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, Head, to_ipc
 from beam_pipelines.settings import data_plane_settings
 from transforms.batches import conform_batch
 
@@ -269,7 +270,7 @@ class EventBuffer:
         ``pinned`` says after which offset a running replay still needs every
         frame (``catalog.replays.pinned_after``); segments holding such frames
         stay. It is asked under the log's lock, which a new replay holds while
-        it checks that its range is still there (``holds_after``): a segment is
+        it checks that its range is still there (``RetainedRanges.holds_after``): a segment is
         either gone before that check or kept for the replay.
         """
         now = time.time() if now is None else now
@@ -294,52 +295,9 @@ class EventBuffer:
         self._log.remove_segments([summary[0] for summary, _ in doomed])
         self._index.drop_before(doomed[-1][0][1] + 1)
 
-    # -- replays (``runners.local.replays``) -----------------------------------------
-
-    def retained(self) -> tuple[int, int, float | None]:
-        """What the log holds now: (its first offset, its last, the first's ingest
-        time); the first is one past the last when it holds nothing."""
-        head = self._fresh(need_from=1)
-        if head.last_seq < self._index.first_seq or not len(self._index):
-            return head.last_seq + 1, head.last_seq, None
-        first = self._index.first_seq
-        return first, head.last_seq, self._index.frames(self._index.span(first - 1, first))[0][
-            1].ingested_at
-
-    def offsets_at(self, since: float | None, until: float | None) -> tuple[int, int]:
-        """The retained frames ingested from ``since`` (inclusive) to ``until``
-        (exclusive) as an offset range ``(after, through]``."""
-        head = self._fresh(need_from=1)
-        first = self._index.first_seq
-        after = (first if since is None else self._index.first_at_or_after(since)) - 1
-        through = head.last_seq if until is None else self._index.first_at_or_after(until) - 1
-        return after, min(through, head.last_seq)
-
-    def released_since(self, since: float) -> int:
-        """Events released by retention that were ingested at ``since`` or later
-        (counted by the second, so a frame in ``since``'s second counts)."""
-        return self._ledger.events_since(since)
-
-    def cut(self, after: int, through: int, max_events: int,
-            max_bytes: int) -> list[tuple[int, int, int]]:
-        """Frames ``(after, through]`` cut into epochs by the roll's limits:
-        ``(range_start, range_end, events)`` each, at least one frame each."""
-        self._fresh(need_from=after + 1)
-        epochs: list[tuple[int, int, int]] = []
-        while after < through:
-            last = min(self._index.prefix(after, max_events, max_bytes).last_seq, through)
-            if last <= after:
-                raise StorageError(f"the event log does not hold offset {after + 1}")
-            epochs.append((after, last, self._index.span(after, last).events))
-            after = last
-        return epochs
-
-    def holds_after(self, after: int) -> bool:
-        """Whether every frame after ``after`` is still in the log, judged under its
-        lock (see ``expire``): a replay pinned from ``after`` is safe once this holds."""
-        with self._log.locked() as head:
-            present = segment_seqs(self._log.directory)
-            return after >= head.last_seq or (bool(present) and present[0] <= after + 1)
+    def ranges(self) -> RetainedRanges:
+        """What the log retains, as a replay asks (``runners.local.replays``)."""
+        return RetainedRanges(self._log, self._index, self._ledger)
 
     # -- reading -------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 log still holds, cuts it into epochs by the sink's roll limits and writes the
 replay and all of its epochs, ranges included, in one catalog transaction;
 only then does it check, under the log's lock, that the range is still there
-(``EventBuffer.holds_after``): from that transaction on, retention keeps the
+(``RetainedRanges.holds_after``): from that transaction on, retention keeps the
 range (``catalog.replays.pinned_after``) until the replay is done or gone.
 
 ``run_replay_epoch`` is a worker's part, the live epoch protocol
@@ -79,7 +79,8 @@ def resolve_range(buffer: EventBuffer, wanted: ReplayRange) -> tuple[int, int]:
     """``wanted`` as the log's offsets ``(after, through]``; a range reaching events
     retention released, or holding none, is an error naming the field and what the
     log still holds."""
-    first, last, first_at = buffer.retained()
+    log = buffer.ranges()
+    first, last, first_at = log.retained()
     held = (f"the log retains offsets {first} to {last}"
             + (f", ingested from {iso(first_at)}" if first_at is not None else "")
             if last >= first else "the log retains no events now")
@@ -94,11 +95,11 @@ def resolve_range(buffer: EventBuffer, wanted: ReplayRange) -> tuple[int, int]:
         through = last if wanted.last_offset is None else min(last, wanted.last_offset)
     else:
         field = "since" if wanted.since is not None else "until"
-        if wanted.since is not None and buffer.released_since(wanted.since) > 0:
+        if wanted.since is not None and log.released_since(wanted.since) > 0:
             raise DefinitionError("since", f"events ingested since {iso(wanted.since)} are no "
                                   f"longer all retained (released by retention): {held}",
                                   **details)
-        after, through = buffer.offsets_at(wanted.since, wanted.until)
+        after, through = log.offsets_at(wanted.since, wanted.until)
     if through <= after:
         raise DefinitionError(field, f"no retained event lies in the range: {held}", **details)
     return after, through
@@ -121,7 +122,7 @@ def plan_replay(store: Store, data_dir: str, pipeline_id: str, wanted: ReplayRan
             if row is None:
                 raise NotFoundError(f"no pipeline {pipeline_id!r}")
             roll = definition_from_dict(row.definition_dict()).sink.roll
-        epochs = buffer.cut(after, through, roll.max_events, roll.max_bytes)
+        epochs = buffer.ranges().cut(after, through, roll.max_events, roll.max_bytes)
         with store.session() as s:
             s.add(Replay(id=replay_id, pipeline_id=pipeline_id, status=RUNNING,
                          range_start=after, range_end=through, since=wanted.since,
@@ -134,7 +135,7 @@ def plan_replay(store: Store, data_dir: str, pipeline_id: str, wanted: ReplayRan
                 s.add(ReplayEpoch(replay_id=replay_id, pipeline_id=pipeline_id, epoch=number,
                                   range_start=start, range_end=end, events=events,
                                   status="planned", planned_at=now))
-        if not buffer.holds_after(after):  # released between the look and the pin
+        if not buffer.ranges().holds_after(after):  # released between the look and the pin
             with store.session() as s:
                 s.execute(delete(Replay).where(Replay.id == replay_id))
             resolve_range(buffer, wanted)  # raises, saying what is retained now
@@ -177,7 +178,7 @@ def sample_range(data_dir: str, pipeline_id: str, wanted: ReplayRange, limit: in
     buffer = EventBuffer(buffer_path(data_dir, pipeline_id))
     try:
         after, through = resolve_range(buffer, wanted)
-        start, end, _events = buffer.cut(after, through, limit, 1 << 62)[0]
+        start, end, _events = buffer.ranges().cut(after, through, limit, 1 << 62)[0]
         return buffer.read_range(start, end, schema).slice(0, limit)
     finally:
         buffer.close()

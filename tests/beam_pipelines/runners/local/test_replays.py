@@ -171,7 +171,7 @@ def test_a_released_range_is_refused_saying_what_is_retained(
     # Age the first two segments out (a later "now"), as retention's sweep does.
     handles = BufferHandles(str(tmp_path))
     buffer = handles.get(pipeline_id)
-    first, last, _at = buffer.retained()
+    first, last, _at = buffer.ranges().retained()
     assert (first, last) == (1, 3)
     import os
 
@@ -264,8 +264,9 @@ def test_the_job_manager_runs_a_replay_of_a_paused_pipeline_and_announces_each_e
     manager._replays._events = type("Heard", (), {"on_committed": lambda _s, r: heard.append(r)})()
     view = service.replay("p", {"sql": "SELECT n, n * 3 AS m FROM events",
                                 "target": {"prefix": "p-x3"}})
-    _tick_until(manager, lambda: replay_views(service.store, pipeline_id)[0]["status"] == "done",
-                "the replay done")
+    # The worker commits before the manager collects the result: wait for both.
+    _tick_until(manager, lambda: replay_views(service.store, pipeline_id)[0]["status"] == "done"
+                and len(heard) == 3, "the replay done and announced")
     assert sorted(r.epoch for r in heard) == [1, 2, 3]
     assert {r.replay for r in heard} == {view["id"]}
     assert _values(str(tmp_path / "lake/p-x3/**/*.parquet"), "m") == [3 * i for i in range(30)]
