@@ -269,31 +269,30 @@ class EventBuffer:
 
         ``pinned`` says after which offset a running replay still needs every
         frame (``catalog.replays.pinned_after``); segments holding such frames
-        stay. It is asked under the log's lock, which a new replay holds while
-        it checks that its range is still there (``RetainedRanges.holds_after``): a segment is
-        either gone before that check or kept for the replay.
+        stay. It is asked again under the log's lock just before the files go,
+        the lock a new replay holds while it checks that its range is still
+        there (``RetainedRanges.holds_after``): a segment is either gone before
+        that check or kept for the replay. Only the unlinks and that one read
+        hold the lock, not the ledger's write (a segment a replay pinned in
+        between is then counted as deleted too early: monitor figures only).
         """
         now = time.time() if now is None else now
         # No lock: only sealed, committed segments go, which no writer touches;
         # the ledger counts each segment once however many processes race here.
-        doomed = doomed_segments(self._log, self._log.head(), retention or Retention(), now)
+        doomed = _unpinned(doomed_segments(self._log, self._log.head(),
+                                           retention or Retention(), now), pinned)
         if not doomed:
             return 0
-        if pinned is None:
-            self._remove(doomed, now)
-            return len(doomed)
-        with self._log.locked():
-            keep_after = pinned()
-            if keep_after is not None:
-                doomed = [d for d in doomed if d[0][1] <= keep_after]
-            if doomed:
-                self._remove(doomed, now)
-        return len(doomed)
-
-    def _remove(self, doomed: list[tuple[SegmentSummary, dict[int, int]]], now: float) -> None:
         self._ledger.record_deleted(doomed, now)
-        self._log.remove_segments([summary[0] for summary, _ in doomed])
-        self._index.drop_before(doomed[-1][0][1] + 1)
+        if pinned is None:
+            self._log.remove_segments([summary[0] for summary, _ in doomed])
+        else:
+            with self._log.locked():
+                doomed = _unpinned(doomed, pinned)
+                self._log.remove_segments([summary[0] for summary, _ in doomed])
+        if doomed:
+            self._index.drop_before(doomed[-1][0][1] + 1)
+        return len(doomed)
 
     def ranges(self) -> RetainedRanges:
         """What the log retains, as a replay asks (``runners.local.replays``)."""
@@ -445,6 +444,13 @@ class EventBuffer:
             return 0
         now = time.time() if now is None else now
         return self._ledger.expire_dead_letters(now - retention.seconds)
+
+
+def _unpinned(doomed: list[tuple[SegmentSummary, dict[int, int]]],
+              pinned: Pinned | None) -> list[tuple[SegmentSummary, dict[int, int]]]:
+    """The doomed segments no running replay needs (all of them when none is asked)."""
+    keep_after = None if pinned is None else pinned()
+    return doomed if keep_after is None else [d for d in doomed if d[0][1] <= keep_after]
 
 
 class BufferHandles:

@@ -100,8 +100,13 @@ class ReplayScheduler:
                             .order_by(func.min(Replay.created_at))).all()
         self._idle_stamp = stamp if not due else _LOOK
         active = {replay_id for replay_id, _epoch in due}
-        for replay_id in set(self._flights) - active:
-            self._cancel(replay_id)
+        missing = set(self._flights) - active
+        if missing:
+            # Done ones stay to be collected: a worker commits before its result is back.
+            with self.store.reading() as s:
+                kept = set(s.scalars(select(Replay.id).where(Replay.id.in_(missing))))
+            for replay_id in missing - kept:
+                self._cancel(replay_id)
         now = time.time()
         for replay_id, epoch in due:
             if len(self._flights) >= self.max_flights:
@@ -113,7 +118,7 @@ class ReplayScheduler:
             self._flights[replay_id] = _Flight(epoch, future)
 
     def _cancel(self, replay_id: str) -> None:
-        """A replay in flight that no longer runs: gone with its pipeline (or failed)."""
+        """A replay in flight that is gone with its pipeline: kill its worker."""
         flight = self._flights[replay_id]
         if flight.future.done() or not self._pool().cancel(flight.future):
             return  # finished meanwhile: the next collect reports it
