@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 
-from tests.control_api.conftest import WEBHOOK_ENV, Receiver
+from tests.control_api.conftest import WEBHOOK_ENV, Receiver, make_key
 from tests.live import LiveServer, query, wait_for
 
 SCHEMA = [{"name": "seq", "type": "int64", "required": True},
@@ -164,7 +164,7 @@ def test_kill_9_during_a_replay_then_restart_replays_every_event_exactly_once(
         server.kill()
 
 
-def test_a_range_no_longer_retained_is_refused_saying_what_is_retained(
+def test_a_range_no_longer_retained_is_refused_saying_what_is_retained_and_scope_is_admin(
         tmp_path: Path) -> None:
     server = LiveServer(str(tmp_path)).start()
     try:
@@ -192,5 +192,8 @@ def test_a_range_no_longer_retained_is_refused_saying_what_is_retained(
         response = server.call("replay", {"name": "brief", "target": {"prefix": "../x"}})
         assert response.status_code == 400
         assert response.json()["error"]["details"]["field"] == "target.prefix"
+        refused = server.call("replay", {"name": "brief"}, key=make_key(server, "read"))
+        assert refused.status_code == 403  # admin's, like transform
+        assert refused.json()["error"]["code"] == "AUTHORIZATION_ERROR"
     finally:
         server.kill()
