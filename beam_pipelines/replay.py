@@ -111,12 +111,11 @@ def _prefix(target: Any) -> str | None:
         raise DefinitionError("target", "target must be an object {\"prefix\": \"path\"}; "
                               "leave it out to replay into the pipeline's sink")
     prefix = target["prefix"]
-    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix.strip("/")) \
-            or ".." in prefix.split("/"):
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix.rstrip("/")):
         raise DefinitionError("target.prefix", "target.prefix must be a relative path of 1 to "
                               "8 segments of letters, digits, '.', '_' and '-' (each starting "
                               "with a letter or digit)")
-    return prefix.strip("/")
+    return prefix.rstrip("/")
 
 
 def check_replayable(definition: PipelineDefinition) -> None:

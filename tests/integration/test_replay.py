@@ -192,8 +192,8 @@ def test_a_range_no_longer_retained_is_refused_saying_what_is_retained_and_scope
         response = server.call("replay", {"name": "brief", "target": {"prefix": "../x"}})
         assert response.status_code == 400
         assert response.json()["error"]["details"]["field"] == "target.prefix"
-        refused = server.call("replay", {"name": "brief"}, key=make_key(server, "read"))
-        assert refused.status_code == 403  # admin's, like transform
-        assert refused.json()["error"]["code"] == "AUTHORIZATION_ERROR"
+        forbidden = server.call("replay", {"name": "brief"}, key=make_key(server, "read"))
+        assert forbidden.status_code == 403  # admin's, like transform
+        assert forbidden.json()["error"]["code"] == "AUTHORIZATION_ERROR"
     finally:
         server.kill()

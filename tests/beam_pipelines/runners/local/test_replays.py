@@ -150,6 +150,8 @@ def test_dry_run_shows_new_sql_on_retained_committed_events_and_writes_nothing(
     ({"sql_version": 9}, "sql_version"),
     ({"sql": "DELETE FROM events"}, "sql"),
     ({"target": {"prefix": "../escape"}}, "target.prefix"),
+    ({"target": {"prefix": "/abs/path"}}, "target.prefix"),
+    ({"target": {"prefix": "a/../b"}}, "target.prefix"),
     ({"target": {"prefix": "p"}}, "target.prefix"),
     ({"target": {"prefix": "p/inside"}}, "target.prefix"),
     ({"target": "elsewhere"}, "target"),
