@@ -17,6 +17,7 @@
   ever replaced).
 * ``dry_run``: the SQL's output on the range's first ``limit`` retained
   events, nothing written.
+* ``{"cancel": "rp_..."}`` instead: cancel a running replay.
 
 Only the local runner keeps a log to replay (``retention``); Dataflow and
 Flink pipelines are refused, and so are Iceberg sinks (a replay writes files).
@@ -38,7 +39,12 @@ from beam_pipelines.dead_letters import parse_time
 from beam_pipelines.errors import ConflictError, DefinitionError
 from beam_pipelines.model.definition import PipelineDefinition
 from beam_pipelines.model.layout import is_local, join_uri
-from beam_pipelines.runners.local.replays import ReplayRange, plan_replay, sample_range
+from beam_pipelines.runners.local.replays import (
+    ReplayRange,
+    cancel_replay,
+    plan_replay,
+    sample_range,
+)
 from beam_pipelines.storage.roots import check_local_sink
 from transforms.decode import arrow_schema
 
@@ -93,6 +99,18 @@ def parse_replay(params: dict[str, Any]) -> ReplayRequest:
         raise DefinitionError("limit", "limit must be an integer from 1 to 10000")
     return ReplayRequest(ReplayRange(since, until, first, last), sql, version,
                          _prefix(params.get("target")), dry_run, limit)
+
+
+def _cancel(store: Store, pipeline_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``{"cancel": "rp_..."}``: cancel a running replay (nothing else goes with it)."""
+    replay_id = params["cancel"]
+    if not isinstance(replay_id, str) or not replay_id.startswith("rp_"):
+        raise DefinitionError("cancel", "cancel must be a replay id (rp_..., as monitor's "
+                              "replays list them)")
+    other = sorted(set(params) - {"name", "pipeline_id", "cancel"})
+    if other:
+        raise DefinitionError(other[0], "cancel takes no other parameter than the pipeline")
+    return cancel_replay(store, pipeline_id, replay_id)
 
 
 def _offset(params: dict[str, Any], name: str) -> int | None:
@@ -180,6 +198,8 @@ def start_replay(store: Store, data_dir: str, pipeline_id: str, definition: Pipe
     """Check everything, then plan the replay (or, with ``dry_run``, show its SQL's output
     on a sample of the range). ``plan_sql`` and ``preview`` are ``transform``'s: the
     same planning, sandbox and errors."""
+    if "cancel" in params:
+        return _cancel(store, pipeline_id, params)
     request = parse_replay(params)
     check_replayable(definition)
     sql, version = replay_sql(store, pipeline_id, request, definition)

@@ -110,7 +110,8 @@ def _operation_parameters() -> dict[str, dict[str, Any]]:
                                       "relative to the sink's parent folder, beside the sink"}},
                           ("prefix",), extra=False),
             "dry_run": {"type": "boolean"},
-            "limit": {"type": "integer", "minimum": 1, "maximum": 10_000}}),
+            "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
+            "cancel": {"type": "string", "description": "a running replay's id: cancel it"}}),
     }
 
 

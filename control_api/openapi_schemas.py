@@ -185,7 +185,7 @@ def component_schemas() -> dict[str, Any]:
                 "code": {"enum": list(REJECTION_CODES)}, "message": {"type": "string"}},
                 ("id", "code", "message"))}}, ("accepted", "rejected")),
         "Replay": obj({
-            "id": {"type": "string"}, "status": {"enum": ["running", "done", "failed"]},
+            "id": {"type": "string"}, "status": {"enum": ["running", "done", "failed", "cancelled"]},
             "range": obj({"first_offset": integer, "last_offset": integer,
                           "since": date_time(nullable=True), "until": date_time(nullable=True)},
                          ("first_offset", "last_offset")),

@@ -24,8 +24,9 @@ from beam_pipelines.catalog.store import Base, Store
 __all__ = ["Replay", "ReplayEpoch", "ReplayFile", "pin_of", "pinned_after"]
 
 #: A replay's statuses: it runs until every epoch committed (``done``), an epoch
-#: used up its attempts (``failed``), or its pipeline is deleted (rows gone).
-RUNNING, DONE, FAILED = "running", "done", "failed"
+#: used up its attempts (``failed``), the user cancels it (``cancelled``), or its
+#: pipeline is deleted (rows gone).
+RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 
 
 class Replay(Base):

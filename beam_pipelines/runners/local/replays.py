@@ -30,9 +30,16 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from beam_pipelines.catalog.replays import DONE, RUNNING, Replay, ReplayEpoch, ReplayFile
+from beam_pipelines.catalog.replays import (
+    CANCELLED,
+    DONE,
+    RUNNING,
+    Replay,
+    ReplayEpoch,
+    ReplayFile,
+)
 from beam_pipelines.catalog.store import PipelineRow, Store
-from beam_pipelines.errors import DefinitionError, EpochError, NotFoundError
+from beam_pipelines.errors import ConflictError, DefinitionError, EpochError, NotFoundError
 from beam_pipelines.model.definition import Sink, definition_from_dict
 from beam_pipelines.model.layout import is_local
 from beam_pipelines.model.manifest import FileEntry, public_file, read_manifest
@@ -56,8 +63,9 @@ if TYPE_CHECKING:
 
     from beam_pipelines.runners.local.plan_cache import PlanCache
 
-__all__ = ["ReplayRange", "delete_replays", "plan_replay", "planned_stamp", "replay_views",
-           "resolve_range", "run_replay_epoch", "sample_range", "touch_planned"]
+__all__ = ["ReplayCancelled", "ReplayRange", "cancel_replay", "delete_replays", "plan_replay",
+           "planned_stamp", "replay_views", "resolve_range", "run_replay_epoch", "sample_range",
+           "touch_planned"]
 
 
 @dataclass(frozen=True)
@@ -205,6 +213,8 @@ def run_replay_epoch(store: Store, data_dir: str, replay_id: str, epoch_no: int,
         if epoch.status == "committed":
             return EpochResult(pipeline_id, epoch_no, epoch.events, epoch.rows_out, [],
                                already_committed=True, replay=replay_id)
+        if replay.status != RUNNING:
+            raise ReplayCancelled(f"replay {replay_id} was cancelled")
         retried = epoch.attempts > 0
         epoch.attempts += 1
         definition = definition_from_dict(row.definition_dict())
@@ -239,7 +249,11 @@ def run_replay_epoch(store: Store, data_dir: str, replay_id: str, epoch_no: int,
         gc.collect()  # writers a failed run left open upload when collected: now, then clean
         _discard(sink, naming, epoch_no, manifest_path)
         raise failure from None
-    result = commit_replay_epoch(store, replay_id, epoch_no, files)
+    try:
+        result = commit_replay_epoch(store, replay_id, epoch_no, files)
+    except ReplayCancelled:
+        _discard(sink, naming, epoch_no, manifest_path)  # cancelled while it ran
+        raise
     _remove_file(manifest_path)
     remove_scratch(sink, naming, epoch_no, remote=retried)
     return result
@@ -255,6 +269,8 @@ def commit_replay_epoch(store: Store, replay_id: str, epoch_no: int,
         if epoch.status == "committed":
             return EpochResult(replay.pipeline_id, epoch_no, epoch.events, epoch.rows_out, [],
                                already_committed=True, replay=replay_id)
+        if replay.status != RUNNING:
+            raise ReplayCancelled(f"replay {replay_id} was cancelled")
         rows_out = sum(f.rows for f in files)
         epoch.status, epoch.committed_at, epoch.rows_out = "committed", now, rows_out
         for f in files:
@@ -271,6 +287,29 @@ def commit_replay_epoch(store: Store, replay_id: str, epoch_no: int,
                              range_start=epoch.range_start, range_end=epoch.range_end,
                              committed_at=now, replay=replay_id)
     return result
+
+
+class ReplayCancelled(NotFoundError):
+    """The replay was cancelled while its epoch ran: the epoch's files are discarded."""
+
+
+def cancel_replay(store: Store, pipeline_id: str, replay_id: str) -> dict[str, Any]:
+    """Stop planning the replay's epochs and release its pin. An epoch running now
+    finishes but does not commit (its files are discarded); committed ones stay."""
+    now = time.time()
+    with store.session() as s:
+        replay = s.get(Replay, replay_id)
+        if replay is None or replay.pipeline_id != pipeline_id:
+            raise NotFoundError(f"the pipeline has no replay {replay_id!r}",
+                                {"field": "cancel"})
+        if replay.status != RUNNING:
+            raise ConflictError(f"replay {replay_id} is {replay.status}: only a running "
+                                "replay can be cancelled", {"status": replay.status})
+        replay.status, replay.finished_at = CANCELLED, now
+        view = _view(replay)
+    store.log(pipeline_id, "info", f"replay {replay_id} cancelled after {view['epochs_done']} "
+              f"of {view['epochs_total']} epochs")
+    return view
 
 
 def _rows(session: Session, replay_id: str,

@@ -286,3 +286,32 @@ def test_deleting_the_pipeline_cancels_its_replay_in_flight(
     with service.store.reading() as s:
         assert s.scalars(ReplayEpoch.__table__.select().where(
             ReplayEpoch.replay_id == view["id"])).all() == []
+
+
+def test_cancel_stops_a_replay_keeps_what_committed_and_releases_its_pin(
+        service: PipelineService, tmp_path: Path, ingested: tuple[str, float],
+        manager: Any) -> None:
+    from beam_pipelines.catalog.replays import pinned_after
+    from beam_pipelines.errors import ConflictError, NotFoundError
+
+    pipeline_id, _between = ingested
+    view = service.replay("p", {"target": {"prefix": "p-cut"}})
+    with service.store.reading() as s:
+        assert pinned_after(s, pipeline_id) == 0
+    _tick_until(manager, lambda: view["id"] in manager._replays._flights, "a replay in flight")
+    cancelled = service.replay("p", {"cancel": view["id"]})
+    assert cancelled["status"] == "cancelled"
+    _tick_until(manager, lambda: not manager._replays._flights, "the flight over")
+    for _ in range(5):
+        manager.tick()  # nothing more is submitted
+    assert not manager._replays._flights
+    [after] = replay_views(service.store, pipeline_id)
+    assert after["status"] == "cancelled" and after["epochs_done"] < 3
+    with service.store.reading() as s:
+        assert pinned_after(s, pipeline_id) is None
+    files = glob.glob(str(tmp_path / "lake/p-cut/**/*.parquet"), recursive=True)
+    assert len([f for f in files if "/_tmp/" not in f]) == after["files_written"]
+    with pytest.raises(ConflictError):
+        service.replay("p", {"cancel": view["id"]})
+    with pytest.raises(NotFoundError):
+        service.replay("p", {"cancel": "rp_000000000000"})
