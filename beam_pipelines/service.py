@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from beam_pipelines import dead_letters, sql_versions, views
+from beam_pipelines import dead_letters, replay, sql_versions, views
 from beam_pipelines.catalog.store import EpochFile, LogEntry, PipelineRow, SqlVersion, Store
 from beam_pipelines.errors import ConflictError, DefinitionError, NotFoundError
 from beam_pipelines.ingest_targets import IngestTargets
@@ -333,6 +333,16 @@ class PipelineService:
         if accepted:
             self.store.log(pipeline_id, "info", f"{accepted} dead letters replayed and accepted")
         return reply
+
+    # -- replay ---------------------------------------------------------------
+
+    def replay(self, ref: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Run a retained range again through a SQL version or new SQL, into the sink or
+        a prefix beside it, as epochs of its own (``beam_pipelines.replay``)."""
+        definition, pipeline_id = self._definition(ref)
+        return replay.start_replay(self.store, self.data_dir, pipeline_id, definition, params,
+                                   plan_sql=self._plan, preview=sql_versions.preview_rows,
+                                   local_sink_roots=self.local_sink_roots)
 
     # -- helpers ------------------------------------------------------------
 

@@ -66,12 +66,18 @@ def dry_run(definition: PipelineDefinition, sample: pa.Table, limit: int,
             output_schema: list[dict[str, str]]) -> dict[str, Any]:
     """The dry run's reply: the definition's SQL over ``sample``, in a bounded child
     process (user SQL never runs in the API's own)."""
+    return {"dry_run": True, "output_schema": output_schema,
+            "rows": preview_rows(definition.sql, sample, limit)}
+
+
+def preview_rows(sql: str, sample: pa.Table, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` rows of ``sql`` over ``sample`` as JSON values (dry runs of
+    ``transform`` and ``replay``), run in a bounded child process."""
     try:
-        rows = dry_run_isolated(definition.sql, sample, limit).to_pylist()
+        rows = dry_run_isolated(sql, sample, limit).to_pylist()
     except SqlError as err:
         raise sql_failure(err) from None
-    return {"dry_run": True, "output_schema": output_schema,
-            "rows": json.loads(json.dumps(rows, default=_json_default))}
+    return json.loads(json.dumps(rows, default=_json_default))  # type: ignore[no-any-return]
 
 
 def version_row(pipeline_id: str, version: int, definition: PipelineDefinition,

@@ -99,6 +99,19 @@ def _operation_parameters() -> dict[str, dict[str, Any]]:
             **dead_letter_filters,
             "ids": {"type": "array", "minItems": 1, "maxItems": 1000,
                     "items": {"type": "integer", "minimum": 1}}}),
+        # by ingest time (since, until) or by offsets, not both; sql or sql_version
+        "replay": _pipeline_ref({
+            "since": date_time(), "until": date_time(),
+            "first_offset": {"type": "integer", "minimum": 1},
+            "last_offset": {"type": "integer", "minimum": 1},
+            "sql": {"type": "string", "minLength": 1},
+            "sql_version": {"type": "integer", "minimum": 1},
+            "target": obj({"prefix": {"type": "string", "minLength": 1, "description":
+                                      "relative to the sink's parent folder, beside the sink"}},
+                          ("prefix",), extra=False),
+            "dry_run": {"type": "boolean"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 10_000},
+            "cancel": {"type": "string", "description": "a running replay's id: cancel it"}}),
     }
 
 
@@ -107,7 +120,7 @@ _DATA_BY_OPERATION = {
     "delete": "Deleted", "start": "Pipeline", "pause": "Pipeline", "resume": "Pipeline",
     "stop": "Pipeline", "ingest": "IngestResult", "transform": "TransformResult",
     "monitor": "Monitor", "logs": "Logs", "versions": "Versions", "whoami": "WhoAmI",
-    "dead_letters": "DeadLetters", "replay_dead_letters": "ReplayResult",
+    "dead_letters": "DeadLetters", "replay_dead_letters": "ReplayResult", "replay": "Replay",
 }
 
 

@@ -82,6 +82,8 @@ OPERATIONS: dict[str, tuple[str, Handler]] = {
     # admin, not ingest: it re-drives records the caller need not have sent, chosen by
     # filters over everything rejected, after an admin's fix (schema, limits).
     "replay_dead_letters": ("admin", lambda s, p, o: s.replay_dead_letters(_ref(p), p)),
+    # admin, like transform: it runs SQL over everything retained and writes to the sink.
+    "replay": ("admin", lambda s, p, o: s.replay(_ref(p), p)),
     "whoami": (ANY_SCOPE, _whoami),
 }
 

@@ -219,6 +219,8 @@ class Store:
 
     def create_all(self) -> None:
         """Create missing tables, then add the ``ADDED_COLUMNS`` an older catalog lacks."""
+        from beam_pipelines.catalog import replays  # noqa: F401  (registers its tables)
+
         Base.metadata.create_all(self.engine)
         self._add_columns()
 

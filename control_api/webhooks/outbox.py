@@ -62,9 +62,12 @@ class Outbox:
 
     def on_committed(self, result: EpochResult) -> None:
         name = self._name(result.pipeline_id)
+        # A replay's epoch says so: its id, so its files are told from the live ones.
+        replay = {"replay": result.replay} if result.replay is not None else {}
         for f in result.files:
             emit(self.store, "pipeline.written", {
-                "id": result.pipeline_id, "name": name, "epoch": result.epoch, **f.public()})
+                "id": result.pipeline_id, "name": name, "epoch": result.epoch, **replay,
+                **f.public()})
 
     def on_stopped(self, pipeline_id: str) -> None:
         emit(self.store, "pipeline.stopped", summarize_stop(self.store, pipeline_id))

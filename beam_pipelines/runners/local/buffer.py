@@ -40,17 +40,22 @@ from beam_pipelines.errors import NotFoundError, StorageError, Unavailable
 from beam_pipelines.model.definition import Retention
 from beam_pipelines.runners.base import DeadLetterQuery
 from beam_pipelines.runners.local.expiry import doomed_segments
-from beam_pipelines.runners.local.ledger import Ledger
+from beam_pipelines.runners.local.ledger import Ledger, SegmentSummary
 from beam_pipelines.runners.local.log import SegmentLog
 from beam_pipelines.runners.local.log_index import LogIndex
+from beam_pipelines.runners.local.log_ranges import RetainedRanges
 from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, Head, to_ipc
 from beam_pipelines.settings import data_plane_settings
 from transforms.batches import conform_batch
 
-__all__ = ["Backlog", "BufferHandles", "EventBuffer", "buffer_path", "log_directory"]
+__all__ = ["Backlog", "BufferHandles", "EventBuffer", "Pinned", "buffer_path", "log_directory"]
 
 _log = logging.getLogger(__name__)
 _RECENT_FRAMES = 50
+
+#: Asked before retention deletes segments: the offset after which a running
+#: replay still needs every frame, or None (``catalog.replays.pinned_after``).
+Pinned = Callable[[], int | None]
 
 
 def buffer_path(data_dir: str, pipeline_id: str) -> str:
@@ -233,7 +238,7 @@ class EventBuffer:
     # -- releasing -----------------------------------------------------------------
 
     def release(self, after_seq: int, through_seq: int, committed_at: float, *,
-                retention: Retention | None = None) -> None:
+                retention: Retention | None = None, pinned: Pinned | None = None) -> None:
         """After a commit: record each request's ack-to-commit latency, move the
         committed offset, and delete the segments nothing needs any more.
 
@@ -251,26 +256,47 @@ class EventBuffer:
                 self._log.set_head(head)
             if head.active_end > 0 and head.last_seq <= head.committed_seq:
                 self._log.roll(head)  # all of it committed: seal it, so it can go too
-        self.expire(retention, now=committed_at)
+        self.expire(retention, now=committed_at, pinned=pinned)
 
-    def expire(self, retention: Retention | None = None, *, now: float | None = None) -> int:
+    def expire(self, retention: Retention | None = None, *, now: float | None = None,
+               pinned: Pinned | None = None) -> int:
         """Delete the committed segments ``retention`` no longer keeps; return how many.
 
         Without retention, every sealed segment whose frames are all committed
         goes. With it, the oldest go while the committed segments are more
         than ``retention.bytes`` together, or older than ``retention.seconds``
         (by when their last frame was written). Uncommitted data always stays.
+
+        ``pinned`` says after which offset a running replay still needs every
+        frame (``catalog.replays.pinned_after``); segments holding such frames
+        stay. It is asked again under the log's lock just before the files go,
+        the lock a new replay holds while it checks that its range is still
+        there (``RetainedRanges.holds_after``): a segment is either gone before
+        that check or kept for the replay. Only the unlinks and that one read
+        hold the lock, not the ledger's write (a segment a replay pinned in
+        between is then counted as deleted too early: monitor figures only).
         """
         now = time.time() if now is None else now
         # No lock: only sealed, committed segments go, which no writer touches;
         # the ledger counts each segment once however many processes race here.
-        doomed = doomed_segments(self._log, self._log.head(), retention or Retention(), now)
+        doomed = _unpinned(doomed_segments(self._log, self._log.head(),
+                                           retention or Retention(), now), pinned)
         if not doomed:
             return 0
         self._ledger.record_deleted(doomed, now)
-        self._log.remove_segments([summary[0] for summary, _ in doomed])
-        self._index.drop_before(doomed[-1][0][1] + 1)
+        if pinned is None:
+            self._log.remove_segments([summary[0] for summary, _ in doomed])
+        else:
+            with self._log.locked():
+                doomed = _unpinned(doomed, pinned)
+                self._log.remove_segments([summary[0] for summary, _ in doomed])
+        if doomed:
+            self._index.drop_before(doomed[-1][0][1] + 1)
         return len(doomed)
+
+    def ranges(self) -> RetainedRanges:
+        """What the log retains, as a replay asks (``runners.local.replays``)."""
+        return RetainedRanges(self._log, self._index, self._ledger)
 
     # -- reading -------------------------------------------------------------------
 
@@ -418,6 +444,13 @@ class EventBuffer:
             return 0
         now = time.time() if now is None else now
         return self._ledger.expire_dead_letters(now - retention.seconds)
+
+
+def _unpinned(doomed: list[tuple[SegmentSummary, dict[int, int]]],
+              pinned: Pinned | None) -> list[tuple[SegmentSummary, dict[int, int]]]:
+    """The doomed segments no running replay needs (all of them when none is asked)."""
+    keep_after = None if pinned is None else pinned()
+    return doomed if keep_after is None else [d for d in doomed if d[0][1] <= keep_after]
 
 
 class BufferHandles:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
+from beam_pipelines.catalog.replays import pin_of
 from beam_pipelines.catalog.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
 from beam_pipelines.errors import EpochError
 from beam_pipelines.model.definition import (
@@ -38,7 +39,7 @@ from beam_pipelines.model.definition import (
 )
 from beam_pipelines.model.layout import is_local
 from beam_pipelines.model.manifest import FileEntry, read_manifest
-from beam_pipelines.runners.local.buffer import Backlog, EventBuffer, buffer_path
+from beam_pipelines.runners.local.buffer import Backlog, EventBuffer, Pinned, buffer_path
 from beam_pipelines.storage.errors import classify_epoch_error
 from beam_pipelines.storage.files import (
     discard_attempt,
@@ -70,6 +71,8 @@ class EpochResult:
     range_start: int = 0
     range_end: int = 0
     committed_at: float = 0.0
+    # A replay's epoch (``runners.local.replays``): its id; None for the pipeline's own.
+    replay: str | None = None
 
 
 def epoch_is_due(definition: PipelineDefinition, backlog: Backlog, *, flush: bool,
@@ -241,7 +244,8 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         _await_commit_through(store, pipeline_id, range_start, predecessor_timeout)
     result = commit_epoch(store, pipeline_id, epoch_no, files)
     if release:
-        release_epoch(data_dir, result, retention=definition.retention)
+        release_epoch(data_dir, result, retention=definition.retention,
+                      pinned=pin_of(store, pipeline_id))
     _remove_file(manifest_path)
     # After a retry, gs:// and s3:// may hold what a failed attempt could not delete.
     remove_scratch(sink, pipeline_id, epoch_no, remote=retried)
@@ -283,7 +287,7 @@ def _await_commit_through(store: Store, pipeline_id: str, seq: int, timeout: flo
 
 
 def release_epoch(data_dir: str, result: EpochResult, *,
-                  retention: Retention | None = None) -> None:
+                  retention: Retention | None = None, pinned: Pinned | None = None) -> None:
     """Move the buffer's committed offset past a committed epoch, recording its
     latencies, and delete the segments ``retention`` no longer keeps.
 
@@ -294,7 +298,7 @@ def release_epoch(data_dir: str, result: EpochResult, *,
     buffer = EventBuffer(buffer_path(data_dir, result.pipeline_id))
     try:
         buffer.release(result.range_start, result.range_end, result.committed_at,
-                       retention=retention)
+                       retention=retention, pinned=pinned)
     finally:
         buffer.close()
 

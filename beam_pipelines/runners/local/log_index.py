@@ -230,6 +230,13 @@ class LogIndex:
             stop = max(stop, min(whole.first + 1, whole.stop))
             return self._span(whole.first, stop)
 
+    def first_at_or_after(self, when: float) -> int:
+        """The sequence number of the first indexed frame ingested at ``when`` or
+        later (one past the last when none is). Frames get their time under the
+        log's lock as they get their numbers, so times rise with sequence numbers."""
+        with self.lock:
+            return self.first_seq + bisect.bisect_left(self._ingested_at, when)
+
     def frames(self, span: Span) -> list[tuple[int, Frame]]:
         with self.lock:
             return [(self._segments[i], self._frame(i)) for i in range(span.first, span.stop)]

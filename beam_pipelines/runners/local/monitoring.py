@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from beam_pipelines.catalog.store import Epoch, Store
 from beam_pipelines.runners.local.buffer import EventBuffer
+from beam_pipelines.runners.local.replays import replay_views
 
 __all__ = ["monitor_snapshot"]
 
@@ -31,4 +32,5 @@ def monitor_snapshot(store: Store, buffer: EventBuffer, pipeline_id: str,
                               "out_eps": round(int(out or 0) / window_seconds, 3)}
     snapshot["latency_ms"] = buffer.latency_percentiles(since)
     snapshot["window_seconds"] = window_seconds
+    snapshot["replays"] = replay_views(store, pipeline_id)
     return snapshot

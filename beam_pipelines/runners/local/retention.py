@@ -21,6 +21,7 @@ import time
 
 from sqlalchemy import select
 
+from beam_pipelines.catalog.replays import pin_of
 from beam_pipelines.catalog.store import PipelineRow, Store
 from beam_pipelines.errors import NotFoundError
 from beam_pipelines.model.definition import Retention, definition_from_dict
@@ -64,7 +65,8 @@ def expire_retained(store: Store, buffers: BufferHandles, now: float | None = No
             buffer = buffers.get(pipeline_id)
             buffer.expire_dead_letters(definition.retention, now=now)
             if definition.runner.type == "direct":
-                deleted += buffer.expire(definition.retention, now=now)
+                deleted += buffer.expire(definition.retention, now=now,
+                                         pinned=pin_of(store, pipeline_id))
         except NotFoundError:
             buffers.forget(pipeline_id)  # deleted meanwhile
         except OSError:
@@ -119,7 +121,8 @@ class Releaser:
         try:
             retention = retention_of(self.store, result.pipeline_id)
             self._buffers.get(result.pipeline_id).release(
-                result.range_start, result.range_end, result.committed_at, retention=retention)
+                result.range_start, result.range_end, result.committed_at, retention=retention,
+                pinned=pin_of(self.store, result.pipeline_id))
         except NotFoundError:
             self._buffers.forget(result.pipeline_id)  # deleted since it committed
         except Exception:  # noqa: BLE001 - the next release covers these frames too

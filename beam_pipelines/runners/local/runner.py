@@ -27,6 +27,7 @@ from beam_pipelines.errors import ConflictError, NotFoundError, TimeoutExceeded
 from beam_pipelines.runners.base import DeadLetterQuery, Rejected
 from beam_pipelines.runners.local.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.runners.local.monitoring import monitor_snapshot
+from beam_pipelines.runners.local.replays import delete_replays
 from beam_pipelines.runners.local.upgrade import upgrade_data_dir
 
 __all__ = ["LocalRunner"]
@@ -106,6 +107,7 @@ class LocalRunner:
             pass  # the buffer is already gone: nothing can be appended to it
         for model in (EpochFile, Epoch):
             session.execute(delete(model).where(model.pipeline_id == row.id))
+        delete_replays(session, row.id)
 
     def release(self, pipeline_id: str) -> None:
         buffer = self._buffers.forget(pipeline_id)

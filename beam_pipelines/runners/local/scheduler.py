@@ -67,6 +67,7 @@ from beam_pipelines.runners.local.epochs import (
     try_plan_epoch,
 )
 from beam_pipelines.runners.local.periodic import PeriodicThread
+from beam_pipelines.runners.local.replay_scheduler import ReplayScheduler
 from beam_pipelines.runners.local.retention import Releaser
 from beam_pipelines.runners.local.upgrade import upgrade_data_dir
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
@@ -193,6 +194,8 @@ class JobManager:
         self._buffers = BufferHandles(data_dir)
         self._loop = PeriodicThread("job-manager", tick_seconds, self.tick, _log)
         self._releaser = Releaser(self.store, data_dir)
+        self._replays = ReplayScheduler(self.store, database_url, data_dir, self._ensure_pool,
+                                        self._events, self.workers)
 
     # -- lifecycle of the manager itself --------------------------------------
 
@@ -272,6 +275,7 @@ class JobManager:
                 in_flight = len(self._flights.get(pipeline_id, []))
                 self._quiet[pipeline_id] = _Quiet((status, committed_seq, definition, in_flight),
                                                   version, plan.quiet_until)
+        self._replays.tick()  # after the live epochs: they go first in the pool's queue
         self._ticked_at = time.monotonic()
 
     def _cancel_deleted(self, candidates: set[str]) -> None:
