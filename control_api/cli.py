@@ -134,10 +134,12 @@ def default_api_workers() -> int:
 
     The ingest path's CPU is mostly pyarrow's JSON reader and the log's
     ``fdatasync``, both outside the GIL, and the group commit joins only the
-    requests of one process into one sync: on 2 cores one process with 8
-    threads acked more events per second with less CPU per event than two
-    with 4, and its peak RSS was ~150 MB lower, which brings ``make bench``
-    under its 1.2 GiB (benchmarks/README.md, "Before/after, 2026-12-03, perf2").
+    requests of one process into one sync. On 2 cores one process with 8
+    threads used less API CPU per event than two with 4 and its peak RSS
+    was ~150-200 MB lower, which brings ``make bench`` under its 1.2 GiB;
+    the price: on a quiet machine it acked 6-17% fewer events per second
+    (two processes use a free core, one does not), under load no difference
+    (benchmarks/README.md, "Before/after, 2026-12-03, perf2").
     """
     return max(1, (os.cpu_count() or 2) // 2)
 
