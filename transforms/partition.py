@@ -143,8 +143,8 @@ def split_partitions(table: pa.Table, pattern: str | None,
         return
     keys = partition_keys(table, pattern.strip("/"), fallback_time)
     encoded = keys.dictionary_encode()
-    order = pc.sort_indices(encoded.indices)
-    sorted_table = table.take(order)
+    sorted_table = table if _in_runs(encoded.indices) else table.take(
+        pc.sort_indices(encoded.indices))
     counts = pc.value_counts(encoded.indices)
     # value_counts lists values in order of first appearance; walk them sorted.
     runs = sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
@@ -153,3 +153,17 @@ def split_partitions(table: pa.Table, pattern: str | None,
     for code, count in runs:
         yield dictionary[code].as_py(), sorted_table.slice(start, count)
         start += count
+
+
+def _in_runs(codes: pa.Array) -> bool:
+    """Whether every partition's rows already sit together, in first-seen order.
+
+    Dictionary codes count up in order of first appearance, so non-decreasing
+    codes mean the (stable) sort would return the table as it is: events
+    arrive in time order, so an epoch's rows usually are, and the sorted copy
+    of the whole epoch (its size again, at the epoch's peak) is skipped.
+    """
+    if len(codes) < 2:
+        return True
+    return bool(pc.all(pc.less_equal(codes.slice(0, len(codes) - 1), codes.slice(1))).as_py())
+

@@ -33,6 +33,19 @@ def test_time_and_column_partitions() -> None:
                      "country=de/dt=2026-01-02": [3], "country=__null__/dt=2026-01-02": [4]}
 
 
+def test_rows_keep_their_order_in_each_partition_whether_or_not_interleaved() -> None:
+    """Rows already in runs are split without the sorting copy; interleaved ones are
+    sorted (stably): either way each partition holds its rows in arrival order."""
+    fallback = datetime(2000, 1, 1, tzinfo=UTC)
+    for countries, expected in (
+            (["de", "de", "fr", "fr", "it"], {"de": [0, 1], "fr": [2, 3], "it": [4]}),
+            (["de", "fr", "de", "it", "fr"], {"de": [0, 2], "fr": [1, 4], "it": [3]})):
+        table = pa.table({"country": countries, "n": list(range(len(countries)))})
+        parts = [(k, v.column("n").to_pylist())
+                 for k, v in split_partitions(table, "c={country}", fallback)]
+        assert parts == [(f"c={c}", rows) for c, rows in expected.items()]
+
+
 def test_without_event_time_the_fallback_time_is_used() -> None:
     table = pa.table({"n": [1, 2]})
     parts = dict(split_partitions(table, "dt=%Y-%m-%d/hour=%H",
