@@ -96,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
     # gunicorn serves the socket bound above (fd://), so the address it answers on is
     # the one this process checked, with no window for another process to take it.
     command = [sys.executable, "-m", "gunicorn", "--bind", f"fd://{listener.fileno()}",
-               "--workers", str(args.workers or default_api_workers()),
+               "--workers", str(args.workers),
                "--threads", str(args.threads),
                "--worker-class", "gthread", "--timeout", "120", "--graceful-timeout", "30",
                # gunicorn >= 25.1 opens a management socket (reload, shutdown, worker
@@ -130,21 +130,6 @@ def _serve(args: argparse.Namespace) -> int:
         watcher.close()
     supervisor.close()
     return 0 if done.is_set() else (server.returncode or 1)
-
-
-def default_api_workers() -> int:
-    """One API process per two cores (at least one), each with ``--threads`` threads.
-
-    The ingest path's CPU is mostly pyarrow's JSON reader and the log's
-    ``fdatasync``, both outside the GIL, and the group commit joins only the
-    requests of one process into one sync. On 2 cores one process with 8
-    threads used less API CPU per event than two with 4 and its peak RSS
-    was ~150-200 MB lower, which brings ``make bench`` under its 1.2 GiB;
-    the price: on a quiet machine it acked 6-17% fewer events per second
-    (two processes use a free core, one does not), under load no difference
-    (benchmarks/README.md, "Before/after, 2026-12-03, perf2").
-    """
-    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -278,9 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--data-dir", default=None, help="default $PIPELINE_DO_DATA_DIR or ./data")
-    serve.add_argument("--workers", type=int, default=None,
-                       help="gunicorn worker processes (default: one per two cores)")
-    serve.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    # 2 x 4 acks the most events per second on 2 cores; --workers 1 --threads 8
+    # peaks ~190 MB lower for 6-17% fewer events/s when a core is free
+    # (benchmarks/README.md, "Before/after, 2026-12-03, perf2").
+    serve.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    serve.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     serve.add_argument("--job-workers", type=int, default=None,
                        help="epoch worker processes (default: one per core)")
     serve.add_argument("--access-log", action="store_true")

@@ -81,11 +81,3 @@ def test_the_listening_line_comes_once_the_api_answers(tmp_path: Any) -> None:
         _stop(process)
     assert process.returncode == 0
 
-
-def test_the_api_runs_one_process_per_two_cores_by_default(monkeypatch: Any) -> None:
-    """One process's group commit joins all its threads' requests into one sync."""
-    from control_api import cli
-
-    for cores, workers in ((None, 1), (1, 1), (2, 1), (3, 1), (8, 4)):
-        monkeypatch.setattr(cli.os, "cpu_count", lambda cores=cores: cores)
-        assert cli.default_api_workers() == workers
