@@ -55,8 +55,9 @@ from transforms.decode import arrow_schema
 if TYPE_CHECKING:  # Beam is imported in the workers only, when an epoch runs
     from beam_pipelines.runners.local.plan_cache import PlanCache
 
-__all__ = ["EpochResult", "Plan", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
-           "release_epoch", "run_epoch", "try_plan_epoch"]
+__all__ = ["EpochResult", "Plan", "commit_epoch", "discard_epoch_attempt", "epoch_is_due",
+           "pending_epoch", "plan_epoch", "release_epoch", "remove_file", "run_epoch",
+           "try_plan_epoch"]
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         if sink.table:
             check_local_catalog(sink.table.get("catalog_uri"), roots)
         if retried:  # an earlier attempt may have died without cleaning up (kill -9)
-            _discard_attempt(sink, pipeline_id, epoch_no, manifest_path)
+            discard_epoch_attempt(sink, pipeline_id, epoch_no, manifest_path)
         spec = EpochSpec(
             pipeline_id=pipeline_id, epoch=epoch_no, range_start=range_start,
             range_end=range_end, sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),
@@ -238,7 +239,7 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         # Writers the failed run left open are closed when collected, and closing
         # uploads a gs:// or s3:// object: let that happen now, then clean up.
         gc.collect()
-        _discard_attempt(sink, pipeline_id, epoch_no, manifest_path)
+        discard_epoch_attempt(sink, pipeline_id, epoch_no, manifest_path)
         raise failure from None
     if predecessor_timeout > 0:
         _await_commit_through(store, pipeline_id, range_start, predecessor_timeout)
@@ -246,14 +247,15 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     if release:
         release_epoch(data_dir, result, retention=definition.retention,
                       pinned=pin_of(store, pipeline_id))
-    _remove_file(manifest_path)
+    remove_file(manifest_path)
     # After a retry, gs:// and s3:// may hold what a failed attempt could not delete.
     remove_scratch(sink, pipeline_id, epoch_no, remote=retried)
     return result
 
 
-def _discard_attempt(sink: Sink, pipeline_id: str, epoch_no: int, manifest_path: str) -> None:
-    """Remove an uncommitted attempt's scratch and final files, as its manifest names them.
+def discard_epoch_attempt(sink: Sink, naming: str, epoch_no: int, manifest_path: str) -> None:
+    """Remove an uncommitted attempt's scratch and final files, as its manifest names them
+    (``naming``: the pipeline id, or a replay's ``{pipeline id}-{replay id}``).
 
     An Iceberg sink keeps its files: a snapshot may already hold them, and the
     next attempt adopts them (files no snapshot holds are invisible to readers).
@@ -264,11 +266,12 @@ def _discard_attempt(sink: Sink, pipeline_id: str, epoch_no: int, manifest_path:
             paths = [entry.path for entry in read_manifest(manifest_path)]
         except (OSError, ValueError):
             paths = []  # no manifest: the attempt never got to its files
-    discard_attempt(sink, pipeline_id, epoch_no, paths)
-    _remove_file(manifest_path)
+    discard_attempt(sink, naming, epoch_no, paths)
+    remove_file(manifest_path)
 
 
-def _remove_file(path: str) -> None:
+def remove_file(path: str) -> None:
+    """Remove ``path``; one already gone is fine."""
     try:
         os.remove(path)
     except FileNotFoundError:

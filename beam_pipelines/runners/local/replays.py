@@ -42,13 +42,12 @@ from beam_pipelines.catalog.store import PipelineRow, Store
 from beam_pipelines.errors import ConflictError, DefinitionError, EpochError, NotFoundError
 from beam_pipelines.model.definition import Sink, definition_from_dict
 from beam_pipelines.model.layout import is_local
-from beam_pipelines.model.manifest import FileEntry, public_file, read_manifest
+from beam_pipelines.model.manifest import FileEntry, public_file
 from beam_pipelines.model.times import iso
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
-from beam_pipelines.runners.local.epochs import EpochResult
+from beam_pipelines.runners.local.epochs import EpochResult, discard_epoch_attempt, remove_file
 from beam_pipelines.storage.errors import classify_epoch_error
 from beam_pipelines.storage.files import (
-    discard_attempt,
     file_sizes,
     remove_scratch,
     sync_local_files,
@@ -232,7 +231,7 @@ def run_replay_epoch(store: Store, data_dir: str, replay_id: str, epoch_no: int,
         if is_local(sink.uri):
             check_local_sink(sink.uri, allowed_local_roots(data_dir, local_sink_roots))
         if retried:  # an earlier attempt may have died without cleaning up (kill -9)
-            _discard(sink, naming, epoch_no, manifest_path)
+            discard_epoch_attempt(sink, naming, epoch_no, manifest_path)
         spec = EpochSpec(
             pipeline_id=naming, epoch=epoch_no, range_start=range_start, range_end=range_end,
             sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),
@@ -247,14 +246,14 @@ def run_replay_epoch(store: Store, data_dir: str, replay_id: str, epoch_no: int,
         failure = classify_epoch_error(epoch_no, sink, err)
     if failure is not None:
         gc.collect()  # writers a failed run left open upload when collected: now, then clean
-        _discard(sink, naming, epoch_no, manifest_path)
+        discard_epoch_attempt(sink, naming, epoch_no, manifest_path)
         raise failure from None
     try:
         result = commit_replay_epoch(store, replay_id, epoch_no, files)
     except ReplayCancelled:
-        _discard(sink, naming, epoch_no, manifest_path)  # cancelled while it ran
+        discard_epoch_attempt(sink, naming, epoch_no, manifest_path)  # cancelled while it ran
         raise
-    _remove_file(manifest_path)
+    remove_file(manifest_path)
     remove_scratch(sink, naming, epoch_no, remote=retried)
     return result
 
@@ -321,23 +320,6 @@ def _rows(session: Session, replay_id: str,
     epoch = session.scalars(select(ReplayEpoch).where(ReplayEpoch.replay_id == replay_id,
                                                       ReplayEpoch.epoch == epoch_no)).one()
     return replay, epoch, row
-
-
-def _discard(sink: Sink, naming: str, epoch_no: int, manifest_path: str) -> None:
-    """Remove an uncommitted attempt's scratch and the files its manifest names."""
-    try:
-        paths = [entry.path for entry in read_manifest(manifest_path)]
-    except (OSError, ValueError):
-        paths = []  # no manifest: the attempt never got to its files
-    discard_attempt(sink, naming, epoch_no, paths)
-    _remove_file(manifest_path)
-
-
-def _remove_file(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 # -- the catalog's views ------------------------------------------------------------------
