@@ -29,6 +29,8 @@ __all__ = ["MAX_DEAD_LETTER_CHARS", "may_hold_large_record", "records_from_lines
 
 MAX_DEAD_LETTER_CHARS = 65_536
 _OPEN_BRACE = ord("{")
+_OPEN_ARRAY = ord("[")
+_CASE_BIT_OFF = 0xDF  # "{" 0x7B and "[" 0x5B differ only in bit 5
 # An escaped UTF-16 surrogate in serialized JSON; a lone one is not Unicode.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -47,7 +49,13 @@ def screen_lines(body: bytes, max_depth: int) -> tuple[pa.Array | None, int | No
     nonempty = starts < ends
     firsts = data[starts[nonempty]]
     objects = int(nonempty.sum()) if bool((firsts == _OPEN_BRACE).all()) else None
-    deep = too_deep_segments(data, starts, ends, max_depth)
+    if objects is not None and _openers(data) - max(objects - 1, 0) <= max_depth:
+        # Every record holds at least its own "{", so no line holds more openers
+        # than the body's total less one per other record: none can be too deep,
+        # and the per-line count (half of a typical body's screen) is skipped.
+        deep = np.zeros(len(starts), dtype=bool)
+    else:
+        deep = too_deep_segments(data, starts, ends, max_depth)
     try:
         body.decode("utf-8")
         bad_utf8 = None
@@ -60,6 +68,11 @@ def screen_lines(body: bytes, max_depth: int) -> tuple[pa.Array | None, int | No
     if bad_utf8 is not None:
         codes[bad_utf8] = "invalid_utf8"
     return pa.array(codes, pa.string()), objects
+
+
+def _openers(data: np.ndarray) -> int:
+    """How many ``{`` and ``[`` bytes ``data`` holds (inside strings too: an upper bound)."""
+    return int(np.count_nonzero((data & _CASE_BIT_OFF) == _OPEN_ARRAY))
 
 
 def _invalid_utf8_lines(body: bytes, lines: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from transforms.decode import (
     decode_json_lines,
     decode_objects,
 )
+from transforms.decode_records import screen_lines
 from transforms.json_depth import (
     depth_exceeded,
     line_bounds,
@@ -81,6 +82,24 @@ def test_a_too_deep_line_is_rejected_alone_and_never_parsed() -> None:
     assert _codes(batch) == {1: "too_deep"}
     assert batch.table.column("id").to_pylist() == [1, 3]
     assert batch.rejected[0].record is not None and batch.rejected[0].record.startswith('{"id": 2')
+
+
+def test_the_screens_body_wide_bound_lets_no_too_deep_record_through() -> None:
+    """screen_lines skips the per-line count when the body's openers, less one per
+    other record, fit the limit: at the limit exactly a record passes, one past it
+    (alone, or among flat records) is too deep, however few openers the rest hold."""
+    def screened(*lines: bytes) -> list[bool]:
+        codes, _objects = screen_lines(b"\n".join(lines) + b"\n", 8)
+        return [False] * len(lines) if codes is None else \
+            [c == "too_deep" for c in codes.to_pylist()[:len(lines)]]
+
+    flat = b'{"id": 1}'
+    at_limit, past = b'{"j": ' + _deep(7) + b"}", b'{"j": ' + _deep(8) + b"}"
+    assert screened(at_limit) == [False]
+    assert screened(past) == [True]
+    assert screened(flat, flat, at_limit, flat) == [False, False, False, False]
+    assert screened(flat, past, flat) == [False, True, False]
+    assert screened(b'{"s": "' + b"[" * 20 + b'"}', flat) == [False, False]  # in a string
 
 
 def test_a_too_deep_element_of_a_json_array_is_rejected_alone() -> None:
