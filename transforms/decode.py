@@ -134,19 +134,36 @@ def decode_json_lines(body: bytes, fields: Sequence[Any] | None, event_time_fiel
     if fields is not None and screened is None and objects is not None \
             and not may_hold_large_record(body, max_record_bytes):
         try:
-            # One block per body (block_size is above any body), so a thread
-            # pool only adds hand-offs: single-threaded costs ~5% less CPU per
-            # 1,000-event body (benchmarks/README.md), and gunicorn's threads
-            # already parallelise across requests.
-            raw = pa_json.read_json(pa.BufferReader(body),
-                                    read_options=pa_json.ReadOptions(block_size=1 << 26,
-                                                                     use_threads=False))
+            raw = _read_ndjson(body, objects)
             if raw.num_rows != objects:  # two objects on one line would shift indices
                 raise _Mismatch("records")
             return decoder.fast(raw)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, _Mismatch):
             pass
     return decoder.thorough(records_from_lines(body, screened), max_record_bytes)
+
+
+# One block per body (block_size is above any body), so a thread pool only adds
+# hand-offs: single-threaded costs ~5% less CPU per 1,000-event body
+# (benchmarks/README.md), and gunicorn's threads already parallelise across requests.
+_READ_OPTIONS = pa_json.ReadOptions(block_size=1 << 26, use_threads=False)
+
+
+def _read_ndjson(body: bytes, objects: int) -> pa.Table:
+    """pyarrow's JSON reader over the body, through its streaming reader.
+
+    For a body in one block both of pyarrow's readers infer the same schema and
+    return the same one-chunk table, but ``read_json`` starts a readahead thread
+    per call (even single-threaded): a thread created and joined per request,
+    ~15% of the reader's CPU (benchmarks/README.md, "perf3"). The streaming
+    reader reads its block on the shared I/O pool. It refuses a body with no
+    record at all (``read_json`` returns no rows), so that one keeps ``read_json``;
+    a body past one block whose later blocks change the types fails here and
+    goes to the thorough pass, which reads every type.
+    """
+    if objects == 0:
+        return pa_json.read_json(pa.BufferReader(body), read_options=_READ_OPTIONS)
+    return pa_json.open_json(pa.BufferReader(body), read_options=_READ_OPTIONS).read_all()
 
 
 def decode_objects(events: list[Any], fields: Sequence[Any] | None, event_time_field: str | None,
