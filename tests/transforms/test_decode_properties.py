@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.json as pa_json
 from hypothesis import HealthCheck, given, settings
 
 from beam_pipelines.model.definition import Field
@@ -16,6 +18,9 @@ from tests.transforms.decode_fuzzing import (
     run_json_lines,
     schemas,
 )
+from transforms.decode import _read_ndjson
+from transforms.decode_records import screen_lines
+from transforms.json_depth import MAX_JSON_DEPTH
 
 _BOUNDED = settings(max_examples=40, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -33,3 +38,28 @@ def test_every_ndjson_record_is_accepted_or_rejected_once(
 def test_every_json_array_record_is_accepted_or_rejected_once(
         body: bytes, fields: tuple[Field, ...] | None, policy: str) -> None:
     run_json_array(body, fields, policy)
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(ndjson_bodies)
+def test_the_streaming_reader_reads_what_read_json_reads(body: bytes) -> None:
+    """decode reads a body with pyarrow's streaming JSON reader (no thread per call):
+    on every body the screen lets through, it returns read_json's table, or both refuse."""
+    screened, objects = screen_lines(body, MAX_JSON_DEPTH)
+    if screened is not None or objects is None:
+        return  # never given to a pyarrow reader
+    options = pa_json.ReadOptions(block_size=1 << 26, use_threads=False)
+    try:
+        expected: pa.Table | None = pa_json.read_json(pa.BufferReader(body),
+                                                      read_options=options)
+    except pa.ArrowException:
+        expected = None
+    try:
+        got: pa.Table | None = _read_ndjson(body, objects)
+    except pa.ArrowException:
+        got = None
+    if expected is None or got is None:
+        assert expected is None and got is None
+    else:
+        assert got.equals(expected) and got.schema == expected.schema
