@@ -212,7 +212,9 @@ class _Decoder:
         event_time = ingested
         if self.event_time_field and self.fields is not None:
             names = [f.name for f in self.fields]
-            event_time = pc.coalesce(columns[names.index(self.event_time_field)], ingested)
+            event_time = columns[names.index(self.event_time_field)]
+            if event_time.null_count:  # else the coalesce would copy it unchanged
+                event_time = pc.coalesce(event_time, ingested)
         return pa.Table.from_arrays([*columns, ingested, event_time], schema=self.schema)
 
     def fast(self, raw: pa.Table) -> DecodedBatch:
@@ -225,8 +227,10 @@ class _Decoder:
             raise _Mismatch("unknown fields")  # the thorough pass names them per record
         for name in raw.column_names:
             column = raw.column(name)
-            if pa.types.is_floating(column.type) and pc.any(pc.invert(pc.is_finite(column))).as_py():
-                raise _Mismatch(name)  # NaN, Infinity: not JSON; the thorough pass judges
+            # NaN, Infinity: not JSON; the thorough pass judges (nulls are skipped)
+            if pa.types.is_floating(column.type) \
+                    and not pc.all(pc.is_finite(column), min_count=0).as_py():
+                raise _Mismatch(name)
         columns = [_cast_column(raw, f, n) for f in self.fields]
         for f, column in zip(self.fields, columns):
             if f.required and column.null_count:
