@@ -268,10 +268,14 @@ class JobManager:
         for pipeline_id, status, definition, committed_seq in rows:
             flights = self._flights.get(pipeline_id, [])
             parallel = status == Status.STOPPING and not json.loads(definition)["sink"].get("table")
-            if len(flights) >= (self.workers if parallel else 1):
-                continue
             failures = self._failures.get(pipeline_id)
-            if failures is not None and now < failures.retry_at:
+            backing_off = failures is not None and now < failures.retry_at
+            if len(flights) >= (self.workers if parallel else 1):
+                if not backing_off and pipeline_id not in self._recovered \
+                        and len(flights) < self.workers:
+                    self._retry_predecessor(pipeline_id, [f.epoch for f in flights])
+                continue
+            if backing_off:
                 continue
             try:
                 # Read before planning looks: a commit after this read changes it.
@@ -312,6 +316,14 @@ class JobManager:
             self._quiet.pop(pipeline_id, None)
             _log.info("pipeline %s was deleted: cancelled its epochs %s", pipeline_id,
                       [f.epoch for f in flights])
+
+    def _retry_predecessor(self, pipeline_id: str, in_flight: list[int]) -> None:
+        """Run a failed epoch beside a later one still in flight, which waits for its
+        commit (a stop's parallel flush, then a resume): not after the later one
+        gave up waiting (``PREDECESSOR_TIMEOUT_SECONDS``)."""
+        epoch = pending_epoch(self.store, pipeline_id, exclude=in_flight)
+        if epoch is not None and epoch < min(in_flight):
+            self._submit(pipeline_id, epoch, after_another=True)
 
     def _schedule(self, pipeline_id: str, status: str, committed_seq: int, now: float, *,
                   parallel: bool = False) -> Plan:

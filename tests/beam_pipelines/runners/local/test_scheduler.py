@@ -165,3 +165,26 @@ def test_pause_lets_the_running_epoch_finish_and_commit(
     _tick_until(manager, lambda: _committed(manager.store, pipeline_id) == [(1, "committed")],
                 "the paused pipeline's running epoch to commit")
     assert service.get("paused")["events_out"] == 2 and service.get("paused")["errors"] == 0
+
+
+def test_a_failed_predecessor_is_retried_beside_its_waiting_successor(
+        service: PipelineService, tmp_path: Any) -> None:
+    """A stop's parallel flush runs epochs 1 and 2 at once; epoch 1 fails (a sink
+    outage), the stop times out and the user resumes: epoch 2 still runs, waiting
+    for epoch 1's commit. The retry of epoch 1 must not wait for epoch 2 to give up
+    (PREDECESSOR_TIMEOUT_SECONDS, 2 minutes: a CI run saw ingest stall that long)."""
+    pipeline_id = _running(service, "waits")
+    for count in (3, 4):
+        _ingest(service, "waits", count)
+        buffer = EventBuffer(buffer_path(service.data_dir, pipeline_id))
+        plan_epoch(service.store, pipeline_id, buffer, flush=True)
+        buffer.close()
+    jobs = JobManager(service.store.url, str(tmp_path), workers=2)
+    try:
+        jobs._recovered.discard(pipeline_id)  # as after epoch 1's failure was recorded
+        jobs._submit(pipeline_id, 2, after_another=True)  # the flush's epoch 2, still waiting
+        _tick_until(jobs, lambda: _committed(jobs.store, pipeline_id)
+                    == [(1, "committed"), (2, "committed")], "epochs 1 and 2 committed")
+    finally:
+        jobs.close()
+    assert service.get("waits")["events_out"] == 7
