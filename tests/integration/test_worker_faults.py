@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import requests
 
-from tests.live import LiveServer, busy_epoch_workers, query, wait_for
+from tests.live import LiveServer, busy_epoch_workers, kill_busy_epoch_workers, query, wait_for
 
 SCHEMA = [{"name": "seq", "type": "int64", "required": True},
           {"name": "payload", "type": "string"}]
@@ -83,9 +83,8 @@ def test_killing_epoch_workers_again_and_again_stops_no_pipeline_and_loses_nothi
         with _Ingest(server) as ingest:
             for kill in range(KILLS):
                 before = _events_out(server)
-                victim = wait_for(lambda: busy_epoch_workers(server), timeout=120,
-                                  interval=0.02, message=f"a busy epoch worker (kill {kill})")[0]
-                os.kill(victim.pid, signal.SIGKILL)
+                wait_for(lambda: kill_busy_epoch_workers(server, at_most=1), timeout=120,
+                         interval=0.02, message=f"a busy epoch worker, killed (kill {kill})")
                 assert _healthy(server)
                 wait_for(lambda before=before: all(  # type: ignore[misc]
                     now > before[name] for name, now in _events_out(server).items()),
