@@ -14,7 +14,8 @@ import psutil
 
 from control_api.devserver import LiveServer, free_port
 
-__all__ = ["LiveServer", "busy_epoch_workers", "free_port", "planned_epoch", "query", "wait_for"]
+__all__ = ["LiveServer", "busy_epoch_workers", "free_port", "kill_busy_epoch_workers",
+           "planned_epoch", "query", "wait_for"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
@@ -52,6 +53,38 @@ def busy_epoch_workers(server: LiveServer) -> list[psutil.Process]:
         except psutil.Error:
             pass  # ended while we looked
     return busy
+
+
+def _halted(process: psutil.Process) -> str | None:
+    """The process's status once it is stopped (SIGSTOP delivered) or a zombie, else None."""
+    status = str(process.status())
+    return status if status in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE) else None
+
+
+def kill_busy_epoch_workers(server: LiveServer, at_most: int | None = None) -> list[psutil.Process]:
+    """SIGKILL epoch workers that are running an epoch at the moment of the kill.
+
+    A worker found busy may finish its epoch before the kill lands (a slow
+    machine takes its time between the look and the signal), and killing an
+    idle worker fails no epoch. So each is stopped (SIGSTOP) first, and killed
+    only if its name still says busy; one that went idle meanwhile is let go.
+    """
+    killed: list[psutil.Process] = []
+    for worker in busy_epoch_workers(server):
+        if at_most is not None and len(killed) >= at_most:
+            break
+        try:
+            worker.suspend()
+            status = wait_for(lambda w=worker: _halted(w), timeout=30,  # type: ignore[misc]
+                              interval=0.001, message="the worker to stop")
+            if status == psutil.STATUS_STOPPED and worker.name() == "pdo-epoch-busy":
+                worker.kill()
+                killed.append(worker)
+            else:
+                worker.resume()
+        except psutil.Error:
+            pass  # ended while we looked
+    return killed
 
 
 def planned_epoch(data_dir: str) -> bool:

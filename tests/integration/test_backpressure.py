@@ -58,7 +58,7 @@ def test_a_full_backlog_answers_503_then_drains_and_loses_nothing(tmp_path: Any)
 
         server.ok("start", {"name": "capped"})
         wait_for(lambda: server.post_ndjson("capped", _batch(10**6)).status_code == 200,
-                 timeout=60, interval=0.2, message="ingest accepted again after the drain")
+                 timeout=180, interval=0.2, message="ingest accepted again after the drain")
         acked.append(10**6)
         server.ok("stop", {"name": "capped"}, options={"timeout": 120_000})
         _assert_written_once(f"{tmp_path}/lake/capped/**/*.parquet", acked)

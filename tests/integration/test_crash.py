@@ -8,16 +8,14 @@ at all, never twice.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
-import time
 from collections import Counter
 from typing import Any
 
 import requests
 
-from tests.live import LiveServer, busy_epoch_workers, planned_epoch, query, wait_for
+from tests.live import LiveServer, kill_busy_epoch_workers, planned_epoch, query, wait_for
 
 SCHEMA = [{"name": "seq", "type": "int64", "required": True},
           {"name": "payload", "type": "string"}]
@@ -44,12 +42,10 @@ def test_kill_9_of_a_worker_during_an_epoch_reruns_it_exactly_once(live_server: 
         acked += 10_000
     server.ok("start", {"name": "crash"})
 
-    # A worker still starting runs no epoch: killing it fails none (the pool
-    # just starts another). Kill the ones running an epoch.
-    workers = wait_for(lambda: busy_epoch_workers(server), timeout=120, interval=0.01,
-                       message="an epoch worker running an epoch")
-    for worker in workers:
-        os.kill(worker.pid, signal.SIGKILL)
+    # A worker still starting, or done with its epoch, runs none: killing it fails
+    # none (the pool just starts another). Kill the ones running an epoch.
+    wait_for(lambda: kill_busy_epoch_workers(server), timeout=120, interval=0.01,
+             message="an epoch worker running an epoch, killed")
 
     stopped = server.ok("stop", {"name": "crash"}, options={"timeout": 120_000})
     assert stopped["status"] == "stopped"
@@ -89,10 +85,8 @@ def test_kill_9_of_the_whole_server_during_ingest_loses_no_acknowledged_event(
         threads = [threading.Thread(target=client, args=(w,)) for w in range(3)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 60
-        while len(acked) < 60 or not planned_epoch(server.data_dir):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(lambda: len(acked) >= 60 and planned_epoch(server.data_dir), timeout=180,
+                 interval=0.01, message="60 acknowledged requests and an epoch planned")
         server.kill(signal.SIGKILL)
         stop.set()
         for t in threads:

@@ -207,13 +207,13 @@ def _epoch_workers(server: LiveServer) -> list[psutil.Process]:
 def _kill_a_worker_during_an_epoch(server: LiveServer, names: list[str], rng: random.Random) -> bool:
     """SIGKILL one epoch worker while an epoch is planned, then wait for a commit."""
     wait_for(lambda: planned_epoch(server.data_dir) and _epoch_workers(server),
-             timeout=60, interval=0.05, message="an epoch running on a worker")
+             timeout=180, interval=0.05, message="an epoch running on a worker")
     committed = _total_epochs(server, names)
     try:
         os.kill(rng.choice(_epoch_workers(server)).pid, signal.SIGKILL)
     except (ProcessLookupError, IndexError):
         return False
-    wait_for(lambda: _total_epochs(server, names) > committed, timeout=60, interval=0.2,
+    wait_for(lambda: _total_epochs(server, names) > committed, timeout=180, interval=0.2,
              message="a commit after the kill")
     return True
 
@@ -232,7 +232,7 @@ def test_epoch_workers_killed_during_epochs_lose_and_duplicate_nothing(
     try:
         kills = sum(_kill_a_worker_during_an_epoch(server, names, rng) for _ in range(KILLS))
         after_kills = {name: _epochs(server, name) for name in names}
-        wait_for(lambda: all(_epochs(server, n) > after_kills[n] for n in names), timeout=60,
+        wait_for(lambda: all(_epochs(server, n) > after_kills[n] for n in names), timeout=180,
                  interval=0.2, message="every pipeline committing after the kills")
         assert requests.get(server.url + "/healthz", timeout=30).status_code == 200
     finally:
@@ -280,7 +280,7 @@ def test_a_poisoned_epoch_fails_is_announced_and_resumes_after_a_fix(
     server.ok("start", {"name": "poisoned"})
     try:
         info = wait_for(lambda: (i := server.ok("get", {"name": "poisoned"}))["status"] == "failed"
-                        and i, timeout=60, interval=0.25, message="status failed")
+                        and i, timeout=180, interval=0.25, message="status failed")
         announced = wait_for(lambda: [e for e in receiver.events(created["id"])
                                       if e["type"] == "pipeline.failed"],
                              timeout=30, message="a pipeline.failed webhook")
@@ -341,13 +341,13 @@ def test_a_runaway_sql_fails_its_own_pipeline_while_the_neighbour_commits(
     client = Client(server, neighbour, first_id=(int(tag) + 1) * 10**9)
     client.start()
     try:
-        wait_for(lambda: _epochs(server, neighbour) >= 1, timeout=60, message="a first commit")
+        wait_for(lambda: _epochs(server, neighbour) >= 1, timeout=180, message="a first commit")
         server.ok("start", {"name": name})
         before = _epochs(server, neighbour)
         info = wait_for(lambda: (i := server.ok("get", {"name": name}))["status"] == "failed" and i,
                         timeout=90, interval=0.25, message=f"{name} failed")
         during = _epochs(server, neighbour)
-        wait_for(lambda: _epochs(server, neighbour) > during, timeout=60,
+        wait_for(lambda: _epochs(server, neighbour) > during, timeout=180,
                  message="the neighbour committing after the failure")
         assert requests.get(server.url + "/healthz", timeout=30).status_code == 200
     finally:

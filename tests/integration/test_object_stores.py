@@ -273,7 +273,7 @@ def test_secrets_never_leave_the_server(server: LiveServer, tmp_path: Path) -> N
             def failed_twice(name: str = name) -> Any:
                 info = server.ok("get", {"name": name})
                 return info["errors"] >= 2 and info
-            info = wait_for(failed_twice, timeout=60, message=f"{name} to fail twice")
+            info = wait_for(failed_twice, timeout=180, message=f"{name} to fail twice")
             assert info["epochs"] == 0 and info["backlog_events"] == 2
             assert info["last_error"].startswith("epoch 1 failed"), info["last_error"]
             logs = server.ok("logs", {"name": name, "level": "error"})["logs"]

@@ -102,7 +102,7 @@ def test_a_stop_during_a_sink_outage_times_out_into_stopping_and_resumes(
         server.ok("start", {"name": "outage"})
         assert server.post_ndjson("outage", _events(["a"] * 100)).json()["data"]["accepted"] \
             == 100
-        wait_for(lambda: server.ok("get", {"name": "outage"})["errors"] >= 2, timeout=60,
+        wait_for(lambda: server.ok("get", {"name": "outage"})["errors"] >= 2, timeout=180,
                  message="two failed attempts")
 
         for _ in range(2):  # a stop that times out, and the same stop waited for again

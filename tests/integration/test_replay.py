@@ -123,7 +123,7 @@ def test_replay_of_the_first_round_into_a_new_prefix_while_live_ingest_goes_on(
             return [e["data"] for e in receiver.events(created["id"])
                     if e["type"] == "pipeline.written" and e["data"].get("replay")]
         written = wait_for(lambda: len(replay_written()) >= done["files_written"] and
-                           replay_written(), timeout=60, message="replay pipeline.written")
+                           replay_written(), timeout=180, message="replay pipeline.written")
         assert {w["replay"] for w in written} == {started["id"]}
         assert all("/clicks-v2/" in w["path"] for w in written)
         assert sum(w["rows"] for w in written) == 3000

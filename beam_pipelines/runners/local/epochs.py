@@ -241,6 +241,11 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         gc.collect()
         discard_epoch_attempt(sink, pipeline_id, epoch_no, manifest_path)
         raise failure from None
+    # The scratch goes before the commit: whoever sees the epoch committed (its
+    # backlog gone) finds nothing of it in _tmp/, and a crash in between leaves
+    # an uncommitted epoch whose retry cleans up. After a retry, gs:// and s3://
+    # may hold what a failed attempt could not delete.
+    remove_scratch(sink, pipeline_id, epoch_no, remote=retried)
     if predecessor_timeout > 0:
         _await_commit_through(store, pipeline_id, range_start, predecessor_timeout)
     result = commit_epoch(store, pipeline_id, epoch_no, files)
@@ -248,8 +253,6 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
         release_epoch(data_dir, result, retention=definition.retention,
                       pinned=pin_of(store, pipeline_id))
     remove_file(manifest_path)
-    # After a retry, gs:// and s3:// may hold what a failed attempt could not delete.
-    remove_scratch(sink, pipeline_id, epoch_no, remote=retried)
     return result
 
 

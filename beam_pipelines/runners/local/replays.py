@@ -248,13 +248,14 @@ def run_replay_epoch(store: Store, data_dir: str, replay_id: str, epoch_no: int,
         gc.collect()  # writers a failed run left open upload when collected: now, then clean
         discard_epoch_attempt(sink, naming, epoch_no, manifest_path)
         raise failure from None
+    # Before the commit, as ``run_epoch`` does: a replay seen done has nothing left in _tmp/.
+    remove_scratch(sink, naming, epoch_no, remote=retried)
     try:
         result = commit_replay_epoch(store, replay_id, epoch_no, files)
     except ReplayCancelled:
         discard_epoch_attempt(sink, naming, epoch_no, manifest_path)  # cancelled while it ran
         raise
     remove_file(manifest_path)
-    remove_scratch(sink, naming, epoch_no, remote=retried)
     return result
 
 

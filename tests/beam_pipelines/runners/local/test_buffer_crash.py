@@ -94,7 +94,7 @@ def test_kill_9_of_appending_processes_during_group_commits_loses_no_acknowledge
     readers = [threading.Thread(target=collect, args=(p,)) for p in procs]
     for r in readers:
         r.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while len(acked) < 150 and time.monotonic() < deadline:
         time.sleep(0.01)
     for proc in procs:

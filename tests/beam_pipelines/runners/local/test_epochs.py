@@ -186,6 +186,29 @@ def test_local_files_and_their_directories_are_fsynced_before_the_commit(
     assert expected <= set(synced_at_commit)
 
 
+def test_whoever_sees_an_epoch_committed_finds_nothing_of_it_in_tmp(
+        service: PipelineService, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client (or the job manager's test) that sees the backlog gone lists the
+    # sink at once: the epoch's scratch must be gone by the commit, not after it.
+    import beam_pipelines.runners.local.epochs as epochs_module
+
+    real_commit = epochs_module.commit_epoch
+    scratch_at_commit: list[bool] = []
+
+    def recording_commit(*args: Any, **kwargs: Any) -> Any:
+        scratch_at_commit.append(os.path.exists(tmp_path / "lake/p/_tmp"))
+        return real_commit(*args, **kwargs)
+
+    pipeline_id = _create(service)
+    _ingest(service, 0, 10)
+    assert plan_epoch(service.store, pipeline_id,
+                      EventBuffer(buffer_path(str(tmp_path), pipeline_id)), flush=True) == 1
+    monkeypatch.setattr(epochs_module, "commit_epoch", recording_commit)
+    assert run_epoch(service.store, str(tmp_path), pipeline_id, 1).rows_out == 5
+    assert scratch_at_commit == [False]
+    assert not os.path.exists(tmp_path / "lake/p/_tmp")
+
+
 def test_a_reading_session_is_one_snapshot(service: PipelineService, tmp_path: Any) -> None:
     # ``get`` reads counters and files in one session: an epoch committed
     # between the two reads must show in both or in neither.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from beam_pipelines.catalog.replays import ReplayEpoch
 from beam_pipelines.catalog.store import Store, default_database_url
 from beam_pipelines.errors import ConflictError, DefinitionError
-from beam_pipelines.runners.local import epochs
+from beam_pipelines.runners.local import epochs, replays
 from beam_pipelines.runners.local.buffer import BufferHandles, EventBuffer, buffer_path
 from beam_pipelines.runners.local.replays import replay_views, run_replay_epoch
 from beam_pipelines.runners.local.retention import expire_retained
@@ -114,6 +115,25 @@ def test_replay_by_time_writes_the_range_once_under_new_sql_beside_the_live_file
     # Running an epoch again after its commit changes nothing (exactly once).
     run_replay_epoch(service.store, str(tmp_path), view["id"], 1)
     assert len(_values(str(tmp_path / "lake/p-v2/**/*.parquet"))) == 10
+
+
+def test_a_replay_seen_done_has_nothing_left_in_the_targets_tmp(
+        service: PipelineService, tmp_path: Path, ingested: tuple[str, float],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The commit makes the replay ``done``: whoever sees that lists the target at once.
+    real_commit = replays.commit_replay_epoch
+    scratch_at_commit: list[bool] = []
+
+    def recording_commit(*args: Any, **kwargs: Any) -> Any:
+        scratch_at_commit.append(os.path.exists(tmp_path / "lake/p-v2/_tmp"))
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(replays, "commit_replay_epoch", recording_commit)
+    view = service.replay("p", {"first_offset": 1, "last_offset": 2,
+                                "target": {"prefix": "p-v2"}})
+    _run_replay(service, str(tmp_path), view["id"])
+    assert scratch_at_commit == [False, False]
+    assert _values(str(tmp_path / "lake/p-v2/**/*.parquet")) == list(range(20))
 
 
 def test_replay_by_offsets_into_the_sink_itself_never_takes_a_live_name(

@@ -88,7 +88,7 @@ def test_a_manager_whose_scheduler_thread_died_is_a_503_until_it_is_replaced(
     supervisor.start(watch=False)
     assert client.get("/healthz").status_code == 200
     written = _running_with_events(managers.service, 4)
-    wait_for(lambda: written() == 4, message="the first manager's commit")
+    wait_for(lambda: written() == 4, timeout=180, message="the first manager's commit")
     first = managers.started[0]
     wait_for(lambda: first.health() is not None, message="the scheduler thread to end")
 
@@ -104,7 +104,7 @@ def test_a_manager_whose_scheduler_thread_died_is_a_503_until_it_is_replaced(
     assert supervisor.check() is None
     assert client.get("/healthz").status_code == 200
     _ingest(managers.service, 4)
-    wait_for(lambda: written() == 8, message="the new manager's commit")
+    wait_for(lambda: written() == 8, timeout=180, message="the new manager's commit")
 
 
 @_thread_ends
@@ -118,7 +118,7 @@ def test_the_supervisor_thread_notices_and_restarts_by_itself(
         wait_for(lambda: supervisor.restarts == 1, message="the supervisor's restart")
         wait_for(lambda: client.get("/healthz").status_code == 200, message="healthy again")
         _ingest(managers.service, 3)
-        wait_for(lambda: written() == 6, message="commits of the new manager")
+        wait_for(lambda: written() == 6, timeout=180, message="commits of the new manager")
     finally:
         supervisor.close(10)
 
