@@ -180,5 +180,8 @@ def test_without_the_operation_the_dead_letters_panel_says_so(server: LiveServer
     page.goto(server.url + "/console#/p/no_dead_letters")
     page.wait_for_selector("#dead-letters-unavailable")
     assert page.locator("#dead-letters-table").count() == 0
-    wait_for(lambda: "monitor" in watched.operations, message="the page's first poll")
+    # Playwright's sync API hears of requests only while one of its calls runs:
+    # the wait drives it (a plain sleep would never see the poll).
+    wait_for(lambda: page.wait_for_timeout(100) or "monitor" in watched.operations,
+             message="the page's first poll")
     assert "dead_letters" not in watched.operations
