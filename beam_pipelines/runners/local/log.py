@@ -33,6 +33,7 @@ from beam_pipelines.errors import NotFoundError
 from beam_pipelines.runners.local.segments import (
     Head,
     encode_frame,
+    fsync_path,
     read_head,
     scan_frames,
     segment_name,
@@ -78,7 +79,7 @@ class SegmentLog:
                 write_head(fd, Head(), sync=True)
         finally:
             os.close(fd)
-        _sync_dir(directory)
+        fsync_path(directory)
 
     # -- the head -------------------------------------------------------------
 
@@ -178,7 +179,7 @@ class SegmentLog:
         fd = os.open(self._path(first), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         # The name must outlive a power loss before any frame is acked in it;
         # the head need not (recovery walks on to the following segment).
-        _sync_dir(self.directory)
+        fsync_path(self.directory)
         self._set_active(first, fd)
         moved = head.moved(active_first_seq=first, active_end=0)
         write_head(self._head_fd(), moved)
@@ -239,7 +240,7 @@ class SegmentLog:
         recovered = base.moved(active_first_seq=first, active_end=end, last_seq=last,
                                events_total=events, raw_bytes_total=raw_bytes)
         write_head(self._head_fd(), recovered, sync=True)
-        _sync_dir(self.directory)
+        fsync_path(self.directory)
         return recovered
 
     # -- segment files ---------------------------------------------------------
@@ -285,10 +286,3 @@ class SegmentLog:
             self._fd = self._active_fd = None
             self._active_first = 0
 
-
-def _sync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 __all__ = ["FRAME_HEADER_BYTES", "Frame", "Head", "SEGMENT_SUFFIX", "encode_frame",
-           "frame_payload", "parse_frame_header", "read_head", "scan_frames",
+           "frame_payload", "fsync_path", "parse_frame_header", "read_head", "scan_frames",
            "segment_name", "segment_seqs", "to_ipc", "write_head"]
 
 _FRAME = struct.Struct("<4sIIIQQQQd")  # magic, header crc, length, payload crc, seqs, events...
@@ -186,3 +186,13 @@ def write_head(fd: int, head: Head, *, sync: bool = False) -> None:
     os.pwrite(fd, _HEAD_MAGIC + struct.pack("<I", zlib.crc32(rest)) + rest, 0)
     if sync:
         os.fsync(fd)
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or a directory (a directory: the names created, renamed or
+    removed in it) by path."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

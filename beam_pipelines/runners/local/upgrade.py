@@ -58,7 +58,7 @@ from beam_pipelines.catalog.store import Epoch, LogEntry, PipelineRow, Store
 from beam_pipelines.errors import StorageError
 from beam_pipelines.runners.local.buffer import buffer_path, log_directory
 from beam_pipelines.runners.local.ledger import Ledger
-from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES
+from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, fsync_path
 from beam_pipelines.runners.local.upgrade_log import StagedLog, stage_log
 from beam_pipelines.settings import data_plane_settings
 
@@ -165,7 +165,7 @@ def upgrade_buffer(store: Store, data_dir: str, pipeline_id: str, *,
             raise
         step("staged")
         os.rename(log_dir + _STAGED, log_dir)  # the commit point
-        _sync_dir(os.path.dirname(path))
+        fsync_path(os.path.dirname(path))
         _log.info("pipeline %s: event buffer moved to %s (%d requests)", pipeline_id, log_dir,
                   staged.requests)
         step("log_in_place")
@@ -257,7 +257,7 @@ def _stage_ledger(old_path: str, ledger_path: str, committed_seq: int,
         con.execute("DETACH DATABASE old")
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         con.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, to be renamed
-    _fsync(ledger_path)
+    fsync_path(ledger_path)
 
 
 def _finish(store: Store, pipeline_id: str, path: str,
@@ -267,14 +267,14 @@ def _finish(store: Store, pipeline_id: str, path: str,
     if os.path.exists(staged):
         if os.path.exists(path):  # still the old file (the staged one is not in place)
             os.rename(path, aside)
-            _sync_dir(os.path.dirname(path))
+            fsync_path(os.path.dirname(path))
             step("old_set_aside")
         # Whatever the old file left beside it must not be applied to the new one (its
         # WAL was folded in when staged, and nothing wrote to it since).
         for suffix in ("-wal", "-shm", "-journal"):
             _remove(path + suffix)
         os.rename(staged, path)
-        _sync_dir(os.path.dirname(path))
+        fsync_path(os.path.dirname(path))
         step("ledger_in_place")
     if not os.path.exists(aside):
         return None  # finished before (a crash came after the last removal)
@@ -294,7 +294,7 @@ def _finish(store: Store, pipeline_id: str, path: str,
     step("logged")
     _remove(aside)
     _remove(path + ".lock")  # the old writers' lock file
-    _sync_dir(os.path.dirname(path))
+    fsync_path(os.path.dirname(path))
     step("done")
     return upgraded
 
@@ -330,14 +330,3 @@ def _remove(path: str) -> None:
     except FileNotFoundError:
         pass
 
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync_dir(directory: str) -> None:
-    _fsync(directory)

@@ -20,6 +20,7 @@ from beam_pipelines.runners.local.log import SEGMENT_BYTES
 from beam_pipelines.runners.local.segments import (
     Head,
     encode_frame,
+    fsync_path,
     scan_frames,
     segment_name,
     write_head,
@@ -82,7 +83,7 @@ def stage_log(directory: str, rows: Iterable[OldRow], *, committed_seq: int,
         write_head(fd, head, sync=True)
     finally:
         os.close(fd)
-    _sync(directory)
+    fsync_path(directory)
     return StagedLog(requests, events, committed_seq + 1 if requests else 0, seq, deleted)
 
 
@@ -107,10 +108,3 @@ def _close_synced(fd: int) -> None:
     finally:
         os.close(fd)
 
-
-def _sync(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
