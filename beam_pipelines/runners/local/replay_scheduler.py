@@ -35,28 +35,16 @@ from beam_pipelines.runners.local.replays import planned_stamp
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from beam_pipelines.settings import data_plane_settings
 
-__all__ = ["ReplayScheduler", "run_in_worker"]
+__all__ = ["ReplayScheduler", "retry_delay"]
 
 _log = logging.getLogger(__name__)
 MAX_ATTEMPTS = data_plane_settings().epoch_max_attempts
 MAX_TRANSIENT_ATTEMPTS = data_plane_settings().epoch_max_transient_attempts
 
-_worker_store: Store | None = None
-_worker_plans: object | None = None  # a PlanCache, made on the worker's first replay epoch
-
-
-def run_in_worker(database_url: str, data_dir: str, replay_id: str,
-                  epoch_no: int) -> EpochResult:
-    """A worker's entry for one replay epoch (its own store and compiled plans)."""
-    global _worker_store, _worker_plans
-    from beam_pipelines.runners.local.plan_cache import PlanCache
-    from beam_pipelines.runners.local.replays import run_replay_epoch
-
-    if _worker_store is None or _worker_store.url != database_url:
-        _worker_store = Store(database_url)
-    if not isinstance(_worker_plans, PlanCache):
-        _worker_plans = PlanCache(max_plans=4)
-    return run_replay_epoch(_worker_store, data_dir, replay_id, epoch_no, plans=_worker_plans)
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next attempt of an epoch (live or replay) that failed
+    ``attempts`` times: 0.5 s, doubling, at most 60 s."""
+    return min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
 
 
 _LOOK = -1  # never a stamp: the next tick looks
@@ -72,8 +60,12 @@ class ReplayScheduler:
     """Runs the planned epochs of running replays on the job manager's pool."""
 
     def __init__(self, store: Store, database_url: str, data_dir: str,
-                 pool: Callable[[], WorkerPool], events: RunnerEvents, workers: int) -> None:
+                 pool: Callable[[], WorkerPool], events: RunnerEvents, workers: int,
+                 run: Callable[[str, str, str, int], EpochResult]) -> None:
+        """``run``: the workers' entry for one replay epoch (``database_url, data_dir,
+        replay_id, epoch``), the job manager's, beside its live one."""
         self.store = store
+        self._run = run
         self.database_url = database_url
         self.data_dir = data_dir
         self._pool = pool
@@ -113,7 +105,7 @@ class ReplayScheduler:
                 break
             if replay_id in self._flights or now < self._retry_at.get(replay_id, 0.0):
                 continue
-            future = self._pool().submit(run_in_worker, self.database_url, self.data_dir,
+            future = self._pool().submit(self._run, self.database_url, self.data_dir,
                                          replay_id, epoch)
             self._flights[replay_id] = _Flight(epoch, future)
 
@@ -171,6 +163,6 @@ class ReplayScheduler:
             self.store.log(pipeline_id, "error", f"replay {replay_id}: {text}: the replay is "
                            "failed and its range no longer kept for it")
             return
-        delay = min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
+        delay = retry_delay(attempts)
         self._retry_at[replay_id] = time.time() + delay
         self.store.log(pipeline_id, "error", f"replay {replay_id}: {text}, retry in {delay:.1f}s")

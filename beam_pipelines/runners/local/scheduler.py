@@ -68,7 +68,7 @@ from beam_pipelines.runners.local.epochs import (
     try_plan_epoch,
 )
 from beam_pipelines.runners.local.periodic import PeriodicThread
-from beam_pipelines.runners.local.replay_scheduler import ReplayScheduler
+from beam_pipelines.runners.local.replay_scheduler import ReplayScheduler, retry_delay
 from beam_pipelines.runners.local.retention import Releaser
 from beam_pipelines.runners.local.upgrade import upgrade_data_dir
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
@@ -112,14 +112,31 @@ WORKER_MEMORY_MB = SQL_MEMORY_MB + WORKER_HEADROOM_MB
 
 def _run_in_worker(database_url: str, data_dir: str, pipeline_id: str,
                    epoch_no: int, predecessor_timeout: float = 0.0) -> EpochResult:
+    try:
+        return run_epoch(_store_of_worker(database_url), data_dir, pipeline_id, epoch_no,
+                         release=False, predecessor_timeout=predecessor_timeout,
+                         plans=_worker_plans)
+    finally:
+        _release_free_memory()
+
+
+def _run_replay_in_worker(database_url: str, data_dir: str, replay_id: str,
+                          epoch_no: int) -> EpochResult:
+    """A worker's entry for one replay epoch: the live epochs' store, plans and release."""
+    from beam_pipelines.runners.local.replays import run_replay_epoch
+
+    try:
+        return run_replay_epoch(_store_of_worker(database_url), data_dir, replay_id, epoch_no,
+                                plans=_worker_plans)
+    finally:
+        _release_free_memory()
+
+
+def _store_of_worker(database_url: str) -> Store:
     global _worker_store
     if _worker_store is None or _worker_store.url != database_url:
         _worker_store = Store(database_url)
-    try:
-        return run_epoch(_worker_store, data_dir, pipeline_id, epoch_no, release=False,
-                         predecessor_timeout=predecessor_timeout, plans=_worker_plans)
-    finally:
-        _release_free_memory()
+    return _worker_store
 
 
 def _release_free_memory() -> None:
@@ -211,7 +228,7 @@ class JobManager:
         self._loop = PeriodicThread("job-manager", tick_seconds, self.tick, _log)
         self._releaser = Releaser(self.store, data_dir)
         self._replays = ReplayScheduler(self.store, database_url, data_dir, self._ensure_pool,
-                                        self._events, self.workers)
+                                        self._events, self.workers, _run_replay_in_worker)
 
     # -- lifecycle of the manager itself --------------------------------------
 
@@ -457,7 +474,7 @@ class JobManager:
                            "longer retried; fix the cause (transform), then resume", epoch=epoch)
             self._events.on_failed(pipeline_id, epoch, message, attempts)  # once: on the transition
             return
-        delay = min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
+        delay = retry_delay(attempts)
         self._failures[pipeline_id] = _Failures(epoch, attempts, terminal, time.time() + delay)
         self.store.log(pipeline_id, "error", f"{message}, retry in {delay:.1f}s", epoch=epoch)
 
