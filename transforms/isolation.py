@@ -16,6 +16,13 @@ memory stays flat whatever the SQL does.
 At most ``_MAX_CHILDREN`` run at once per API process; a caller that finds
 no slot within the timeout gets ``SqlError`` code ``busy``.
 
+The forkserver stops once no plan or dry run has run for
+``IDLE_STOP_SECONDS``: plans come with ``create`` and
+``transform`` and dry runs with a person at the console, so most of the
+time an API process needs neither, and each one that planned held ~74 MB
+for good (with 2 API processes, both of them: ~150 MB of a server's peak
+in ``make bench``). The next call starts it again (~0.5 s).
+
 Cost, measured on this 2-core machine: the forkserver starts on the first
 call in an API process (~0.5 s; then it holds ~73 MB RSS, 26 MB of it unshared); each
 plan or dry run then takes ~40 ms where planning in-process took ~15 ms.
@@ -31,6 +38,8 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -47,15 +56,21 @@ from transforms.sandbox import (
 )
 from transforms.sql_policy import SqlError, check_sql, clean_message
 
-__all__ = ["dry_run_isolated", "plan_isolated"]
+__all__ = ["IDLE_STOP_SECONDS", "dry_run_isolated", "forkserver_pid", "plan_isolated"]
 
 # A dry run's reply is a page of rows for a person to look at.
 _MAX_REPLY_BYTES = 16 << 20
 _MAX_HEADER_BYTES = 16384
 _MAX_CHILDREN = 2
+IDLE_STOP_SECONDS = 10.0
 _slots = threading.BoundedSemaphore(_MAX_CHILDREN)
 _context_lock = threading.Lock()
 _context: Any = None
+_running = 0  # children started and not yet ended (under _context_lock)
+_last_end = 0.0
+_idle_timer: threading.Timer | None = None
+# The process's forkserver (what the "forkserver" context starts), for its stop.
+_FORKSERVER: Any = forkserver._forkserver
 
 
 def plan_isolated(sql: str, input_schema: pa.Schema, *, memory_mb: int | None = None,
@@ -81,14 +96,17 @@ def _run_child(sql: str, events: pa.Table, limit: int, memory_mb: int | None,
         raise SqlError(f"more than {_MAX_CHILDREN} SQL plans or dry runs are running on this "
                        "server process; try again shortly", "busy")
     try:
-        return _supervise(sql, _to_ipc(events), limit, budget, timeout)
+        context = _begin_child()
+        try:
+            return _supervise(context, sql, _to_ipc(events), limit, budget, timeout)
+        finally:
+            _end_child()
     finally:
         _slots.release()
 
 
-def _supervise(sql: str, payload: bytes, limit: int, budget: int,
+def _supervise(context: Any, sql: str, payload: bytes, limit: int, budget: int,
                timeout: float) -> pa.Table:
-    context = _get_context()
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_child_main, args=(send, sql, payload, limit, budget),
                             name="pipeline-do-sql", daemon=True)
@@ -151,16 +169,60 @@ def _answer(send: Connection, status: str, code: str, message: str) -> None:
     send.send_bytes(json.dumps([status, code, message[:1000]]).encode())
 
 
-def _get_context() -> Any:
-    """The forkserver context: one server per process imports DuckDB and pyarrow
-    once; each child is a fork of it, without the threads and memory of the API."""
-    global _context
+def _begin_child() -> Any:
+    """The forkserver context, counting one more child: one server per process
+    imports DuckDB and pyarrow once; each child is a fork of it, without the
+    threads and memory of the API. A stop in progress finishes first (the lock),
+    and none starts while a child runs (the count)."""
+    global _context, _running
     with _context_lock:
         if _context is None:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["transforms.isolation"])
             _context = context
+        _running += 1
         return _context
+
+
+def _end_child() -> None:
+    global _running, _last_end, _idle_timer
+    with _context_lock:
+        _running -= 1
+        _last_end = time.monotonic()
+        if _running == 0 and _idle_timer is None:
+            _arm_idle_timer(IDLE_STOP_SECONDS)
+
+
+def _arm_idle_timer(delay: float) -> None:
+    global _idle_timer
+    _idle_timer = threading.Timer(delay, _stop_when_idle)
+    _idle_timer.daemon = True
+    _idle_timer.start()
+
+
+def _stop_when_idle() -> None:
+    """Stop the forkserver if nothing ran for ``IDLE_STOP_SECONDS``;
+    otherwise look again when that time is up."""
+    global _idle_timer
+    with _context_lock:
+        _idle_timer = None
+        if _running:
+            return  # the last child to end starts the next timer
+        wait = _last_end + IDLE_STOP_SECONDS - time.monotonic()
+        if wait > 0:
+            _arm_idle_timer(wait)
+            return
+        # The standard library's own stop (its tests use it); the next
+        # ``Process.start`` runs ``ensure_running`` again. The resource tracker
+        # stays (13 MB): other users of multiprocessing in this process may
+        # have registered resources with it, which a stop would unlink.
+        _FORKSERVER._stop()
+
+
+def forkserver_pid() -> int | None:
+    """The running forkserver's pid, or None (for tests and diagnostics)."""
+    pid: int | None = _FORKSERVER._forkserver_pid
+    return pid
 
 
 def _to_ipc(table: pa.Table) -> bytes:

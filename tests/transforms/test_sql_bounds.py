@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import psutil
 import pyarrow as pa
 import pytest
 
+from transforms import isolation
 from transforms.isolation import dry_run_isolated, plan_isolated
 from transforms.sandbox import SqlError, run_sql, sandboxed_connection
 from transforms.sql import _DuckDbSqlFn
@@ -76,6 +78,28 @@ def test_planning_is_bounded_too() -> None:
     with pytest.raises(SqlError) as caught:
         plan_isolated("SELECT * FROM duckdb_settings()", EVENTS.schema)
     assert caught.value.code == "refused"
+
+
+def test_the_forkserver_stops_when_idle_and_the_next_plan_starts_it_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An API process holds the forkserver (~74 MB) only while it plans or dry-runs."""
+    monkeypatch.setattr(isolation, "IDLE_STOP_SECONDS", 0.3)
+    assert plan_isolated("SELECT user_id FROM events", EVENTS.schema).names == ["user_id"]
+    first = isolation.forkserver_pid()
+    assert first is not None and psutil.pid_exists(first)
+    # Calls closer together than the idle time keep it: the same server answers.
+    for _ in range(3):
+        dry_run_isolated("SELECT country FROM events", EVENTS, 1)
+        time.sleep(0.1)
+    assert isolation.forkserver_pid() == first
+    deadline = time.monotonic() + 10
+    while isolation.forkserver_pid() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert isolation.forkserver_pid() is None
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    rows = dry_run_isolated("SELECT user_id * 2 AS x FROM events ORDER BY x", EVENTS, 2)
+    assert rows.to_pylist() == [{"x": 0}, {"x": 2}]
+    assert isolation.forkserver_pid() not in (None, first)
 
 
 @pytest.mark.parametrize("sql", RUNAWAYS)
