@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import resource
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import duckdb
@@ -44,7 +47,7 @@ from transforms.sql_policy import INPUT_TABLE, SqlError, check_sql, clean_messag
 __all__ = ["DRY_RUN_TIMEOUT_SECONDS", "SQL_MAX_OUTPUT_MB", "SQL_MEMORY_MB", "SQL_TIMEOUT_SECONDS",
            "SqlError", "borrow_connection", "check_select", "duckdb_memory_limit",
            "limit_process_memory", "memory_budget_error", "plan_sql",
-           "return_connection", "run_sql", "sandboxed_connection"]
+           "return_connection", "run_sql", "sandboxed_connection", "sql_chunks"]
 
 
 # Rows per record batch read from a running query: the unit in which the
@@ -163,9 +166,13 @@ def plan_sql(sql: str, input_schema: pa.Schema, *, timeout_seconds: float | None
                                memory_limit=duckdb_memory_limit(memory_mb or SQL_MEMORY_MB))
     try:
         con.register(INPUT_TABLE, input_schema.empty_table())
-        with _Watchdog(con, timeout_seconds) as watchdog:
-            return _bounded(lambda: con.sql(sql).limit(0).to_arrow_table().schema,
-                            watchdog, memory_mb)
+        watchdog = _Watchdog(con, timeout_seconds)
+        try:
+            with watchdog.running():
+                return _bounded(lambda: con.sql(sql).limit(0).to_arrow_table().schema,
+                                watchdog, memory_mb)
+        finally:
+            watchdog.close()
     finally:
         con.close()
 
@@ -182,56 +189,136 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, events: pa.Table,
     the process. With ``timeout_seconds``, a query still running then is
     interrupted (code ``timeout``); out of memory is code ``memory_limit``.
     """
-    cap = (max_output_mb or SQL_MAX_OUTPUT_MB) << 20
-    con.register(INPUT_TABLE, events)
-
-    def read() -> pa.Table:
-        relation = con.sql(sql)
-        if max_rows is not None:
-            relation = relation.limit(max_rows)
-        reader = relation.to_arrow_reader(_BATCH_ROWS)
-        batches: list[pa.RecordBatch] = []
-        size = 0
-        try:
-            for batch in reader:
-                size += batch.nbytes
-                if size > cap:
-                    raise SqlError(f"the SQL's result is larger than its {cap >> 20} MB limit: "
-                                   "check its joins", "output_limit")
-                batches.append(batch)
-        finally:
-            reader.close()  # stops the query if it is still producing
-        return pa.Table.from_batches(batches, schema=reader.schema)
-
+    chunks = sql_chunks(con, sql, events, timeout_seconds, max_rows=max_rows,
+                        max_output_mb=max_output_mb, memory_mb=memory_mb)
     try:
-        with _Watchdog(con, timeout_seconds) as watchdog:
-            return _bounded(read, watchdog, memory_mb)
+        return next(chunks)
     finally:
-        con.unregister(INPUT_TABLE)
+        chunks.close()
+
+
+def sql_chunks(con: duckdb.DuckDBPyConnection, sql: str, events: pa.Table,
+               timeout_seconds: float | None = None, *, chunk_rows: int | None = None,
+               max_rows: int | None = None, max_output_mb: int | None = None,
+               memory_mb: int | None = None) -> Generator[pa.Table, None, None]:
+    """``run_sql``'s query, its result handed over in tables of at least
+    ``chunk_rows`` rows (the last one fewer) as DuckDB produces them.
+
+    A consumer that writes each chunk before taking the next holds one chunk
+    of the result instead of all of it (an epoch's result was its largest
+    allocation). Without ``chunk_rows``: the whole result as one table. The
+    first table is always yielded, empty if the result is, so its schema is
+    known. Only the time spent in DuckDB counts toward ``timeout_seconds``,
+    not the consumer's between chunks; the output cap counts the whole result.
+    """
+    cap = (max_output_mb or SQL_MAX_OUTPUT_MB) << 20
+    watchdog = _Watchdog(con, timeout_seconds)
+    con.register(INPUT_TABLE, events)
+    reader: Any = None
+    finished = False
+    try:
+        def start() -> Any:
+            relation = con.sql(sql)
+            if max_rows is not None:
+                relation = relation.limit(max_rows)
+            return relation.to_arrow_reader(_BATCH_ROWS)
+
+        with watchdog.running():
+            reader = _bounded(start, watchdog, memory_mb)
+        pending: list[pa.RecordBatch] = []
+        rows = size = chunks = 0
+        while True:
+            with watchdog.running():
+                batch = _bounded(lambda: _next_batch(reader), watchdog, memory_mb)
+            if batch is None:
+                finished = True
+                break
+            size += batch.nbytes
+            if size > cap:
+                raise SqlError(f"the SQL's result is larger than its {cap >> 20} MB limit: "
+                               "check its joins", "output_limit")
+            pending.append(batch)
+            rows += batch.num_rows
+            if chunk_rows is not None and rows >= chunk_rows:
+                yield pa.Table.from_batches(pending, schema=reader.schema)
+                pending, rows, chunks = [], 0, chunks + 1
+        if pending or not chunks:
+            yield pa.Table.from_batches(pending, schema=reader.schema)
+    finally:
+        try:
+            if reader is not None:
+                if not finished:  # abandoned (output cap, a failing consumer): stop it now
+                    con.interrupt()
+                with watchdog.running():  # closing waits for a query still producing
+                    reader.close()
+        finally:
+            watchdog.close()
+            con.unregister(INPUT_TABLE)
+
+
+def _next_batch(reader: Any) -> pa.RecordBatch | None:
+    try:
+        batch: pa.RecordBatch = reader.read_next_batch()
+    except StopIteration:
+        return None
+    return batch
 
 
 class _Watchdog:
-    """Interrupts the connection's query once ``timeout_seconds`` have passed."""
+    """Interrupts the connection's query once it has run ``timeout_seconds``
+    in all: the time inside ``running()`` blocks, so a consumer's work between
+    a streamed result's chunks is not the query's. One thread per query,
+    started by the first block (``close`` ends it)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, timeout_seconds: float | None) -> None:
         self.fired = threading.Event()
         self.timeout_seconds = timeout_seconds
         self._con = con
-        self._timer = threading.Timer(timeout_seconds, self._fire) if timeout_seconds else None
+        self._left = timeout_seconds or 0.0
+        self._deadline: float | None = None
+        self._closed = False
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
 
-    def _fire(self) -> None:
-        self.fired.set()
-        self._con.interrupt()
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        if not self.timeout_seconds:
+            yield
+            return
+        with self._wake:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="pdo-sql-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            started = time.monotonic()
+            self._deadline = started + self._left
+            self._wake.notify()
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._left -= time.monotonic() - started
+                self._deadline = None
+                self._wake.notify()
 
-    def __enter__(self) -> _Watchdog:
-        if self._timer is not None:
-            self._timer.daemon = True
-            self._timer.start()
-        return self
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
 
-    def __exit__(self, *_exc: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+    def _watch(self) -> None:
+        with self._wake:
+            while not self._closed:
+                if self._deadline is None:
+                    self._wake.wait()
+                    continue
+                wait = self._deadline - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                self.fired.set()
+                self._con.interrupt()
+                return
 
 
 def _bounded(work: Any, watchdog: _Watchdog, memory_mb: int | None) -> Any:

@@ -27,7 +27,7 @@ from apache_beam.io.filesystem import CompressionTypes
 
 from transforms.formats import FILE_FORMATS, FileFormat, file_format
 
-__all__ = ["FORMATS", "CsvSink", "JsonLinesSink", "ParquetSink", "check_format",
+__all__ = ["FORMATS", "ROW_GROUP_ROWS", "CsvSink", "JsonLinesSink", "ParquetSink", "check_format",
            "SinkFactory", "file_extension", "make_sink"]
 
 _GZIP_LEVEL = 1  # ~3x faster than 6 for ~10% larger files of event data
@@ -52,32 +52,65 @@ def _table(record: Any) -> pa.Table:
     return record[1] if isinstance(record, tuple) else record
 
 
+# Rows per Parquet row group. Files of the make bench workload were within
+# 0.2% of the size of 1M-row groups from 64k rows up (benchmarks/README.md,
+# "epoch memory"); DuckDB writes 122,880. What a writer holds before writing
+# is at most one row group per open file.
+ROW_GROUP_ROWS = 128 * 1024
+
+
 class ParquetSink(_TableSink):
-    """Writes every Arrow table it is given into one Parquet file."""
+    """Writes every Arrow table it is given into one Parquet file.
+
+    Tables may come in pieces of any size (an epoch's result in chunks, split
+    by partition): they are gathered until a full row group, so the file's
+    row groups have ``row_group_size`` rows (the last one fewer) whatever the
+    pieces, and the same rows always make the same file.
+    """
 
     file_format = FILE_FORMATS["parquet"]
 
-    def __init__(self, compression: str = "zstd", row_group_size: int = 1_000_000) -> None:
+    def __init__(self, compression: str = "zstd", row_group_size: int | None = None) -> None:
         self._compression = None if compression == "none" else compression
-        self._row_group_size = row_group_size
+        self._row_group_size = row_group_size or ROW_GROUP_ROWS
         self._writer: pq.ParquetWriter | None = None
         self._fh: Any = None
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
 
     def open(self, fh: Any) -> None:
         self._fh = fh
         self._writer = None
+        self._pending, self._pending_rows = [], 0
 
     def write(self, record: Any) -> None:
         table = _table(record)
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._fh, table.schema, compression=self._compression,
-                                            use_dictionary=dictionary_columns(table))
-        self._writer.write_table(table, row_group_size=self._row_group_size)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= self._row_group_size:
+            self._write_groups(final=False)
 
     def flush(self) -> None:
+        if self._pending:
+            self._write_groups(final=True)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def _write_groups(self, *, final: bool) -> None:
+        """Write the whole row groups gathered (all rows when ``final``); keep the rest."""
+        gathered = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        size = self._row_group_size
+        whole = gathered.num_rows if final else gathered.num_rows - gathered.num_rows % size
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._fh, gathered.schema,
+                                            compression=self._compression,
+                                            use_dictionary=dictionary_columns(gathered))
+        if whole or gathered.num_rows == 0:
+            self._writer.write_table(gathered.slice(0, whole), row_group_size=size)
+        rest = gathered.slice(whole)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
 
 
 # Dictionary encoding pays off for a column with few distinct values; for one

@@ -1,7 +1,10 @@
 """``DuckDbSql``: the Beam step that runs a pipeline's SQL over Arrow tables.
 
 Each element is one Arrow table (an epoch's events, or a window's batch);
-each output element is the query's result as one Arrow table. The DuckDB
+the query's result comes out as one Arrow table, or with ``chunk_rows`` as
+tables of about that many rows, each handed downstream as DuckDB makes it:
+the epoch graph writes each chunk before the next is computed, so a worker
+holds one chunk of an epoch's result instead of all of it. The DuckDB
 connection opens in ``setup`` and lives as long as the DoFn instance; with
 a ``pool_key`` it is borrowed from, and given back to, the process's pool
 (``transforms.sandbox``), so the next run of the same plan skips the start.
@@ -32,8 +35,8 @@ from transforms.sandbox import (
     borrow_connection,
     check_select,
     return_connection,
-    run_sql,
     sandboxed_connection,
+    sql_chunks,
 )
 
 __all__ = ["DuckDbSql"]
@@ -43,10 +46,12 @@ POOL_MAX_INPUT_ROWS = 50_000
 
 
 class _DuckDbSqlFn(beam.DoFn):
-    def __init__(self, sql: str, timeout_seconds: float, pool_key: str | None) -> None:
+    def __init__(self, sql: str, timeout_seconds: float, pool_key: str | None,
+                 chunk_rows: int | None = None) -> None:
         self._sql = sql
         self._timeout = timeout_seconds
         self._pool_key = pool_key
+        self._chunk_rows = chunk_rows
         self._con: Any = None
         self._keep = True
 
@@ -56,10 +61,11 @@ class _DuckDbSqlFn(beam.DoFn):
 
     def process(self, events: pa.Table) -> Iterator[pa.Table]:
         self._keep = False
-        result = run_sql(self._con, self._sql, events, self._timeout)
+        for result in sql_chunks(self._con, self._sql, events, self._timeout,
+                                 chunk_rows=self._chunk_rows):
+            if result.num_rows:
+                yield result
         self._keep = events.num_rows <= POOL_MAX_INPUT_ROWS
-        if result.num_rows:
-            yield result
 
     def teardown(self) -> None:
         if self._con is None:
@@ -75,13 +81,14 @@ class DuckDbSql(beam.PTransform):
     """Apply one sandboxed DuckDB SELECT to every Arrow table in the input."""
 
     def __init__(self, sql: str, timeout_seconds: float | None = None,
-                 pool_key: str | None = None) -> None:
+                 pool_key: str | None = None, chunk_rows: int | None = None) -> None:
         super().__init__()
         check_select(sql)
         self._sql = sql
         self._timeout = timeout_seconds or SQL_TIMEOUT_SECONDS
         self._pool_key = pool_key
+        self._chunk_rows = chunk_rows
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
-        fn = _DuckDbSqlFn(self._sql, self._timeout, self._pool_key)
+        fn = _DuckDbSqlFn(self._sql, self._timeout, self._pool_key, self._chunk_rows)
         return tables | "RunSql" >> beam.ParDo(fn).with_output_types(pa.Table)

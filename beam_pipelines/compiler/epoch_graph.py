@@ -2,10 +2,10 @@
 
     Impulse → EpochSpec → source → DuckDbSql → SplitPartitions → WriteToFiles(sink)
 
-Every element is an Arrow table (the whole epoch, then one per partition),
-never a single event. The epoch itself is element data: the graph starts
-from one :class:`EpochSpec` element, which the source reads its rows by and
-which ``SplitPartitions`` takes as a side input. Output names are
+Every element is an Arrow table (the epoch's events, the SQL's result in
+chunks, then each chunk's rows per partition), never a single event. The
+epoch itself is element data: the graph starts from one :class:`EpochSpec`
+element, which the source reads its rows by. Output names are
 deterministic and carry the pipeline id (:mod:`beam_pipelines.model.layout`), so
 re-running an epoch rewrites the same objects with the same rows, and no
 other pipeline's.
@@ -23,6 +23,7 @@ epoch without building the graph again.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -41,14 +42,22 @@ from beam_pipelines.model.layout import is_local, part_file_name, scratch_direct
 from beam_pipelines.model.manifest import FileEntry, write_manifest
 from transforms.decode import EVENT_TIME
 from transforms.partition import split_partitions
-from transforms.sinks import SinkFactory, file_extension
+from transforms.sinks import ROW_GROUP_ROWS, SinkFactory, file_extension
 from transforms.sql import DuckDbSql
 
-__all__ = ["EpochBound", "EpochGraph", "EpochScratch", "EpochSpec", "SplitEpochPartitions",
+__all__ = ["EPOCH_CHUNK_ROWS", "EpochBound", "EpochGraph", "EpochScratch", "EpochSpec",
+           "SplitEpochPartitions",
            "bound_to_epoch",
            "manifest_entry"]
 
 logging.getLogger("apache_beam").setLevel(logging.WARNING)
+
+# The SQL's result reaches the split and the file writers in chunks of at
+# least this many rows (the Parquet sink's row group, so a partition's rows
+# in one chunk make one row group): an epoch worker holds about one chunk of
+# the result, not the whole of it. A 400k-event epoch of the make bench
+# workload peaked ~N MB lower (benchmarks/README.md, "epoch memory").
+EPOCH_CHUNK_ROWS = ROW_GROUP_ROWS
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,11 @@ class _SplitPartitionsFn(beam.DoFn, EpochBound):
     """Split by partition path and record each partition's manifest entry.
 
     Yields ``((partition, epoch), rows)``: the destination carries the epoch,
-    so the file naming needs nothing but its constructor arguments.
+    so the file naming needs nothing but its constructor arguments. The SQL
+    step hands over its result in chunks (``EPOCH_CHUNK_ROWS``): a partition's
+    rows may come in several pieces, all of them written to the partition's
+    one file, and its manifest entry adds them up; the manifest is written
+    once the epoch's bundle has seen every chunk.
 
     The spec is a constructor argument, re-bound per epoch by a compiled plan,
     not a side input: a side input would cut the fused stage in two, and the
@@ -142,24 +155,43 @@ class _SplitPartitionsFn(beam.DoFn, EpochBound):
     def __init__(self, spec: EpochSpec) -> None:
         super().__init__()
         self.spec = spec
+        self._entries: dict[str, FileEntry] = {}
 
     def for_epoch(self, spec: EpochSpec) -> _SplitPartitionsFn:
         return _SplitPartitionsFn(spec)
+
+    def start_bundle(self) -> None:
+        self._entries = {}
 
     def process(self, table: pa.Table) -> Iterator[tuple[tuple[str, int], pa.Table]]:
         spec = self.spec
         sink = spec.sink
         fallback = datetime.fromtimestamp(spec.planned_at, timezone.utc)
         extension = file_extension(sink.format, sink.compression)
-        entries = []
         for partition, rows in split_partitions(table, sink.partition_by, fallback):
-            if is_local(sink.uri):
+            entry = manifest_entry(spec, partition, rows, extension)
+            seen = self._entries.get(partition)
+            if seen is None and is_local(sink.uri):
                 # Beam's local rename does not create directories and only logs
                 # a failed move; make the partition directory first.
                 os.makedirs(os.path.join(sink.uri, partition), exist_ok=True)
-            entries.append(manifest_entry(spec, partition, rows, extension))
+            self._entries[partition] = entry if seen is None else _add_rows(seen, entry)
             yield (partition, spec.epoch), rows
-        write_manifest(spec.manifest_path, entries)
+
+    def finish_bundle(self) -> None:
+        if self._entries:
+            write_manifest(self.spec.manifest_path, self._entries.values())
+
+
+def _add_rows(entry: FileEntry, more: FileEntry) -> FileEntry:
+    """One partition's entry after another piece of its rows."""
+    def pick(chooser: Any, a: float | None, b: float | None) -> float | None:
+        return a if b is None else b if a is None else chooser(a, b)
+
+    return dataclasses.replace(
+        entry, rows=entry.rows + more.rows,
+        min_event_time=pick(min, entry.min_event_time, more.min_event_time),
+        max_event_time=pick(max, entry.max_event_time, more.max_event_time))
 
 
 class SplitEpochPartitions(beam.PTransform):
@@ -238,7 +270,8 @@ class EpochGraph(beam.PTransform):
         return (
             specs
             | "ReadBufferRange" >> self._source
-            | "Sql" >> DuckDbSql(spec.sql, pool_key=self._sql_pool_key)
+            | "Sql" >> DuckDbSql(spec.sql, pool_key=self._sql_pool_key,
+                                 chunk_rows=EPOCH_CHUNK_ROWS)
             | "SplitPartitions" >> SplitEpochPartitions(spec)
             | "WriteFiles" >> fileio.WriteToFiles(
                 path=sink.uri,

@@ -161,6 +161,40 @@ def test_parquet_codec_and_row_group_size_are_applied(tmp_path: Path) -> None:
     assert meta.row_group(0).column(0).compression == "SNAPPY"
 
 
+def test_parquet_pieces_of_any_size_make_full_row_groups_and_the_same_file() -> None:
+    """An epoch's rows reach the sink in pieces (its SQL result in chunks, split by
+    partition): they are gathered into full row groups holding the rows the table
+    written at once would, and the same pieces make the same bytes (a re-run epoch)."""
+    import pyarrow.parquet as pq
+
+    def write(pieces: list[pa.Table]) -> bytes:
+        out = io.BytesIO()
+        sink = make_sink("parquet", "zstd", row_group_size=64)
+        sink.open(out)
+        for piece in pieces:
+            sink.write(piece)
+        sink.flush()
+        return out.getvalue()
+
+    whole = _events(0, 250)
+    pieces = [whole.slice(0, 30), whole.slice(30, 0), whole.slice(30, 50),
+              whole.slice(80, 100), whole.slice(180, 70)]
+    in_pieces, at_once = write(pieces), write([whole])
+    meta = pq.ParquetFile(io.BytesIO(in_pieces)).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [64, 64, 64, 58]
+    def rows(data: bytes) -> list[dict[str, Any]]:  # NaN as text: NaN != NaN
+        table = pq.read_table(io.BytesIO(data))
+        index = table.schema.get_field_index("amount")
+        return table.set_column(index, "amount",
+                                table.column("amount").cast(pa.string())).to_pylist()
+
+    assert rows(in_pieces) == rows(at_once)
+    assert pq.read_table(io.BytesIO(in_pieces)).column("id").to_pylist() == list(range(250))
+    assert write(pieces) == in_pieces
+    empty = pq.read_table(io.BytesIO(write([whole.slice(0, 0)])))
+    assert empty.num_rows == 0 and empty.schema.names == whole.schema.names
+
+
 def test_parquet_dictionary_encodes_only_columns_with_few_distinct_values() -> None:
     import pyarrow.parquet as pq
 

@@ -18,7 +18,7 @@ import pytest
 
 from transforms import isolation
 from transforms.isolation import dry_run_isolated, plan_isolated
-from transforms.sandbox import SqlError, run_sql, sandboxed_connection
+from transforms.sandbox import SqlError, run_sql, sandboxed_connection, sql_chunks
 from transforms.sql import _DuckDbSqlFn
 
 BUDGET_MB = 256
@@ -123,6 +123,44 @@ def test_the_epoch_step_stops_a_runaway_query(sql: str) -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] in BOUND_CODES, done.stdout
+
+
+def test_a_result_streamed_in_chunks_holds_every_row_once_in_order() -> None:
+    con = sandboxed_connection()
+    try:
+        big = pa.table({"user_id": pa.array(range(200_000), pa.int64())})
+        sql = "SELECT user_id, user_id * 2 AS x FROM events WHERE user_id % 3 <> 0"
+        chunks = list(sql_chunks(con, sql, big, 30.0, chunk_rows=100_000))
+        # DuckDB's batches (64k rows) gathered to at least 100k, the rest last.
+        assert [c.num_rows for c in chunks] == [131_072, 133_333 - 131_072]
+        whole = run_sql(con, sql, big, 30.0)
+        assert pa.concat_tables(chunks).equals(whole)
+        assert whole.column("user_id").to_pylist() == [n for n in range(200_000) if n % 3]
+        # An empty result is one empty table that still has the result's columns.
+        (empty,) = sql_chunks(con, "SELECT user_id AS u FROM events WHERE false", EVENTS,
+                              chunk_rows=500)
+        assert empty.num_rows == 0 and empty.schema.names == ["u"]
+    finally:
+        con.close()
+
+
+def test_a_consumers_time_between_chunks_is_not_the_querys() -> None:
+    """The timeout bounds DuckDB's time: writing each chunk (here: a sleep) does not
+    count toward it, and a query that runs too long is still stopped."""
+    big = pa.table({"user_id": pa.array(range(300_000), pa.int64())})
+    con = sandboxed_connection()
+    try:
+        seen = 0
+        for chunk in sql_chunks(con, "SELECT user_id FROM events", big, 0.5, chunk_rows=65536):
+            seen += chunk.num_rows
+            time.sleep(0.3)  # 5 chunks: 1.5 s in all, three times the timeout
+        assert seen == 300_000
+        with pytest.raises(SqlError) as caught:
+            for _chunk in sql_chunks(con, RUNAWAYS[4], EVENTS, 0.5, chunk_rows=65536):
+                pass
+        assert caught.value.code in BOUND_CODES
+    finally:
+        con.close()
 
 
 def test_output_is_read_in_batches_and_capped() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import glob
 import os
 import time
+from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 
 from beam_pipelines.catalog.store import Epoch, EpochFile
+from beam_pipelines.compiler import epoch_graph
 from beam_pipelines.compiler.epoch_graph import EpochSpec
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.epochs import commit_epoch, pending_epoch, plan_epoch, run_epoch
@@ -18,6 +21,7 @@ from beam_pipelines.runners.local.plan_cache import run_epoch_pipeline
 from beam_pipelines.service import PipelineService
 from beam_pipelines.storage.files import file_sizes
 from tests.live import query
+from transforms import sinks
 from transforms.decode import arrow_schema
 
 
@@ -250,3 +254,39 @@ def test_retention_keeps_committed_events_in_the_log_until_they_age_out(
     handles.close()
     assert segment_seqs(log_directory(buffer.path)) == [2]
     assert buffer.totals()["events_in"] == 50
+
+
+def test_an_epoch_result_in_many_chunks_makes_one_file_per_partition_with_every_row(
+        service: PipelineService, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SQL's result reaches the writers in chunks (``EPOCH_CHUNK_ROWS``), the
+    partitions interleaved within them: still one file per partition, its rows in
+    full-size row groups, and one manifest entry adding up every piece."""
+    monkeypatch.setattr(epoch_graph, "EPOCH_CHUNK_ROWS", 7)
+    monkeypatch.setattr(sinks, "ROW_GROUP_ROWS", 8)
+    pipeline_id = _create(service)
+    buffer = EventBuffer(buffer_path(str(tmp_path), pipeline_id))
+    _ingest(service, 0, 90)  # days alternate every 2 events: both partitions in every chunk
+    assert plan_epoch(service.store, pipeline_id, buffer, flush=True) == 1
+    result = run_epoch(service.store, str(tmp_path), pipeline_id, 1)
+    assert result.events == 90 and result.rows_out == 45
+    assert _rows(tmp_path) == [(n, n * 10) for n in range(0, 90, 2)]
+    by_partition = {f.partition: f for f in result.files}
+    assert sorted(by_partition) == ["dt=2026-02-01", "dt=2026-02-02"]
+    day1 = [n for n in range(0, 90, 2) if (n // 2) % 2 == 0]
+    assert by_partition["dt=2026-02-01"].rows == len(day1) == 23
+    assert by_partition["dt=2026-02-02"].rows == 45 - 23
+    for entry in result.files:
+        day = entry.partition[-2:]
+        assert entry.min_event_time == entry.max_event_time == \
+            datetime(2026, 2, int(day), tzinfo=timezone.utc).timestamp()
+        parquet = pq.ParquetFile(entry.uri)
+        groups = [parquet.metadata.row_group(i).num_rows
+                  for i in range(parquet.metadata.num_row_groups)]
+        assert sum(groups) == entry.rows and all(g == 8 for g in groups[:-1])
+        # Rows keep the result's order within their partition.
+        ns = parquet.read(columns=["n"]).column("n").to_pylist()
+        assert ns == sorted(ns)
+    with service.store.session() as s:
+        stored = s.scalars(select(EpochFile).where(EpochFile.pipeline_id == pipeline_id)).all()
+    assert sorted((os.path.basename(os.path.dirname(f.path)), f.rows) for f in stored) == [
+        ("dt=2026-02-01", 23), ("dt=2026-02-02", 22)]
