@@ -40,6 +40,7 @@ from beam_pipelines.model.definition import (
 from beam_pipelines.model.layout import is_local
 from beam_pipelines.model.manifest import FileEntry, read_manifest
 from beam_pipelines.runners.local.buffer import Backlog, EventBuffer, Pinned, buffer_path
+from beam_pipelines.runners.local.files import remove_file
 from beam_pipelines.storage.errors import classify_epoch_error
 from beam_pipelines.storage.files import (
     discard_attempt,
@@ -56,8 +57,7 @@ if TYPE_CHECKING:  # Beam is imported in the workers only, when an epoch runs
     from beam_pipelines.runners.local.plan_cache import PlanCache
 
 __all__ = ["EpochResult", "Plan", "commit_epoch", "discard_epoch_attempt", "epoch_is_due",
-           "pending_epoch", "plan_epoch", "release_epoch", "remove_file", "run_epoch",
-           "try_plan_epoch"]
+           "pending_epoch", "plan_epoch", "release_epoch", "run_epoch", "try_plan_epoch"]
 
 
 @dataclass(frozen=True)
@@ -271,14 +271,6 @@ def discard_epoch_attempt(sink: Sink, naming: str, epoch_no: int, manifest_path:
             paths = []  # no manifest: the attempt never got to its files
     discard_attempt(sink, naming, epoch_no, paths)
     remove_file(manifest_path)
-
-
-def remove_file(path: str) -> None:
-    """Remove ``path``; one already gone is fine."""
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _await_commit_through(store: Store, pipeline_id: str, seq: int, timeout: float) -> None:

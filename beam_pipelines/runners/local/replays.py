@@ -45,7 +45,8 @@ from beam_pipelines.model.layout import is_local
 from beam_pipelines.model.manifest import FileEntry, public_file
 from beam_pipelines.model.times import iso
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
-from beam_pipelines.runners.local.epochs import EpochResult, discard_epoch_attempt, remove_file
+from beam_pipelines.runners.local.epochs import EpochResult, discard_epoch_attempt
+from beam_pipelines.runners.local.files import remove_file
 from beam_pipelines.storage.errors import classify_epoch_error
 from beam_pipelines.storage.files import (
     file_sizes,
