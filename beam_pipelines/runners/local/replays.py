@@ -40,7 +40,7 @@ from beam_pipelines.catalog.replays import (
 from beam_pipelines.catalog.store import PipelineRow, Store
 from beam_pipelines.errors import ConflictError, DefinitionError, NotFoundError
 from beam_pipelines.model.definition import definition_from_dict
-from beam_pipelines.model.manifest import FileEntry, public_file
+from beam_pipelines.model.manifest import FileEntry
 from beam_pipelines.model.times import iso
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.epoch_attempt import (
@@ -312,8 +312,7 @@ def replay_files(store: Store, replay_id: str) -> list[dict[str, Any]]:
     with store.reading() as s:
         found = s.scalars(select(ReplayFile).where(ReplayFile.replay_id == replay_id)
                           .order_by(ReplayFile.id)).all()
-        return [public_file(f.path, f.rows, f.bytes, f.min_event_time, f.max_event_time,
-                            epoch=f.epoch) for f in found]
+        return [f.public() for f in found]
 
 
 def _view(replay: Replay) -> dict[str, Any]:
