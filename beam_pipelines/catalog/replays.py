@@ -19,7 +19,7 @@ from collections.abc import Callable
 from sqlalchemy import Float, ForeignKey, Integer, String, Text, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from beam_pipelines.catalog.store import Base, Store
+from beam_pipelines.catalog.store import OWN_EPOCH_COLUMNS, Base, EpochColumns, FileColumns, Store
 
 __all__ = ["Replay", "ReplayEpoch", "ReplayFile", "pin_of", "pinned_after"]
 
@@ -55,7 +55,7 @@ class Replay(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-class ReplayEpoch(Base):
+class ReplayEpoch(EpochColumns, Base):
     __tablename__ = "replay_epochs"
     __table_args__ = (UniqueConstraint("replay_id", "epoch"),)
 
@@ -63,29 +63,16 @@ class ReplayEpoch(Base):
     replay_id: Mapped[str] = mapped_column(ForeignKey("replays.id", ondelete="CASCADE"),
                                            index=True)
     pipeline_id: Mapped[str] = mapped_column(String(40), index=True)
-    epoch: Mapped[int] = mapped_column(Integer)
-    range_start: Mapped[int] = mapped_column(Integer)  # exclusive
-    range_end: Mapped[int] = mapped_column(Integer)  # inclusive
-    events: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # planned | committed
-    rows_out: Mapped[int] = mapped_column(Integer, default=0)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    planned_at: Mapped[float] = mapped_column(Float)
-    committed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    events: Mapped[int] = mapped_column(Integer, sort_order=OWN_EPOCH_COLUMNS)
+    status: Mapped[str] = mapped_column(String(16), sort_order=OWN_EPOCH_COLUMNS)  # planned | committed
 
 
-class ReplayFile(Base):
+class ReplayFile(FileColumns, Base):
     __tablename__ = "replay_files"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     replay_id: Mapped[str] = mapped_column(ForeignKey("replays.id", ondelete="CASCADE"),
                                            index=True)
-    epoch: Mapped[int] = mapped_column(Integer)
-    path: Mapped[str] = mapped_column(Text)
-    rows: Mapped[int] = mapped_column(Integer)
-    bytes: Mapped[int] = mapped_column(Integer)
-    min_event_time: Mapped[float | None] = mapped_column(Float, nullable=True)
-    max_event_time: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 def pinned_after(session: Session, pipeline_id: str) -> int | None:

@@ -40,8 +40,11 @@ __all__ = [
     "Base",
     "EngineJob",
     "Epoch",
+    "EpochColumns",
     "EpochFile",
+    "FileColumns",
     "LogEntry",
+    "OWN_EPOCH_COLUMNS",
     "PipelineRow",
     "SqlVersion",
     "Store",
@@ -98,31 +101,33 @@ class SqlVersion(Base):
     input_schema: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
-class Epoch(Base):
-    __tablename__ = "epochs"
-    __table_args__ = (UniqueConstraint("pipeline_id", "epoch"),)
+#: ``sort_order`` of an epoch table's own columns between the shared range and progress
+#: (``EpochColumns``): each table keeps its columns in the order it first had them.
+OWN_EPOCH_COLUMNS = 1
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"),
-                                             index=True)
+
+class EpochColumns:
+    """The columns a pipeline's epoch (``epochs``) and a replay's (``replay_epochs``) share.
+
+    Declared once for both tables, each table's columns stay in the order it
+    first had them, so a fresh catalog's schema is unchanged: the table's key
+    and owner, the range, the table's own (``sort_order=OWN_EPOCH_COLUMNS``),
+    then the progress (``sort_order=2``).
+    """
+
     epoch: Mapped[int] = mapped_column(Integer)
     range_start: Mapped[int] = mapped_column(Integer)  # exclusive
     range_end: Mapped[int] = mapped_column(Integer)  # inclusive
-    sql_version: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # planned | committed
-    events: Mapped[int] = mapped_column(Integer)
-    rows_out: Mapped[int] = mapped_column(Integer, default=0)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    planned_at: Mapped[float] = mapped_column(Float)
-    committed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rows_out: Mapped[int] = mapped_column(Integer, default=0, sort_order=2)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, sort_order=2)
+    planned_at: Mapped[float] = mapped_column(Float, sort_order=2)
+    committed_at: Mapped[float | None] = mapped_column(Float, nullable=True, sort_order=2)
 
 
-class EpochFile(Base):
-    __tablename__ = "epoch_files"
+class FileColumns:
+    """The columns of a committed epoch's file, a pipeline's (``epoch_files``) or a
+    replay's (``replay_files``), after the table's key and owner."""
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"),
-                                             index=True)
     epoch: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)
     rows: Mapped[int] = mapped_column(Integer)
@@ -133,6 +138,26 @@ class EpochFile(Base):
     def public(self) -> dict[str, Any]:
         return public_file(self.path, self.rows, self.bytes, self.min_event_time,
                            self.max_event_time, epoch=self.epoch)
+
+
+class Epoch(EpochColumns, Base):
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("pipeline_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"),
+                                             index=True)
+    sql_version: Mapped[int] = mapped_column(Integer, sort_order=OWN_EPOCH_COLUMNS)
+    status: Mapped[str] = mapped_column(String(16), sort_order=OWN_EPOCH_COLUMNS)  # planned | committed
+    events: Mapped[int] = mapped_column(Integer, sort_order=OWN_EPOCH_COLUMNS)
+
+
+class EpochFile(FileColumns, Base):
+    __tablename__ = "epoch_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"),
+                                             index=True)
 
 
 class EngineJob(Base):

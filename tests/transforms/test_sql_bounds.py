@@ -204,12 +204,12 @@ def test_a_query_cannot_spill_to_disk_or_show_a_directory() -> None:
 
 
 def test_an_epoch_worker_capped_for_its_budget_runs_sql_and_stops_runaways() -> None:
-    """An epoch worker's cap (the job manager's ``WORKER_MEMORY_MB``) in a Beam worker process."""
+    """An epoch worker's cap (``epoch_worker.WORKER_MEMORY_MB``) in a Beam worker process."""
     script = textwrap.dedent("""
         import apache_beam as beam
         import pyarrow as pa
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-        from beam_pipelines.runners.local.scheduler import WORKER_MEMORY_MB
+        from beam_pipelines.runners.local.epoch_worker import WORKER_MEMORY_MB
         from transforms.sandbox import limit_process_memory
         from transforms.sql import DuckDbSql
 

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -30,34 +29,22 @@ from sqlalchemy import func, select
 
 from beam_pipelines.catalog.replays import pin_of
 from beam_pipelines.catalog.store import Epoch, EpochFile, PipelineRow, SqlVersion, Store
-from beam_pipelines.errors import EpochError
-from beam_pipelines.model.definition import (
-    PipelineDefinition,
-    Retention,
-    Sink,
-    definition_from_dict,
-)
-from beam_pipelines.model.layout import is_local
-from beam_pipelines.model.manifest import FileEntry, read_manifest
+from beam_pipelines.model.definition import PipelineDefinition, Retention, definition_from_dict
+from beam_pipelines.model.manifest import FileEntry
 from beam_pipelines.runners.local.buffer import Backlog, EventBuffer, Pinned, buffer_path
-from beam_pipelines.storage.errors import classify_epoch_error
-from beam_pipelines.storage.files import (
-    discard_attempt,
-    file_sizes,
-    remove_scratch,
-    sync_local_files,
+from beam_pipelines.runners.local.epoch_attempt import (
+    EpochAttempt,
+    attempt_manifest,
+    write_epoch_attempt,
 )
-from beam_pipelines.storage.process import apply_epoch_sink_environment
-from beam_pipelines.storage.roots import allowed_local_roots, check_local_catalog, check_local_sink
-from beam_pipelines.storage.sealing import SecretBox
-from transforms.decode import arrow_schema
+from beam_pipelines.runners.local.files import remove_file
+from beam_pipelines.storage.files import remove_scratch
 
 if TYPE_CHECKING:  # Beam is imported in the workers only, when an epoch runs
     from beam_pipelines.runners.local.plan_cache import PlanCache
 
-__all__ = ["EpochResult", "Plan", "commit_epoch", "discard_epoch_attempt", "epoch_is_due",
-           "pending_epoch", "plan_epoch", "release_epoch", "remove_file", "run_epoch",
-           "try_plan_epoch"]
+__all__ = ["EpochResult", "Plan", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
+           "release_epoch", "run_epoch", "try_plan_epoch"]
 
 
 @dataclass(frozen=True)
@@ -175,9 +162,6 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
     ``plans``: the caller's compiled epoch plans (``compiler.PlanCache``), so
     an epoch re-runs its pipeline's plan instead of building a Beam graph.
     """
-    from beam_pipelines.compiler.epoch_graph import EpochSpec
-    from beam_pipelines.runners.local.plan_cache import run_epoch_pipeline
-
     with store.session() as s:
         epoch, row = _epoch_and_row(s, pipeline_id, epoch_no)
         if epoch.status == "committed":
@@ -197,50 +181,13 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
             SqlVersion.version == epoch.sql_version)).one()
         definition = definition_from_dict(row.definition_dict())
         range_start, range_end, planned_at = epoch.range_start, epoch.range_end, epoch.planned_at
-    sink = definition.sink
-    scratch = os.path.join(data_dir, "tmp")
-    os.makedirs(scratch, exist_ok=True)
-    # The manifest of the epoch's latest attempt stays until the epoch commits
-    # or the attempt is discarded: it names the files a failed attempt left.
-    manifest_path = os.path.join(scratch, f"{pipeline_id}-{epoch_no}.manifest.json")
+    manifest_path = attempt_manifest(data_dir, pipeline_id, epoch_no)
     retried = retried or os.path.exists(manifest_path)
-    failure: EpochError | None = None
-    try:
-        # The stored secrets are sealed: open them here, where the epoch writes.
-        sink = SecretBox.for_data_dir(data_dir).open_sink(sink)
-        roots = allowed_local_roots(data_dir, local_sink_roots)
-        if is_local(sink.uri):
-            check_local_sink(sink.uri, roots)
-        if sink.table:
-            check_local_catalog(sink.table.get("catalog_uri"), roots)
-        if retried:  # an earlier attempt may have died without cleaning up (kill -9)
-            discard_epoch_attempt(sink, pipeline_id, epoch_no, manifest_path)
-        spec = EpochSpec(
-            pipeline_id=pipeline_id, epoch=epoch_no, range_start=range_start,
-            range_end=range_end, sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),
-            input_schema=arrow_schema(definition.schema, definition.unknown_fields),
-            sink=sink, planned_at=planned_at, manifest_path=manifest_path,
-            pipeline_options=apply_epoch_sink_environment(sink))  # may fail on the sink's credentials
-        # An Iceberg sink appends before the store commits; a re-run adopts the
-        # files its snapshot already holds (see beam_pipelines.storage.iceberg).
-        table = _iceberg_table(sink, data_dir, pipeline_id)
-        appended = table.appended_files(epoch_no) if table is not None else None
-        entries = run_epoch_pipeline(spec, plans) if appended is None else appended
-        sizes = file_sizes(sink, [e.path for e in entries], epoch_no, pipeline_id)
-        files = [e.located(sizes[e.path]["uri"], sizes[e.path]["bytes"]) for e in entries]
-        sync_local_files(sink, [f.uri for f in files])
-        if table is not None and appended is None:
-            table.append(epoch_no, files)
-    except Exception as err:  # noqa: BLE001 - every failure is reported, then retried
-        # The message goes to last_error, the logs and webhooks: a code and a
-        # short reason; no secrets, no server path, no chained original.
-        failure = classify_epoch_error(epoch_no, sink, err)
-    if failure is not None:
-        # Writers the failed run left open are closed when collected, and closing
-        # uploads a gs:// or s3:// object: let that happen now, then clean up.
-        gc.collect()
-        discard_epoch_attempt(sink, pipeline_id, epoch_no, manifest_path)
-        raise failure from None
+    sink, files = write_epoch_attempt(
+        data_dir, EpochAttempt(pipeline_id, pipeline_id, epoch_no, range_start, range_end,
+                               planned_at, sql, definition, definition.sink, manifest_path,
+                               retried),
+        local_sink_roots=local_sink_roots, plans=plans, iceberg=True)
     # The scratch goes before the commit: whoever sees the epoch committed (its
     # backlog gone) finds nothing of it in _tmp/, and a crash in between leaves
     # an uncommitted epoch whose retry cleans up. After a retry, gs:// and s3://
@@ -254,31 +201,6 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
                       pinned=pin_of(store, pipeline_id))
     remove_file(manifest_path)
     return result
-
-
-def discard_epoch_attempt(sink: Sink, naming: str, epoch_no: int, manifest_path: str) -> None:
-    """Remove an uncommitted attempt's scratch and final files, as its manifest names them
-    (``naming``: the pipeline id, or a replay's ``{pipeline id}-{replay id}``).
-
-    An Iceberg sink keeps its files: a snapshot may already hold them, and the
-    next attempt adopts them (files no snapshot holds are invisible to readers).
-    """
-    paths: list[str] = []
-    if not sink.table:
-        try:
-            paths = [entry.path for entry in read_manifest(manifest_path)]
-        except (OSError, ValueError):
-            paths = []  # no manifest: the attempt never got to its files
-    discard_attempt(sink, naming, epoch_no, paths)
-    remove_file(manifest_path)
-
-
-def remove_file(path: str) -> None:
-    """Remove ``path``; one already gone is fine."""
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def _await_commit_through(store: Store, pipeline_id: str, seq: int, timeout: float) -> None:
@@ -307,14 +229,6 @@ def release_epoch(data_dir: str, result: EpochResult, *,
                        retention=retention, pinned=pinned)
     finally:
         buffer.close()
-
-
-def _iceberg_table(sink: Any, data_dir: str, pipeline_id: str) -> Any:
-    if not sink.table:
-        return None
-    from beam_pipelines.storage.iceberg import EpochTable
-
-    return EpochTable(sink, data_dir, pipeline_id)
 
 
 def _epoch_and_row(session: Any, pipeline_id: str, epoch_no: int) -> tuple[Epoch, PipelineRow]:

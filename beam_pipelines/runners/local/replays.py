@@ -19,7 +19,6 @@ are never touched. The job manager's ``ReplayScheduler`` runs the epochs.
 
 from __future__ import annotations
 
-import gc
 import os
 import secrets
 import time
@@ -39,23 +38,20 @@ from beam_pipelines.catalog.replays import (
     ReplayFile,
 )
 from beam_pipelines.catalog.store import PipelineRow, Store
-from beam_pipelines.errors import ConflictError, DefinitionError, EpochError, NotFoundError
-from beam_pipelines.model.definition import Sink, definition_from_dict
-from beam_pipelines.model.layout import is_local
-from beam_pipelines.model.manifest import FileEntry, public_file
+from beam_pipelines.errors import ConflictError, DefinitionError, NotFoundError
+from beam_pipelines.model.definition import definition_from_dict
+from beam_pipelines.model.manifest import FileEntry
 from beam_pipelines.model.times import iso
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
-from beam_pipelines.runners.local.epochs import EpochResult, discard_epoch_attempt, remove_file
-from beam_pipelines.storage.errors import classify_epoch_error
-from beam_pipelines.storage.files import (
-    file_sizes,
-    remove_scratch,
-    sync_local_files,
+from beam_pipelines.runners.local.epoch_attempt import (
+    EpochAttempt,
+    attempt_manifest,
+    discard_epoch_attempt,
+    write_epoch_attempt,
 )
-from beam_pipelines.storage.process import apply_epoch_sink_environment
-from beam_pipelines.storage.roots import allowed_local_roots, check_local_sink
-from beam_pipelines.storage.sealing import SecretBox
-from transforms.decode import arrow_schema
+from beam_pipelines.runners.local.epochs import EpochResult
+from beam_pipelines.runners.local.files import remove_file
+from beam_pipelines.storage.files import remove_scratch
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -203,9 +199,6 @@ def run_replay_epoch(store: Store, data_dir: str, replay_id: str, epoch_no: int,
                      plans: PlanCache | None = None,
                      local_sink_roots: Sequence[str] | None = None) -> EpochResult:
     """Run one planned epoch of a replay and commit it. Safe to call again after a crash."""
-    from beam_pipelines.compiler.epoch_graph import EpochSpec
-    from beam_pipelines.runners.local.plan_cache import run_epoch_pipeline
-
     with store.session() as s:
         replay, epoch, row = _rows(s, replay_id, epoch_no)
         pipeline_id = replay.pipeline_id
@@ -220,34 +213,14 @@ def run_replay_epoch(store: Store, data_dir: str, replay_id: str, epoch_no: int,
         sql, target = replay.sql, replay.target_uri
         range_start, range_end, planned_at = epoch.range_start, epoch.range_end, epoch.planned_at
     naming = naming_id(pipeline_id, replay_id)
-    sink: Sink = replace(definition.sink, uri=target)
-    scratch = os.path.join(data_dir, "tmp")
-    os.makedirs(scratch, exist_ok=True)
-    manifest_path = os.path.join(scratch, f"{naming}-{epoch_no}.manifest.json")
+    manifest_path = attempt_manifest(data_dir, naming, epoch_no)
     retried = retried or os.path.exists(manifest_path)
-    failure: EpochError | None = None
-    try:
-        sink = SecretBox.for_data_dir(data_dir).open_sink(sink)
-        if is_local(sink.uri):
-            check_local_sink(sink.uri, allowed_local_roots(data_dir, local_sink_roots))
-        if retried:  # an earlier attempt may have died without cleaning up (kill -9)
-            discard_epoch_attempt(sink, naming, epoch_no, manifest_path)
-        spec = EpochSpec(
-            pipeline_id=naming, epoch=epoch_no, range_start=range_start, range_end=range_end,
-            sql=sql, buffer_path=buffer_path(data_dir, pipeline_id),
-            input_schema=arrow_schema(definition.schema, definition.unknown_fields),
-            sink=sink, planned_at=planned_at, manifest_path=manifest_path,
-            pipeline_options=apply_epoch_sink_environment(sink))
-        entries = run_epoch_pipeline(spec, plans)
-        sizes = file_sizes(sink, [e.path for e in entries], epoch_no, naming)
-        files = [e.located(sizes[e.path]["uri"], sizes[e.path]["bytes"]) for e in entries]
-        sync_local_files(sink, [f.uri for f in files])
-    except Exception as err:  # noqa: BLE001 - every failure is reported, then retried
-        failure = classify_epoch_error(epoch_no, sink, err)
-    if failure is not None:
-        gc.collect()  # writers a failed run left open upload when collected: now, then clean
-        discard_epoch_attempt(sink, naming, epoch_no, manifest_path)
-        raise failure from None
+    # A replay writes files to its target, never to an Iceberg table (refused at ``replay``).
+    sink, files = write_epoch_attempt(
+        data_dir, EpochAttempt(pipeline_id, naming, epoch_no, range_start, range_end,
+                               planned_at, sql, definition,
+                               replace(definition.sink, uri=target), manifest_path, retried),
+        local_sink_roots=local_sink_roots, plans=plans, iceberg=False)
     # Before the commit, as ``run_epoch`` does: a replay seen done has nothing left in _tmp/.
     remove_scratch(sink, naming, epoch_no, remote=retried)
     try:
@@ -339,8 +312,7 @@ def replay_files(store: Store, replay_id: str) -> list[dict[str, Any]]:
     with store.reading() as s:
         found = s.scalars(select(ReplayFile).where(ReplayFile.replay_id == replay_id)
                           .order_by(ReplayFile.id)).all()
-        return [public_file(f.path, f.rows, f.bytes, f.min_event_time, f.max_event_time,
-                            epoch=f.epoch) for f in found]
+        return [f.public() for f in found]
 
 
 def _view(replay: Replay) -> dict[str, Any]:

@@ -28,7 +28,8 @@ A committed epoch is released from the buffer (offset moved, whole segments
 deleted past retention) on the manager's own release thread, not in the
 worker, which goes on to its next epoch at once.
 
-Workers (:mod:`beam_pipelines.runners.local.workers`) import Beam once and are recycled
+Workers (:mod:`beam_pipelines.runners.local.workers`, running
+:mod:`beam_pipelines.runners.local.epoch_worker`) import Beam once and are recycled
 after ``max_epochs_per_worker`` epochs so memory stays flat. One that dies
 (``kill -9``, out of memory) fails only its epoch, with :class:`WorkerDied`;
 a new worker takes its place and the epoch, still ``planned``, runs again.
@@ -50,9 +51,8 @@ import os
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import pyarrow as pa
 from sqlalchemy import select
 
 from beam_pipelines.catalog.store import Epoch, PipelineRow, Store
@@ -60,30 +60,25 @@ from beam_pipelines.errors import EPOCH_ERROR_CODES, EpochError, NotFoundError
 from beam_pipelines.model.lifecycle import MANAGER_MOVES, SCHEDULED, Status
 from beam_pipelines.runners.base import NoEvents, RunnerEvents
 from beam_pipelines.runners.local.buffer import BufferHandles
-from beam_pipelines.runners.local.epochs import (
-    EpochResult,
-    Plan,
-    pending_epoch,
-    run_epoch,
-    try_plan_epoch,
+from beam_pipelines.runners.local.epoch_worker import (
+    WORKER_MEMORY_MB,
+    init_worker,
+    run_epoch_in_worker,
+    run_replay_epoch_in_worker,
 )
+from beam_pipelines.runners.local.epochs import EpochResult, Plan, pending_epoch, try_plan_epoch
 from beam_pipelines.runners.local.periodic import PeriodicThread
 from beam_pipelines.runners.local.replay_scheduler import ReplayScheduler, retry_delay
 from beam_pipelines.runners.local.retention import Releaser
 from beam_pipelines.runners.local.upgrade import upgrade_data_dir
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from beam_pipelines.settings import data_plane_settings
-from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
-
-if TYPE_CHECKING:  # Beam is imported in the workers only (_init_worker)
-    from beam_pipelines.runners.local.plan_cache import PlanCache
+from transforms.sandbox import SQL_MEMORY_MB
 
 __all__ = ["SQL_MEMORY_MB", "WORKER_MEMORY_MB", "JobManager", "NoEvents", "WorkerDied"]
 
 
 _log = logging.getLogger(__name__)
-_worker_store: Store | None = None
-_worker_plans: PlanCache | None = None  # the worker process's compiled epoch plans
 
 # Failed attempts of one epoch before its pipeline is ``failed``: a bad SQL
 # or an unwritable sink fails the same way every time.
@@ -98,72 +93,6 @@ MAX_TRANSIENT_ATTEMPTS = data_plane_settings().epoch_max_transient_attempts
 PREDECESSOR_TIMEOUT_SECONDS = 120.0
 # A manager none of whose ticks succeeded for this long is broken (``health``).
 TICK_STALE_SECONDS = 60.0
-
-
-# A worker's memory cap (``RLIMIT_DATA``, see ``limit_process_memory``): what the
-# worker uses before Beam is imported, plus DuckDB's share for one epoch's SQL and
-# room for the rest. Measured after 1M-event epochs: VmData 1.5-1.7 GB at an RSS
-# peak of 0.42 GB, 1 GiB of it the arena pyarrow's mimalloc reserves and never
-# touches. 2 GB of headroom keeps that and an epoch's batches (roll.max_bytes,
-# 64 MB by default, a few times over) clear of the cap.
-WORKER_HEADROOM_MB = 2048
-WORKER_MEMORY_MB = SQL_MEMORY_MB + WORKER_HEADROOM_MB
-
-
-def _run_in_worker(database_url: str, data_dir: str, pipeline_id: str,
-                   epoch_no: int, predecessor_timeout: float = 0.0) -> EpochResult:
-    try:
-        return run_epoch(_store_of_worker(database_url), data_dir, pipeline_id, epoch_no,
-                         release=False, predecessor_timeout=predecessor_timeout,
-                         plans=_worker_plans)
-    finally:
-        _release_free_memory()
-
-
-def _run_replay_in_worker(database_url: str, data_dir: str, replay_id: str,
-                          epoch_no: int) -> EpochResult:
-    """A worker's entry for one replay epoch: the live epochs' store, plans and release."""
-    from beam_pipelines.runners.local.replays import run_replay_epoch
-
-    try:
-        return run_replay_epoch(_store_of_worker(database_url), data_dir, replay_id, epoch_no,
-                                plans=_worker_plans)
-    finally:
-        _release_free_memory()
-
-
-def _store_of_worker(database_url: str) -> Store:
-    global _worker_store
-    if _worker_store is None or _worker_store.url != database_url:
-        _worker_store = Store(database_url)
-    return _worker_store
-
-
-def _release_free_memory() -> None:
-    """Hand the memory an epoch freed back to the system before the next one.
-
-    pyarrow's allocator (mimalloc) keeps freed pages for reuse: after a
-    400k-event epoch of the make bench workload a worker stayed at ~375 MB
-    RSS, ~85 MB above what it held, and its next epoch peaked ~30 MB higher
-    than after a release (benchmarks/README.md, "perf2"). Idle workers and
-    the stop's parallel flush, where every worker peaks at once, start lower.
-    """
-    pa.default_memory_pool().release_unused()
-
-
-def _init_worker(memory_mb: int) -> None:
-    """Epoch workers are background work: ingest acks, which clients wait for,
-    win the CPU when both want it. Cap the worker's memory, then import Beam
-    and every filesystem before the first epoch needs them (~2-3 s); the pool
-    starts every worker at once, so this happens early."""
-    os.nice(5)
-    limit_process_memory(memory_mb)
-    global _worker_plans
-    import apache_beam.io.filesystems  # noqa: F401  (registers gs://, s3:// on import)
-
-    from beam_pipelines.runners.local.plan_cache import PlanCache
-
-    _worker_plans = PlanCache()
 
 
 @dataclass
@@ -228,7 +157,7 @@ class JobManager:
         self._loop = PeriodicThread("job-manager", tick_seconds, self.tick, _log)
         self._releaser = Releaser(self.store, data_dir)
         self._replays = ReplayScheduler(self.store, database_url, data_dir, self._ensure_pool,
-                                        self._events, self.workers, _run_replay_in_worker)
+                                        self._events, self.workers, run_replay_epoch_in_worker)
 
     # -- lifecycle of the manager itself --------------------------------------
 
@@ -378,7 +307,7 @@ class JobManager:
         if self._closed:
             raise RuntimeError("the job manager is closed")
         if self._pool is None:
-            self._pool = WorkerPool(self.workers, initializer=_init_worker,
+            self._pool = WorkerPool(self.workers, initializer=init_worker,
                                     initargs=(self.worker_memory_mb,),
                                     max_tasks_per_worker=self.max_epochs_per_worker,
                                     name="pdo-epoch")
@@ -387,7 +316,7 @@ class JobManager:
     def _submit(self, pipeline_id: str, epoch: int, *, after_another: bool) -> None:
         try:
             future = self._ensure_pool().submit(
-                _run_in_worker, self.database_url, self.data_dir, pipeline_id, epoch,
+                run_epoch_in_worker, self.database_url, self.data_dir, pipeline_id, epoch,
                 PREDECESSOR_TIMEOUT_SECONDS if after_another else 0.0)
         except BaseException:
             self._recovered.discard(pipeline_id)  # planned, not in flight: recovery runs it

@@ -57,6 +57,7 @@ from sqlalchemy import select
 from beam_pipelines.catalog.store import Epoch, LogEntry, PipelineRow, Store
 from beam_pipelines.errors import StorageError
 from beam_pipelines.runners.local.buffer import buffer_path, log_directory
+from beam_pipelines.runners.local.files import remove_file
 from beam_pipelines.runners.local.ledger import Ledger
 from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, fsync_path
 from beam_pipelines.runners.local.upgrade_log import StagedLog, stage_log
@@ -272,7 +273,7 @@ def _finish(store: Store, pipeline_id: str, path: str,
         # Whatever the old file left beside it must not be applied to the new one (its
         # WAL was folded in when staged, and nothing wrote to it since).
         for suffix in ("-wal", "-shm", "-journal"):
-            _remove(path + suffix)
+            remove_file(path + suffix)
         os.rename(staged, path)
         fsync_path(os.path.dirname(path))
         step("ledger_in_place")
@@ -292,8 +293,8 @@ def _finish(store: Store, pipeline_id: str, path: str,
     if logged is None:  # a crash after the line and before the removal below
         store.log(pipeline_id, "info", message)
     step("logged")
-    _remove(aside)
-    _remove(path + ".lock")  # the old writers' lock file
+    remove_file(aside)
+    remove_file(path + ".lock")  # the old writers' lock file
     fsync_path(os.path.dirname(path))
     step("done")
     return upgraded
@@ -321,12 +322,5 @@ def _exclusive(directory: str) -> Iterator[None]:
 
 def _remove_database(path: str) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
-        _remove(path + suffix)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+        remove_file(path + suffix)
 
