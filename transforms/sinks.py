@@ -54,7 +54,7 @@ def _table(record: Any) -> pa.Table:
 
 # Rows per Parquet row group. Files of the make bench workload were within
 # 0.2% of the size of 1M-row groups from 64k rows up (benchmarks/README.md,
-# "epoch memory"); DuckDB writes 122,880. What a writer holds before writing
+# "perf4"); DuckDB writes 122,880. What a writer holds before writing
 # is at most one row group per open file.
 ROW_GROUP_ROWS = 128 * 1024
 

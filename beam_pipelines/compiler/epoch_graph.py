@@ -53,10 +53,10 @@ __all__ = ["EPOCH_CHUNK_ROWS", "EpochBound", "EpochGraph", "EpochScratch", "Epoc
 logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 # The SQL's result reaches the split and the file writers in chunks of at
-# least this many rows (the Parquet sink's row group, so a partition's rows
-# in one chunk make one row group): an epoch worker holds about one chunk of
-# the result, not the whole of it. A 400k-event epoch of the make bench
-# workload peaked ~N MB lower (benchmarks/README.md, "epoch memory").
+# least this many rows (the Parquet sink's row group size; the sink gathers
+# a partition's pieces into whole row groups): an epoch worker holds about
+# one chunk of the result, not the whole of it. A 1M-event epoch of the make bench
+# workload peaked ~120 MB lower (611 -> 488 MB; benchmarks/README.md, "perf4").
 EPOCH_CHUNK_ROWS = ROW_GROUP_ROWS
 
 
