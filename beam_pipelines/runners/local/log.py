@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import pyarrow as pa
 
-from beam_pipelines.errors import NotFoundError
+from beam_pipelines.errors import NotFoundError, PipelineDoError, Unavailable
 from beam_pipelines.runners.local.segments import (
     Head,
     encode_frame,
@@ -53,6 +53,17 @@ _HEAD_READ_ATTEMPTS = 1000
 
 # (IPC payload, events, raw request bytes) of one request
 FrameIn = tuple[pa.Buffer | bytes, int, int]
+
+
+def _missing(directory: str) -> PipelineDoError:
+    """Why a log has no head: an earlier release's buffer beside it that was not
+    upgraded yet (its events are kept, ``runners.local.upgrade`` logged why and the
+    next start tries again: 503, retry later), or no buffer at all (404)."""
+    if os.path.exists(os.path.splitext(directory)[0] + ".sqlite"):
+        return Unavailable("the pipeline's event buffer is from an earlier release and was "
+                           "not upgraded yet; its events are kept (the pipeline's logs say "
+                           "why; the server tries again when it restarts)")
+    return NotFoundError("the pipeline's buffer does not exist")
 
 
 class SegmentLog:
@@ -90,7 +101,7 @@ class SegmentLog:
             try:
                 self._fd = os.open(self.head_path, os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
-                raise NotFoundError("the pipeline's buffer does not exist") from None
+                raise _missing(self.directory) from None
             self._pid = os.getpid()
             self._active_fd = None
             self._active_first = 0

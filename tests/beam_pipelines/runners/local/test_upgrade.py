@@ -195,6 +195,37 @@ def test_an_old_buffer_with_a_gap_is_left_as_it_was_and_the_others_upgraded(
                                                       LogEntry.level == "error")).all()
 
 
+def test_ingest_into_a_buffer_left_for_the_next_start_is_a_503_and_keeps_its_events(
+        tmp_path: Any) -> None:
+    """A buffer the upgrade had to leave as it was still holds acknowledged events:
+    its pipeline answers ingest with 503 and Retry-After (try again), not 404, on
+    which a client would give up on a pipeline that exists."""
+    from control_api import create_app
+
+    data_dir, store = _copy(tmp_path)
+    orders, _ = _ids(store)["orders"]
+    path = buffer_path(data_dir, orders)
+    with closing(sqlite3.connect(path)) as con:
+        con.execute("DELETE FROM batches WHERE seq = 6")  # a gap: the upgrade refuses it
+        con.commit()
+    key = "pdo_test_upgrade_key_0123456789"
+    client = create_app({"DATA_DIR": data_dir, "API_KEY": key, "RATE_LIMIT": 0}).test_client()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/x-ndjson"}
+    body = b'{"seq": 1000, "payload": "after"}\n'
+    reply = client.post("/pipelines/orders/events", headers=headers, data=body)
+    assert reply.status_code == 503, reply.get_data(as_text=True)
+    assert reply.headers["Retry-After"] and reply.get_json()["error"]["code"] == \
+        "SERVICE_UNAVAILABLE"
+    assert "earlier release" in reply.get_json()["error"]["message"]
+    assert data_dir not in reply.get_data(as_text=True)
+    assert pending_upgrades(data_dir) == [orders]
+    with closing(sqlite3.connect(path)) as con:
+        assert [r[0] for r in con.execute("SELECT seq FROM batches ORDER BY seq")] == [5, 7]
+    # The pipeline whose buffer was upgraded takes events as usual.
+    reply = client.post("/pipelines/clicks/events", headers=headers, data=body)
+    assert reply.status_code == 200 and reply.get_json()["data"]["accepted"] == 1
+
+
 def test_an_old_buffer_still_open_elsewhere_is_not_touched(tmp_path: Any) -> None:
     """An earlier server still running on the data dir holds its buffers open."""
     data_dir, store = _copy(tmp_path)
