@@ -56,6 +56,7 @@ from beam_pipelines.errors import (
     ConflictError,
     NotFoundError,
     PipelineDoError,
+    StorageError,
     TimeoutExceeded,
     Unavailable,
 )
@@ -286,11 +287,29 @@ class DistributedRunner:
 
     def ingest(self, pipeline_id: str, table: pa.Table, rejected: Iterable[Rejected], *,
                raw_bytes: int) -> None:
-        """Publish the accepted events (confirmed), then count them and keep the rejected."""
+        """Publish the accepted events (confirmed), then count them and keep the rejected.
+
+        Whatever refuses the request does so before the publish (the ledger's
+        disk floor, a deleted pipeline): a 503 after it would have the client
+        send again what the transport already holds, a duplicate in the lake.
+        Once the broker confirmed, the events are accepted: a ledger that fails
+        then is logged (this request's counts and dead letters are missing from
+        it), not answered as a failure.
+        """
         ledger = self._ledgers.get(pipeline_id)  # NotFoundError once the pipeline is deleted
-        if table.num_rows:
+        rejected = list(rejected)
+        if not table.num_rows:
+            seq = ledger.append(table, rejected, raw_bytes=raw_bytes)
+        else:
+            ledger.check_room(table)
             self._publish_table(pipeline_id, table)
-        seq = ledger.append(table, rejected, raw_bytes=raw_bytes)
+            try:
+                seq = ledger.append(table, rejected, raw_bytes=raw_bytes)
+            except (StorageError, Unavailable) as err:
+                _log.error("pipeline %s: %d events published to its transport but not counted "
+                           "in its ledger (%d rejected records not kept): %s", pipeline_id,
+                           table.num_rows, len(rejected), err)
+                return
         if seq is not None and seq % TRIM_EVERY == 0 and seq > SAMPLE_ROWS:
             ledger.release(0, seq - SAMPLE_ROWS, time.time())
 

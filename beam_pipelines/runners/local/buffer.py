@@ -152,6 +152,22 @@ class EventBuffer:
             raise item.error
         return item.seq
 
+    def check_room(self, table: pa.Table) -> None:
+        """Raise what ``append`` would refuse ``table`` with now (``Unavailable``: the
+        backlog or the disk is full; ``NotFoundError``: deleted), keeping nothing.
+
+        For a caller that hands the events elsewhere before appending them
+        (distributed ingest publishes, then counts): its refusal must come before
+        the events left, or the client's retry would send them a second time.
+        """
+        item = _PendingAppend(to_ipc(table) if table.num_rows else None, table.num_rows, 0, [])
+        with self._log.locked() as head:
+            if head.deleted:
+                raise NotFoundError("the pipeline was deleted")
+            if not self._admit([item], head):
+                assert item.error is not None
+                raise item.error
+
     def _commit_group(self, group: list[_PendingAppend]) -> None:
         now = time.time()
         try:

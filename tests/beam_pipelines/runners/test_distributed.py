@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from beam_pipelines.catalog.store import EngineJob, LogEntry
-from beam_pipelines.errors import Unavailable
+from beam_pipelines.errors import StorageError, Unavailable
 from beam_pipelines.runners.base import JobHandle, JobState, RunnerRegistry
 from beam_pipelines.runners.distributed import (
     SAMPLE_ROWS,
@@ -31,6 +31,7 @@ from beam_pipelines.runners.job_watcher import JobWatcher
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.runner import LocalRunner
 from beam_pipelines.runners.transports.pubsub import PubSubTransport
+from beam_pipelines.settings import data_plane_settings
 from tests.beam_pipelines.runners.recording_engine import RecordingEngine
 from tests.conftest import ADMIN_KEY
 from tests.servers import PubSubEmulator
@@ -486,6 +487,50 @@ def test_a_transient_failure_is_retried_with_the_same_batch_id(
     messages = _pull(real, pipeline_id, expected=1)
     assert [m.attributes[BATCH_ID] for m in messages] == [flaky.attempts[0][BATCH_ID]]
     assert api.ok("monitor", {"name": "flaky"})["events_in"] == 2
+
+
+def test_a_full_disk_refuses_before_the_publish_so_nothing_is_sent_twice(
+        api: Api, engine: RecordingEngine) -> None:
+    """The ledger's disk floor refuses the request before the events reach the topic:
+    refused after the publish, the client's retry would put them there twice."""
+    real = engine.transport
+    recording = engine.transport = FlakyTransport(real, failures=0)
+    with pytest.MonkeyPatch.context() as floor:
+        floor.setenv("PIPELINE_DO_MIN_FREE_DISK_BYTES", str(1 << 60))
+        data_plane_settings.cache_clear()
+        try:
+            _create(api, "full")
+            response = api.call("ingest", {"name": "full", "events": [{"n": 1}, {"n": 2}]})
+        finally:
+            floor.undo()
+            data_plane_settings.cache_clear()
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.get_json()["error"]["details"]["reason"] == "disk_full"
+    assert recording.attempts == []
+    assert api.ok("monitor", {"name": "full"})["events_in"] == 0
+
+
+def test_a_ledger_failing_after_a_confirmed_publish_still_acks_the_events_once(
+        api: Api, engine: RecordingEngine, caplog: pytest.LogCaptureFixture) -> None:
+    """Once the broker confirmed, the events are in: a 503 then would have the client
+    send them again (a new batch id, a duplicate in the lake). The ledger's failure
+    is logged and the request acknowledged."""
+    real = engine.transport
+    recording = engine.transport = FlakyTransport(real, failures=0)
+    pipeline_id = _create(api, "ledger")
+
+    def failing(*_args: Any, **_kwargs: Any) -> None:
+        raise StorageError("the event buffer could not be written; retry")
+
+    with pytest.MonkeyPatch.context() as broken:
+        broken.setattr(EventBuffer, "append", failing)
+        reply = api.ok("ingest", {"name": "ledger", "events": [{"n": 1}, {"n": 2}]})
+    assert reply["accepted"] == 2
+    assert len(recording.attempts) == 1
+    (message,) = _pull(real, pipeline_id, expected=1)
+    assert message.attributes[EVENTS] == "2"
+    assert decode_batch(message.data).column("n").to_pylist() == [1, 2]
+    assert "2 events published to its transport but not counted" in caplog.text
 
 
 def test_the_ledger_keeps_recent_requests_only_and_counts_all(
