@@ -46,9 +46,7 @@ from transforms.sinks import ROW_GROUP_ROWS, SinkFactory, file_extension
 from transforms.sql import DuckDbSql
 
 __all__ = ["EPOCH_CHUNK_ROWS", "EpochBound", "EpochGraph", "EpochScratch", "EpochSpec",
-           "SplitEpochPartitions",
-           "bound_to_epoch",
-           "manifest_entry"]
+           "SplitEpochPartitions", "bound_to_epoch", "manifest_entry"]
 
 logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
