@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +41,28 @@ def _ingest(service: PipelineService, first: int, count: int) -> None:
     body = "\n".join(f'{{"n": {i}, "ts": "2026-02-0{1 + (i // 2) % 2}T00:00:00Z"}}'
                      for i in range(first, first + count)).encode()
     assert service.ingest_json_lines("p", body)["accepted"] == count
+
+
+def _planned_first_epoch(service: PipelineService, tmp_path: Any, events: int) -> str:
+    """A new pipeline with ``events`` ingested and all of them planned as epoch 1."""
+    pipeline_id = _create(service)
+    _ingest(service, 0, events)
+    assert plan_epoch(service.store, pipeline_id,
+                      EventBuffer(buffer_path(str(tmp_path), pipeline_id)), flush=True) == 1
+    return pipeline_id
+
+
+def _at_commit(monkeypatch: pytest.MonkeyPatch, record: Callable[[], object]) -> None:
+    """Call ``record`` as ``run_epoch`` starts each commit, before the real one."""
+    import beam_pipelines.runners.local.epochs as epochs_module
+
+    real_commit = epochs_module.commit_epoch
+
+    def recording_commit(*args: Any, **kwargs: Any) -> Any:
+        record()
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(epochs_module, "commit_epoch", recording_commit)
 
 
 def _rows(tmp_path: Any) -> list[tuple[int, int]]:
@@ -159,8 +182,6 @@ def test_local_files_and_their_directories_are_fsynced_before_the_commit(
         service: PipelineService, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # Power loss cannot be staged here; what can be checked is that every file
     # and directory entry the commit relies on was fsynced, and before it.
-    import beam_pipelines.runners.local.epochs as epochs_module
-
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -168,19 +189,10 @@ def test_local_files_and_their_directories_are_fsynced_before_the_commit(
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    real_commit = epochs_module.commit_epoch
     synced_at_commit: list[str] = []
-
-    def recording_commit(*args: Any, **kwargs: Any) -> Any:
-        synced_at_commit.extend(synced)
-        return real_commit(*args, **kwargs)
-
-    pipeline_id = _create(service)
-    _ingest(service, 0, 100)
-    assert plan_epoch(service.store, pipeline_id,
-                      EventBuffer(buffer_path(str(tmp_path), pipeline_id)), flush=True) == 1
+    pipeline_id = _planned_first_epoch(service, tmp_path, 100)
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    monkeypatch.setattr(epochs_module, "commit_epoch", recording_commit)
+    _at_commit(monkeypatch, lambda: synced_at_commit.extend(synced))
     result = run_epoch(service.store, str(tmp_path), pipeline_id, 1)
     files = [f.uri for f in result.files]
     assert len(files) == 2  # two event days
@@ -194,20 +206,10 @@ def test_whoever_sees_an_epoch_committed_finds_nothing_of_it_in_tmp(
         service: PipelineService, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # A client (or the job manager's test) that sees the backlog gone lists the
     # sink at once: the epoch's scratch must be gone by the commit, not after it.
-    import beam_pipelines.runners.local.epochs as epochs_module
-
-    real_commit = epochs_module.commit_epoch
     scratch_at_commit: list[bool] = []
-
-    def recording_commit(*args: Any, **kwargs: Any) -> Any:
-        scratch_at_commit.append(os.path.exists(tmp_path / "lake/p/_tmp"))
-        return real_commit(*args, **kwargs)
-
-    pipeline_id = _create(service)
-    _ingest(service, 0, 10)
-    assert plan_epoch(service.store, pipeline_id,
-                      EventBuffer(buffer_path(str(tmp_path), pipeline_id)), flush=True) == 1
-    monkeypatch.setattr(epochs_module, "commit_epoch", recording_commit)
+    pipeline_id = _planned_first_epoch(service, tmp_path, 10)
+    _at_commit(monkeypatch, lambda: scratch_at_commit.append(
+        os.path.exists(tmp_path / "lake/p/_tmp")))
     assert run_epoch(service.store, str(tmp_path), pipeline_id, 1).rows_out == 5
     assert scratch_at_commit == [False]
     assert not os.path.exists(tmp_path / "lake/p/_tmp")
@@ -218,10 +220,7 @@ def test_a_reading_session_is_one_snapshot(service: PipelineService, tmp_path: A
     # between the two reads must show in both or in neither.
     from beam_pipelines.catalog.store import PipelineRow
 
-    pipeline_id = _create(service)
-    _ingest(service, 0, 10)
-    assert plan_epoch(service.store, pipeline_id,
-                      EventBuffer(buffer_path(str(tmp_path), pipeline_id)), flush=True) == 1
+    pipeline_id = _planned_first_epoch(service, tmp_path, 10)
     with service.store.reading() as s:
         row = s.get(PipelineRow, pipeline_id)
         assert row is not None and row.epochs_committed == 0
