@@ -301,10 +301,10 @@ class DistributedRunner:
         if not table.num_rows:
             seq = ledger.append(table, rejected, raw_bytes=raw_bytes)
         else:
-            ledger.check_room(table)
+            payload = ledger.check_room(table)
             self._publish_table(pipeline_id, table)
             try:
-                seq = ledger.append(table, rejected, raw_bytes=raw_bytes)
+                seq = ledger.append(table, rejected, raw_bytes=raw_bytes, payload=payload)
             except (StorageError, Unavailable) as err:
                 _log.error("pipeline %s: %d events published to its transport but not counted "
                            "in its ledger (%d rejected records not kept): %s", pipeline_id,

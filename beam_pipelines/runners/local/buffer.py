@@ -131,14 +131,16 @@ class EventBuffer:
     # -- writing -----------------------------------------------------------------
 
     def append(self, table: pa.Table, rejected: Iterable[tuple[int, str, str, str | None]] = (),
-               *, raw_bytes: int = 0) -> int | None:
+               *, raw_bytes: int = 0, payload: pa.Buffer | None = None) -> int | None:
         """Store accepted events and dead letters durably; return the frame's sequence number.
 
         Returns only once the request is synced (None when no event was
         accepted). Raises :class:`Unavailable` when the backlog or the disk is
         full (nothing of the request is kept), ``NotFoundError`` once deleted.
+        ``payload``: ``table`` already encoded (what ``check_room`` returned).
         """
-        payload = to_ipc(table) if table.num_rows else None
+        if payload is None and table.num_rows:
+            payload = to_ipc(table)
         item = _PendingAppend(payload, table.num_rows,
                               raw_bytes or (len(payload) if payload else 0), list(rejected))
         with self._queue_lock:
@@ -152,21 +154,24 @@ class EventBuffer:
             raise item.error
         return item.seq
 
-    def check_room(self, table: pa.Table) -> None:
+    def check_room(self, table: pa.Table) -> pa.Buffer:
         """Raise what ``append`` would refuse ``table`` with now (``Unavailable``: the
-        backlog or the disk is full; ``NotFoundError``: deleted), keeping nothing.
+        backlog or the disk is full; ``NotFoundError``: deleted), keeping nothing;
+        return ``table`` encoded, for ``append(payload=...)``.
 
         For a caller that hands the events elsewhere before appending them
         (distributed ingest publishes, then counts): its refusal must come before
         the events left, or the client's retry would send them a second time.
         """
-        item = _PendingAppend(to_ipc(table) if table.num_rows else None, table.num_rows, 0, [])
+        payload = to_ipc(table)
+        item = _PendingAppend(payload, table.num_rows, 0, [])
         with self._log.locked() as head:
             if head.deleted:
                 raise NotFoundError("the pipeline was deleted")
             if not self._admit([item], head):
                 assert item.error is not None
                 raise item.error
+        return payload
 
     def _commit_group(self, group: list[_PendingAppend]) -> None:
         now = time.time()
