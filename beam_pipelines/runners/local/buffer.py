@@ -40,6 +40,7 @@ from beam_pipelines.errors import NotFoundError, StorageError, Unavailable
 from beam_pipelines.model.definition import Retention
 from beam_pipelines.runners.base import DeadLetterQuery
 from beam_pipelines.runners.local.expiry import doomed_segments
+from beam_pipelines.runners.local.files import remove_database
 from beam_pipelines.runners.local.ledger import Ledger, SegmentSummary
 from beam_pipelines.runners.local.log import SegmentLog
 from beam_pipelines.runners.local.log_index import LogIndex
@@ -250,11 +251,7 @@ class EventBuffer:
     def destroy(self) -> None:
         self.close()
         shutil.rmtree(log_directory(self.path), ignore_errors=True)
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                os.remove(self.path + suffix)
-            except FileNotFoundError:
-                pass
+        remove_database(self.path)
 
     # -- releasing -----------------------------------------------------------------
 

@@ -57,7 +57,7 @@ from sqlalchemy import select
 from beam_pipelines.catalog.store import Epoch, LogEntry, PipelineRow, Store
 from beam_pipelines.errors import StorageError
 from beam_pipelines.runners.local.buffer import buffer_path, log_directory
-from beam_pipelines.runners.local.files import remove_file
+from beam_pipelines.runners.local.files import remove_database, remove_file, remove_side_files
 from beam_pipelines.runners.local.ledger import Ledger
 from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, fsync_path
 from beam_pipelines.runners.local.upgrade_log import StagedLog, stage_log
@@ -157,12 +157,12 @@ def upgrade_buffer(store: Store, data_dir: str, pipeline_id: str, *,
             _log.warning("buffer %s belongs to no pipeline in the catalog: not upgraded", path)
             return None
         shutil.rmtree(log_dir + _STAGED, ignore_errors=True)
-        _remove_database(path + _STAGED)
+        remove_database(path + _STAGED)
         try:
             staged = _stage(path, log_dir + _STAGED, path + _STAGED, committed)
         except BaseException:
             shutil.rmtree(log_dir + _STAGED, ignore_errors=True)
-            _remove_database(path + _STAGED)
+            remove_database(path + _STAGED)
             raise
         step("staged")
         os.rename(log_dir + _STAGED, log_dir)  # the commit point
@@ -272,8 +272,7 @@ def _finish(store: Store, pipeline_id: str, path: str,
             step("old_set_aside")
         # Whatever the old file left beside it must not be applied to the new one (its
         # WAL was folded in when staged, and nothing wrote to it since).
-        for suffix in ("-wal", "-shm", "-journal"):
-            remove_file(path + suffix)
+        remove_side_files(path)
         os.rename(staged, path)
         fsync_path(os.path.dirname(path))
         step("ledger_in_place")
@@ -318,9 +317,3 @@ def _exclusive(directory: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _remove_database(path: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        remove_file(path + suffix)
-
