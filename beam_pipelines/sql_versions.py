@@ -25,7 +25,7 @@ from beam_pipelines.model.definition import PipelineDefinition
 from beam_pipelines.model.times import iso
 from transforms.decode import arrow_schema
 from transforms.isolation import dry_run_isolated, plan_isolated
-from transforms.sandbox import SqlError
+from transforms.sql_policy import SqlError
 
 __all__ = ["dry_run", "dry_run_flag", "dry_run_limit", "list_versions", "plan", "sql_failure",
            "version_row"]

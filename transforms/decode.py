@@ -31,8 +31,9 @@ Fields not in the schema follow the definition's ``unknown_fields``:
 ``drop`` (their names are reported), ``reject`` (``unknown_field``) or
 ``keep`` (as a JSON object in the ``_extra`` column, NULL when none).
 
-This module imports pyarrow and DuckDB only (no Beam, no Flask): the ingest
-endpoint and the streaming job's decode step share it.
+This module imports pyarrow only (no Beam, no Flask; DuckDB when a request
+first needs the thorough pass): the ingest endpoint and the streaming job's
+decode step share it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
@@ -245,6 +245,8 @@ class _Decoder:
         raw = {int(k): v for k, v in json.loads(metadata.get(b"raw", b"{}")).items()}
         if "pre" not in records.column_names:
             records = records.append_column("pre", pa.nulls(records.num_rows, pa.string()))
+        import duckdb  # here: well-formed traffic never needs it (~20 MB a process)
+
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")

@@ -17,7 +17,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -124,6 +123,8 @@ def records_from_objects(events: list[Any], too_deep: Mapping[int, str]) -> pa.T
             json.dumps(events, ensure_ascii=False, default=str).encode("utf-8")
     except (ValueError, UnicodeEncodeError):
         return _records_one_by_one(events, too_deep)
+    import duckdb  # here: only a batch the fast path refused comes this way
+
     con = duckdb.connect()
     try:
         records = con.sql(

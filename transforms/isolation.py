@@ -3,11 +3,13 @@
 DuckDB's ``memory_limit`` bounds its buffer manager only: a cross join's
 Arrow result, a list built by ``list()``/``range()``, a recursive CTE's
 state and constant folding at plan time all allocate outside it (one dry
-run grew an API worker to 22.9 GB). So the API never runs user SQL in its
-own process. Each plan or dry run forks a child from a forkserver that has
-DuckDB and pyarrow imported already; the child caps its data segment
-(``limit_process_memory``: what it uses plus ``PIPELINE_DO_SQL_MEMORY_MB``),
-runs the query with a row limit and a result cap, and sends back Arrow IPC.
+run grew an API worker to 22.9 GB). So the API never runs, nor even parses,
+user SQL in its own process, and never imports DuckDB for it. Each plan or
+dry run forks a child from a forkserver that has DuckDB and pyarrow
+imported already; the child caps its data segment (``limit_process_memory``:
+what it uses plus ``PIPELINE_DO_SQL_MEMORY_MB``), checks the SQL
+(``transforms.sql_policy``), runs it with a row limit and a result cap, and
+sends back Arrow IPC.
 The parent waits at most ``PIPELINE_DO_DRY_RUN_TIMEOUT_SECONDS`` and then
 kills it, reads at most ``_MAX_REPLY_BYTES`` from it, and turns every end
 (error, death, timeout) into a ``SqlError`` with a code. The API worker's
@@ -45,14 +47,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from transforms.sandbox import (
+from transforms.limits import (
     DRY_RUN_TIMEOUT_SECONDS,
     SQL_MEMORY_MB,
     duckdb_memory_limit,
     limit_process_memory,
     memory_budget_error,
-    run_sql,
-    sandboxed_connection,
 )
 from transforms.sql_policy import SqlError, check_sql, clean_message
 
@@ -76,7 +76,6 @@ _FORKSERVER: Any = forkserver._forkserver
 def plan_isolated(sql: str, input_schema: pa.Schema, *, memory_mb: int | None = None,
                   timeout_seconds: float | None = None) -> pa.Schema:
     """``plan_sql`` in a bounded child process: the output schema, or ``SqlError``."""
-    check_sql(sql)  # the cheap refusals need no process
     reply = _run_child(sql, input_schema.empty_table(), 0, memory_mb, timeout_seconds)
     return reply.schema
 
@@ -84,7 +83,6 @@ def plan_isolated(sql: str, input_schema: pa.Schema, *, memory_mb: int | None = 
 def dry_run_isolated(sql: str, events: pa.Table, limit: int, *, memory_mb: int | None = None,
                      timeout_seconds: float | None = None) -> pa.Table:
     """At most ``limit`` rows of ``sql`` over ``events``, run in a bounded child process."""
-    check_sql(sql)
     return _run_child(sql, events, limit, memory_mb, timeout_seconds)
 
 
@@ -142,13 +140,21 @@ def _child_failure(exitcode: int | None, budget: int) -> SqlError:
 
 def _child_main(send: Connection, sql: str, payload: bytes, limit: int,
                 budget: int) -> None:
-    """In the child: bound the process, run, answer once, exit."""
+    """In the child: bound the process, check the SQL, run, answer once, exit.
+
+    The check is here, not in the parent: parsing user SQL takes DuckDB,
+    which the API process then never imports (~20 MB) nor keeps a parser
+    connection of, and a parse tree of any size is built under the cap.
+    """
+    from transforms.sandbox import run_sql, sandboxed_connection  # preloaded in the server
+
     try:
         os.chdir("/")  # nothing the SQL might show names the server's directories
         limit_process_memory(budget)
+        check_sql(sql)
         events = _from_ipc(payload)
         del payload
-        # The parent checked the SQL; a plan is a run over no rows with LIMIT 0.
+        # A plan is a run over no rows with LIMIT 0.
         con = sandboxed_connection(threads=1, memory_limit=duckdb_memory_limit(budget))
         table = run_sql(con, sql, events, max_rows=limit, memory_mb=budget,
                         max_output_mb=_MAX_REPLY_BYTES >> 20)
@@ -171,14 +177,14 @@ def _answer(send: Connection, status: str, code: str, message: str) -> None:
 
 def _begin_child() -> Any:
     """The forkserver context, counting one more child: one server per process
-    imports DuckDB and pyarrow once; each child is a fork of it, without the
+    imports DuckDB (``transforms.sandbox``) and pyarrow once; each child is a fork of it, without the
     threads and memory of the API. A stop in progress finishes first (the lock),
     and none starts while a child runs (the count)."""
     global _context, _running
     with _context_lock:
         if _context is None:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["transforms.isolation"])
+            context.set_forkserver_preload(["transforms.isolation", "transforms.sandbox"])
             _context = context
         _running += 1
         return _context

@@ -24,7 +24,6 @@ The bounds, read once from the environment (by ``transforms.limits``):
 
 from __future__ import annotations
 
-import resource
 import threading
 import time
 from collections import OrderedDict
@@ -41,12 +40,13 @@ from transforms.limits import (
     SQL_MEMORY_MB,
     SQL_THREADS,
     SQL_TIMEOUT_SECONDS,
+    duckdb_memory_limit,
+    memory_budget_error,
 )
 from transforms.sql_policy import INPUT_TABLE, SqlError, check_sql, clean_message
 
 __all__ = ["DRY_RUN_TIMEOUT_SECONDS", "SQL_MAX_OUTPUT_MB", "SQL_MEMORY_MB", "SQL_TIMEOUT_SECONDS",
-           "SqlError", "borrow_connection", "check_select", "duckdb_memory_limit",
-           "limit_process_memory", "memory_budget_error", "plan_sql",
+           "SqlError", "borrow_connection", "check_select", "plan_sql",
            "return_connection", "run_sql", "sandboxed_connection", "sql_chunks"]
 
 
@@ -78,46 +78,6 @@ def sandboxed_connection(threads: int | None = None,
     con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC, not the host zone
     con.execute("SET lock_configuration = true")
     return con
-
-
-def duckdb_memory_limit(budget_mb: int) -> str:
-    """DuckDB's share of a budget: half, the rest for what it allocates outside it."""
-    return f"{max(budget_mb // 2, 16)}MB"
-
-
-def limit_process_memory(budget_mb: int | None = None) -> int:
-    """Cap this process's data segment at what it uses now plus ``budget_mb``.
-
-    ``RLIMIT_DATA`` counts the heap and private writable mappings (what
-    DuckDB, Arrow and Python allocate), not reserved address space, so it
-    holds for the whole process whatever allocates. Past it, allocations
-    fail: DuckDB raises an out-of-memory error, pyarrow ``ArrowMemoryError``,
-    Python a ``MemoryError``, instead of the kernel's OOM killer taking this
-    or another process. Not ``RLIMIT_AS``: measured here, an epoch worker maps
-    2.7 GB of address space (VmSize) for 1.5 GB of private writable memory
-    (VmData) and an RSS of 0.3-0.4 GB, and a bare Python with DuckDB already
-    reserves ~1 GB; that difference would have to be guessed into the cap.
-    Call it once, early, in a process that runs user SQL (the dry-run child,
-    an epoch worker's initializer); it returns the limit in bytes.
-    """
-    budget = (budget_mb or SQL_MEMORY_MB) << 20
-    limit = _data_segment_bytes() + budget
-    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-    return limit
-
-
-def _data_segment_bytes() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 # A new connection costs ~25 ms of CPU (DuckDB starts a database and loads
@@ -338,9 +298,3 @@ def _bounded(work: Any, watchdog: _Watchdog, memory_mb: int | None) -> Any:
                 or "Out of Memory" in str(err):
             raise memory_budget_error(budget) from None
         raise SqlError(clean_message(err)) from None
-
-
-def memory_budget_error(budget_mb: int) -> SqlError:
-    """The one wording of "out of memory", wherever the budget ran out."""
-    return SqlError(f"the SQL ran out of its {budget_mb} MB memory budget "
-                    "(PIPELINE_DO_SQL_MEMORY_MB)", "memory_limit")

@@ -18,7 +18,7 @@ The query is bounded (``transforms.sandbox``): interrupted after
 record batches that stop past ``PIPELINE_DO_SQL_MAX_OUTPUT_MB``, so a
 cross join that explodes fails the epoch with a ``SqlError`` instead of
 filling the worker. The worker process itself is capped by the job
-manager's pool (``transforms.sandbox.limit_process_memory``).
+manager's pool (``transforms.limits.limit_process_memory``).
 """
 
 from __future__ import annotations

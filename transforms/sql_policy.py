@@ -23,9 +23,10 @@ and settings out of replies and files.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = ["ALLOWED_TABLE_FUNCTIONS", "DENIED_FUNCTION_PREFIXES", "DENIED_FUNCTIONS", "INPUT_TABLE",
            "SqlError", "check_sql", "clean_message"]
@@ -64,6 +65,8 @@ class SqlError(ValueError):
 
 def check_sql(sql: str) -> None:
     """Refuse anything but one SELECT that reads only ``events`` and allowed functions."""
+    import duckdb  # here: the API imports this module for SqlError, and checks in a child
+
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as err:
@@ -96,6 +99,8 @@ _PARSER: duckdb.DuckDBPyConnection | None = None
 
 def _parse_tree(sql: str) -> Any:
     global _PARSER
+    import duckdb
+
     if _PARSER is None:  # parsing only: no data, no settings of the server
         _PARSER = duckdb.connect(":memory:", config={"enable_external_access": False,
                                                      "autoload_known_extensions": False,

@@ -30,7 +30,7 @@ from beam_pipelines.model.definition import Sink
 from beam_pipelines.model.layout import is_local
 from beam_pipelines.storage.process import protected_secrets
 from beam_pipelines.storage.redaction import redact_secrets, url_password
-from transforms.sandbox import SqlError
+from transforms.sql_policy import SqlError
 
 __all__ = ["classify_epoch_error", "http_status", "is_not_found", "is_transient_storage_error",
            "walk_exceptions"]

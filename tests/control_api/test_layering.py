@@ -9,6 +9,10 @@ in ``control_api`` only.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -80,3 +84,27 @@ def test_the_api_tables_are_made_with_the_data_planes_in_one_database(tmp_path: 
         store.dispose()
     assert names >= API_TABLES
     assert {"pipelines", "sql_versions", "epochs", "epoch_files", "logs"} <= names
+
+
+def test_the_api_and_the_job_manager_start_without_duckdb_or_beam(tmp_path: Path) -> None:
+    """Neither runs user SQL or Beam in its own process: the SQL check and plan run in
+    the isolated child, epochs in the workers, and decoding needs DuckDB only for a
+    batch the fast path refused. Importing either would cost every API process and
+    the manager ~20 MB (DuckDB) or ~90 MB (Beam) for nothing."""
+    script = textwrap.dedent(f"""
+        import sys
+        from control_api import create_app
+        create_app({{"DATA_DIR": {str(tmp_path / "data")!r},
+                     "API_KEY": "pdo_layering_test_key_0123456789abcdef"}})
+        from beam_pipelines.runners.engines import distributed_engines
+        from beam_pipelines.runners.job_watcher import JobWatcher
+        from beam_pipelines.runners.local.scheduler import JobManager
+        from beam_pipelines.runners.local.supervisor import ManagerSupervisor
+        from control_api.webhooks.dispatcher import WebhookDispatcher
+        from control_api.webhooks.outbox import Outbox
+        print(",".join(sorted({{"duckdb", "apache_beam"}} & set(sys.modules))))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == ""

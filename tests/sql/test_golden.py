@@ -35,10 +35,10 @@ import pytest
 
 from beam_pipelines.model.definition import Field
 from transforms.decode import arrow_schema, decode_json_lines
+from transforms.limits import duckdb_memory_limit
 from transforms.sandbox import (
     SqlError,
     check_select,
-    duckdb_memory_limit,
     plan_sql,
     run_sql,
     sandboxed_connection,

@@ -107,7 +107,8 @@ def test_the_epoch_step_stops_a_runaway_query(sql: str) -> None:
     """In a process of its own with the epoch worker's cap, so a miss shows as a crash."""
     script = textwrap.dedent(f"""
         import pyarrow as pa
-        from transforms.sandbox import SqlError, limit_process_memory, run_sql, sandboxed_connection
+        from transforms.limits import limit_process_memory
+        from transforms.sandbox import SqlError, run_sql, sandboxed_connection
         limit_process_memory({2 * BUDGET_MB})  # the job manager's worker cap, a backstop
         events = pa.table({{"user_id": pa.array(range(2000), pa.int64()),
                            "country": pa.array(["de", "fr"] * 1000)}})
@@ -210,7 +211,7 @@ def test_an_epoch_worker_capped_for_its_budget_runs_sql_and_stops_runaways() -> 
         import pyarrow as pa
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
         from beam_pipelines.runners.local.epoch_worker import WORKER_MEMORY_MB
-        from transforms.sandbox import limit_process_memory
+        from transforms.limits import limit_process_memory
         from transforms.sql import DuckDbSql
 
         limit_process_memory(WORKER_MEMORY_MB)

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from beam_pipelines.catalog.store import Store
 from beam_pipelines.runners.local.epochs import EpochResult, run_epoch
-from transforms.sandbox import SQL_MEMORY_MB, limit_process_memory
+from transforms.limits import SQL_MEMORY_MB, limit_process_memory
 
 if TYPE_CHECKING:  # Beam is imported in the workers only (init_worker)
     from beam_pipelines.runners.local.plan_cache import PlanCache

@@ -73,7 +73,7 @@ from beam_pipelines.runners.local.retention import Releaser
 from beam_pipelines.runners.local.upgrade import upgrade_data_dir
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from beam_pipelines.settings import data_plane_settings
-from transforms.sandbox import SQL_MEMORY_MB
+from transforms.limits import SQL_MEMORY_MB
 
 __all__ = ["SQL_MEMORY_MB", "WORKER_MEMORY_MB", "JobManager", "NoEvents", "WorkerDied"]
 

@@ -12,7 +12,7 @@ the dead one's place, and every other worker's task goes on.
 
 A worker runs the initializer, reports ready, runs tasks and exits after
 ``max_tasks_per_worker`` of them, or after a task that left it using most
-of its memory cap (``transforms.sandbox.limit_process_memory``: DuckDB keeps the address space
+of its memory cap (``transforms.limits.limit_process_memory``: DuckDB keeps the address space
 of a query that hit the cap, and every later allocation would fail); its
 replacement is started then, so memory stays flat. Tasks only go to ready
 workers. A worker that dies or hangs before it is ready is a failed start;

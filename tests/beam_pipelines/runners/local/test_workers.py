@@ -14,7 +14,7 @@ import pytest
 
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from tests.live import wait_for
-from transforms.sandbox import limit_process_memory
+from transforms.limits import limit_process_memory
 
 # -- tasks: module level, so a spawned worker imports them by name ------------------
 
