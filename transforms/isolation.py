@@ -18,12 +18,15 @@ memory stays flat whatever the SQL does.
 At most ``_MAX_CHILDREN`` run at once per API process; a caller that finds
 no slot within the timeout gets ``SqlError`` code ``busy``.
 
-The forkserver stops once no plan or dry run has run for
-``IDLE_STOP_SECONDS``: plans come with ``create`` and
-``transform`` and dry runs with a person at the console, so most of the
-time an API process needs neither, and each one that planned held ~74 MB
-for good (with 2 API processes, both of them: ~150 MB of a server's peak
-in ``make bench``). The next call starts it again (~0.5 s).
+The forkserver (and the resource tracker it starts) stops once no plan or
+dry run has run for ``IDLE_STOP_SECONDS`` (3 s): plans come with ``create``
+and ``transform``, a few at a time, and dry runs with a person at the
+console, so most of the time an API process needs neither. Each process
+that planned held ~85 MB (server and tracker) for good, and for 10 s after
+its last plan with the first idle stop: in ``make bench`` both API
+processes' servers were still alive at the peak, ~170 MB of it. The next
+call after an idle stop starts them again (~0.5 s): a person running dry
+runs a few seconds apart keeps the same server.
 
 Cost, measured on this 2-core machine: the forkserver starts on the first
 call in an API process (~0.5 s; then it holds ~73 MB RSS, 26 MB of it unshared); each
@@ -41,7 +44,7 @@ import os
 import signal
 import threading
 import time
-from multiprocessing import forkserver
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -62,15 +65,17 @@ __all__ = ["IDLE_STOP_SECONDS", "dry_run_isolated", "forkserver_pid", "plan_isol
 _MAX_REPLY_BYTES = 16 << 20
 _MAX_HEADER_BYTES = 16384
 _MAX_CHILDREN = 2
-IDLE_STOP_SECONDS = 10.0
+IDLE_STOP_SECONDS = 3.0
 _slots = threading.BoundedSemaphore(_MAX_CHILDREN)
 _context_lock = threading.Lock()
 _context: Any = None
 _running = 0  # children started and not yet ended (under _context_lock)
 _last_end = 0.0
 _idle_timer: threading.Timer | None = None
-# The process's forkserver (what the "forkserver" context starts), for its stop.
+# The process's forkserver (what the "forkserver" context starts) and the
+# resource tracker it starts, for their stop.
 _FORKSERVER: Any = forkserver._forkserver
+_TRACKER: Any = resource_tracker._resource_tracker
 
 
 def plan_isolated(sql: str, input_schema: pa.Schema, *, memory_mb: int | None = None,
@@ -219,10 +224,14 @@ def _stop_when_idle() -> None:
             _arm_idle_timer(wait)
             return
         # The standard library's own stop (its tests use it); the next
-        # ``Process.start`` runs ``ensure_running`` again. The resource tracker
-        # stays (13 MB): other users of multiprocessing in this process may
-        # have registered resources with it, which a stop would unlink.
+        # ``Process.start`` runs ``ensure_running`` again, for both.
         _FORKSERVER._stop()
+        # The forkserver started the resource tracker (12 MB) and it is its
+        # only user in an API process. Where other multiprocessing children
+        # live (the job manager's epoch workers), they share the tracker and
+        # it stays.
+        if not multiprocessing.active_children():
+            _TRACKER._stop()
 
 
 def forkserver_pid() -> int | None:

@@ -6,11 +6,13 @@ Bounds are small (256 MB, a few seconds) so the runaways end in seconds.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 import textwrap
 import time
+from multiprocessing import resource_tracker
 
 import psutil
 import pyarrow as pa
@@ -80,13 +82,21 @@ def test_planning_is_bounded_too() -> None:
     assert caught.value.code == "refused"
 
 
+def _tracker_pid() -> int | None:
+    """This process's multiprocessing resource tracker, or None."""
+    pid: int | None = resource_tracker._resource_tracker._pid  # type: ignore[attr-defined]
+    return pid
+
+
 def test_the_forkserver_stops_when_idle_and_the_next_plan_starts_it_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """An API process holds the forkserver (~74 MB) only while it plans or dry-runs."""
+    """An API process holds the forkserver and its resource tracker only while it plans."""
     monkeypatch.setattr(isolation, "IDLE_STOP_SECONDS", 0.3)
+    assert not multiprocessing.active_children()  # else the tracker is shared and stays
     assert plan_isolated("SELECT user_id FROM events", EVENTS.schema).names == ["user_id"]
     first = isolation.forkserver_pid()
-    assert first is not None and psutil.pid_exists(first)
+    tracker = _tracker_pid()
+    assert first is not None and psutil.pid_exists(first) and tracker is not None
     # Calls closer together than the idle time keep it: the same server answers.
     for _ in range(3):
         dry_run_isolated("SELECT country FROM events", EVENTS, 1)
@@ -97,9 +107,30 @@ def test_the_forkserver_stops_when_idle_and_the_next_plan_starts_it_again(
         time.sleep(0.05)
     assert isolation.forkserver_pid() is None
     assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    assert _tracker_pid() is None and not psutil.pid_exists(tracker)
     rows = dry_run_isolated("SELECT user_id * 2 AS x FROM events ORDER BY x", EVENTS, 2)
     assert rows.to_pylist() == [{"x": 0}, {"x": 2}]
     assert isolation.forkserver_pid() not in (None, first)
+
+
+def test_the_idle_stop_keeps_a_resource_tracker_that_other_children_share(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the job manager's process the epoch workers use the same tracker: it stays."""
+    monkeypatch.setattr(isolation, "IDLE_STOP_SECONDS", 0.3)
+    other = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(30,))
+    other.start()
+    try:
+        dry_run_isolated("SELECT country FROM events", EVENTS, 1)
+        tracker = _tracker_pid()
+        deadline = time.monotonic() + 10
+        while isolation.forkserver_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert isolation.forkserver_pid() is None
+        assert tracker is not None and _tracker_pid() == tracker
+        assert psutil.pid_exists(tracker)
+    finally:
+        other.kill()
+        other.join(10)
 
 
 @pytest.mark.parametrize("sql", RUNAWAYS)
