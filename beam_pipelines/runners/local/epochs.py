@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # Beam is imported in the workers only, when an epoch runs
     from beam_pipelines.runners.local.plan_cache import PlanCache
 
 __all__ = ["EpochResult", "Plan", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
-           "release_epoch", "run_epoch", "try_plan_epoch"]
+           "release_epoch", "retry_delay", "run_epoch", "try_plan_epoch"]
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,12 @@ def _await_commit_through(store: Store, pipeline_id: str, seq: int, timeout: flo
         if committed is None or committed >= seq or time.monotonic() >= deadline:
             return  # commit_epoch judges: it refuses an epoch whose predecessor is missing
         time.sleep(0.01)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next attempt of an epoch (live or replay) that failed
+    ``attempts`` times: 0.5 s, doubling, at most 60 s."""
+    return min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
 
 
 def release_epoch(data_dir: str, result: EpochResult, *,
