@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import pyarrow as pa
 
 from beam_pipelines.errors import NotFoundError, PipelineDoError, Unavailable
-from beam_pipelines.runners.local.files import ledger_beside
+from beam_pipelines.runners.local.files import ledger_beside, remove_file
 from beam_pipelines.runners.local.segments import (
     Head,
     encode_frame,
@@ -284,10 +284,7 @@ class SegmentLog:
     def remove_segments(self, firsts: Sequence[int]) -> None:
         """Delete sealed segments (released; readers holding a map keep their pages)."""
         for first in firsts:
-            try:
-                os.remove(self._path(first))
-            except FileNotFoundError:
-                pass
+            remove_file(self._path(first))
 
     def close(self) -> None:
         with self._lock:
