@@ -40,6 +40,7 @@ __all__ = [
     "Base",
     "EngineJob",
     "Epoch",
+    "EPOCH_PROGRESS_COLUMNS",
     "EpochColumns",
     "EpochFile",
     "FileColumns",
@@ -104,6 +105,8 @@ class SqlVersion(Base):
 #: ``sort_order`` of an epoch table's own columns between the shared range and progress
 #: (``EpochColumns``): each table keeps its columns in the order it first had them.
 OWN_EPOCH_COLUMNS = 1
+#: ``sort_order`` of the shared progress columns, after the table's own (``EpochColumns``).
+EPOCH_PROGRESS_COLUMNS = 2
 
 
 class EpochColumns:
@@ -112,16 +115,17 @@ class EpochColumns:
     Declared once for both tables, each table's columns stay in the order it
     first had them, so a fresh catalog's schema is unchanged: the table's key
     and owner, the range, the table's own (``sort_order=OWN_EPOCH_COLUMNS``),
-    then the progress (``sort_order=2``).
+    then the progress (``sort_order=EPOCH_PROGRESS_COLUMNS``).
     """
 
     epoch: Mapped[int] = mapped_column(Integer)
     range_start: Mapped[int] = mapped_column(Integer)  # exclusive
     range_end: Mapped[int] = mapped_column(Integer)  # inclusive
-    rows_out: Mapped[int] = mapped_column(Integer, default=0, sort_order=2)
-    attempts: Mapped[int] = mapped_column(Integer, default=0, sort_order=2)
-    planned_at: Mapped[float] = mapped_column(Float, sort_order=2)
-    committed_at: Mapped[float | None] = mapped_column(Float, nullable=True, sort_order=2)
+    rows_out: Mapped[int] = mapped_column(Integer, default=0, sort_order=EPOCH_PROGRESS_COLUMNS)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, sort_order=EPOCH_PROGRESS_COLUMNS)
+    planned_at: Mapped[float] = mapped_column(Float, sort_order=EPOCH_PROGRESS_COLUMNS)
+    committed_at: Mapped[float | None] = mapped_column(Float, nullable=True,
+                                                       sort_order=EPOCH_PROGRESS_COLUMNS)
 
 
 class FileColumns:

@@ -40,7 +40,7 @@ from beam_pipelines.errors import NotFoundError, StorageError, Unavailable
 from beam_pipelines.model.definition import Retention
 from beam_pipelines.runners.base import DeadLetterQuery
 from beam_pipelines.runners.local.expiry import doomed_segments
-from beam_pipelines.runners.local.files import remove_database
+from beam_pipelines.runners.local.files import buffer_path, log_directory, remove_database
 from beam_pipelines.runners.local.ledger import Ledger, SegmentSummary
 from beam_pipelines.runners.local.log import SegmentLog
 from beam_pipelines.runners.local.log_index import LogIndex
@@ -57,15 +57,6 @@ _RECENT_FRAMES = 50
 #: Asked before retention deletes segments: the offset after which a running
 #: replay still needs every frame, or None (``catalog.replays.pinned_after``).
 Pinned = Callable[[], int | None]
-
-
-def buffer_path(data_dir: str, pipeline_id: str) -> str:
-    """The buffer's ledger; its log is the directory beside it (``log_directory``)."""
-    return os.path.join(data_dir, "buffers", f"{pipeline_id}.sqlite")
-
-
-def log_directory(path: str) -> str:
-    return os.path.splitext(path)[0] + ".log"
 
 
 @dataclass

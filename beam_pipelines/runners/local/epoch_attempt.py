@@ -2,13 +2,15 @@
 
 A live epoch (:func:`beam_pipelines.runners.local.epochs.run_epoch`) and a
 replay's (:func:`beam_pipelines.runners.local.replays.run_replay_epoch`)
-write the same way and commit differently: :func:`write_epoch_attempt` opens
-the sealed sink, checks a local one against its roots, discards what an
-earlier attempt left (as its manifest names it), runs the epoch's plan, sizes
-and syncs the files, and on any failure classifies it and discards what this
-attempt wrote. The caller removes the scratch, commits, then removes the
-manifest. Files and scratch are named by ``naming``: the pipeline id, or a
-replay's ``{pipeline id}-{replay id}``, so a replay never takes a live name.
+write the same way and commit differently: :meth:`EpochAttempt.begin` places
+the attempt's manifest and tells whether an earlier attempt may have left
+files; :func:`write_epoch_attempt` opens the sealed sink, checks a local one
+against its roots, discards what an earlier attempt left (as its manifest
+names it), runs the epoch's plan, sizes and syncs the files, and on any
+failure classifies it and discards what this attempt wrote. The caller
+removes the scratch, commits, then removes the manifest. Files and scratch
+are named by ``naming``: the pipeline id, or a replay's
+``{pipeline id}-{replay id}``, so a replay never takes a live name.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ class EpochAttempt:
     sink: Sink
     manifest_path: str
     retried: bool
+
+    @classmethod
+    def begin(cls, data_dir: str, pipeline_id: str, naming: str, epoch: int, range_start: int,
+              range_end: int, planned_at: float, sql: str, definition: PipelineDefinition,
+              sink: Sink, *, failed_before: bool) -> EpochAttempt:
+        """The next attempt, at its manifest (``attempt_manifest``): ``retried`` if
+        ``failed_before`` (the catalog counts an earlier attempt) or an earlier attempt's
+        manifest is still there, whatever the catalog's count says."""
+        manifest_path = attempt_manifest(data_dir, naming, epoch)
+        return cls(pipeline_id, naming, epoch, range_start, range_end, planned_at, sql,
+                   definition, sink, manifest_path,
+                   failed_before or os.path.exists(manifest_path))
 
 
 def attempt_manifest(data_dir: str, naming: str, epoch_no: int) -> str:

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,11 +31,7 @@ from beam_pipelines.catalog.store import Epoch, EpochFile, PipelineRow, SqlVersi
 from beam_pipelines.model.definition import PipelineDefinition, Retention, definition_from_dict
 from beam_pipelines.model.manifest import FileEntry
 from beam_pipelines.runners.local.buffer import Backlog, EventBuffer, Pinned, buffer_path
-from beam_pipelines.runners.local.epoch_attempt import (
-    EpochAttempt,
-    attempt_manifest,
-    write_epoch_attempt,
-)
+from beam_pipelines.runners.local.epoch_attempt import EpochAttempt, write_epoch_attempt
 from beam_pipelines.runners.local.files import remove_file
 from beam_pipelines.storage.files import remove_scratch
 
@@ -44,7 +39,7 @@ if TYPE_CHECKING:  # Beam is imported in the workers only, when an epoch runs
     from beam_pipelines.runners.local.plan_cache import PlanCache
 
 __all__ = ["EpochResult", "Plan", "commit_epoch", "epoch_is_due", "pending_epoch", "plan_epoch",
-           "release_epoch", "run_epoch", "try_plan_epoch"]
+           "release_epoch", "retry_delay", "run_epoch", "try_plan_epoch"]
 
 
 @dataclass(frozen=True)
@@ -181,25 +176,23 @@ def run_epoch(store: Store, data_dir: str, pipeline_id: str, epoch_no: int, *,
             SqlVersion.version == epoch.sql_version)).one()
         definition = definition_from_dict(row.definition_dict())
         range_start, range_end, planned_at = epoch.range_start, epoch.range_end, epoch.planned_at
-    manifest_path = attempt_manifest(data_dir, pipeline_id, epoch_no)
-    retried = retried or os.path.exists(manifest_path)
-    sink, files = write_epoch_attempt(
-        data_dir, EpochAttempt(pipeline_id, pipeline_id, epoch_no, range_start, range_end,
-                               planned_at, sql, definition, definition.sink, manifest_path,
-                               retried),
-        local_sink_roots=local_sink_roots, plans=plans, iceberg=True)
+    attempt = EpochAttempt.begin(data_dir, pipeline_id, pipeline_id, epoch_no, range_start,
+                                 range_end, planned_at, sql, definition, definition.sink,
+                                 failed_before=retried)
+    sink, files = write_epoch_attempt(data_dir, attempt, local_sink_roots=local_sink_roots,
+                                      plans=plans, iceberg=True)
     # The scratch goes before the commit: whoever sees the epoch committed (its
     # backlog gone) finds nothing of it in _tmp/, and a crash in between leaves
     # an uncommitted epoch whose retry cleans up. After a retry, gs:// and s3://
     # may hold what a failed attempt could not delete.
-    remove_scratch(sink, pipeline_id, epoch_no, remote=retried)
+    remove_scratch(sink, pipeline_id, epoch_no, remote=attempt.retried)
     if predecessor_timeout > 0:
         _await_commit_through(store, pipeline_id, range_start, predecessor_timeout)
     result = commit_epoch(store, pipeline_id, epoch_no, files)
     if release:
         release_epoch(data_dir, result, retention=definition.retention,
                       pinned=pin_of(store, pipeline_id))
-    remove_file(manifest_path)
+    remove_file(attempt.manifest_path)
     return result
 
 
@@ -212,6 +205,12 @@ def _await_commit_through(store: Store, pipeline_id: str, seq: int, timeout: flo
         if committed is None or committed >= seq or time.monotonic() >= deadline:
             return  # commit_epoch judges: it refuses an epoch whose predecessor is missing
         time.sleep(0.01)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next attempt of an epoch (live or replay) that failed
+    ``attempts`` times: 0.5 s, doubling, at most 60 s."""
+    return min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
 
 
 def release_epoch(data_dir: str, result: EpochResult, *,

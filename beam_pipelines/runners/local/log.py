@@ -30,6 +30,7 @@ from contextlib import contextmanager
 import pyarrow as pa
 
 from beam_pipelines.errors import NotFoundError, PipelineDoError, Unavailable
+from beam_pipelines.runners.local.files import ledger_beside, remove_file
 from beam_pipelines.runners.local.segments import (
     Head,
     encode_frame,
@@ -59,7 +60,7 @@ def _missing(directory: str) -> PipelineDoError:
     """Why a log has no head: an earlier release's buffer beside it that was not
     upgraded yet (its events are kept, ``runners.local.upgrade`` logged why and the
     next start tries again: 503, retry later), or no buffer at all (404)."""
-    if os.path.exists(os.path.splitext(directory)[0] + ".sqlite"):
+    if os.path.exists(ledger_beside(directory)):
         return Unavailable("the pipeline's event buffer is from an earlier release and was "
                            "not upgraded yet; its events are kept (the pipeline's logs say "
                            "why; the server tries again when it restarts)")
@@ -283,10 +284,7 @@ class SegmentLog:
     def remove_segments(self, firsts: Sequence[int]) -> None:
         """Delete sealed segments (released; readers holding a map keep their pages)."""
         for first in firsts:
-            try:
-                os.remove(self._path(first))
-            except FileNotFoundError:
-                pass
+            remove_file(self._path(first))
 
     def close(self) -> None:
         with self._lock:

@@ -30,22 +30,16 @@ from beam_pipelines.catalog.replays import FAILED, RUNNING, Replay, ReplayEpoch
 from beam_pipelines.catalog.store import Store
 from beam_pipelines.errors import EpochError, NotFoundError
 from beam_pipelines.runners.base import RunnerEvents
-from beam_pipelines.runners.local.epochs import EpochResult
+from beam_pipelines.runners.local.epochs import EpochResult, retry_delay
 from beam_pipelines.runners.local.replays import planned_stamp
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool
 from beam_pipelines.settings import data_plane_settings
 
-__all__ = ["ReplayScheduler", "retry_delay"]
+__all__ = ["ReplayScheduler"]
 
 _log = logging.getLogger(__name__)
 MAX_ATTEMPTS = data_plane_settings().epoch_max_attempts
 MAX_TRANSIENT_ATTEMPTS = data_plane_settings().epoch_max_transient_attempts
-
-def retry_delay(attempts: int) -> float:
-    """Seconds before the next attempt of an epoch (live or replay) that failed
-    ``attempts`` times: 0.5 s, doubling, at most 60 s."""
-    return min(60.0, 0.5 * 2 ** (min(attempts, 8) - 1))
-
 
 _LOOK = -1  # never a stamp: the next tick looks
 

@@ -45,7 +45,6 @@ from beam_pipelines.model.times import iso
 from beam_pipelines.runners.local.buffer import EventBuffer, buffer_path
 from beam_pipelines.runners.local.epoch_attempt import (
     EpochAttempt,
-    attempt_manifest,
     discard_epoch_attempt,
     write_epoch_attempt,
 )
@@ -213,22 +212,20 @@ def run_replay_epoch(store: Store, data_dir: str, replay_id: str, epoch_no: int,
         sql, target = replay.sql, replay.target_uri
         range_start, range_end, planned_at = epoch.range_start, epoch.range_end, epoch.planned_at
     naming = naming_id(pipeline_id, replay_id)
-    manifest_path = attempt_manifest(data_dir, naming, epoch_no)
-    retried = retried or os.path.exists(manifest_path)
     # A replay writes files to its target, never to an Iceberg table (refused at ``replay``).
-    sink, files = write_epoch_attempt(
-        data_dir, EpochAttempt(pipeline_id, naming, epoch_no, range_start, range_end,
-                               planned_at, sql, definition,
-                               replace(definition.sink, uri=target), manifest_path, retried),
-        local_sink_roots=local_sink_roots, plans=plans, iceberg=False)
+    attempt = EpochAttempt.begin(data_dir, pipeline_id, naming, epoch_no, range_start,
+                                 range_end, planned_at, sql, definition,
+                                 replace(definition.sink, uri=target), failed_before=retried)
+    sink, files = write_epoch_attempt(data_dir, attempt, local_sink_roots=local_sink_roots,
+                                      plans=plans, iceberg=False)
     # Before the commit, as ``run_epoch`` does: a replay seen done has nothing left in _tmp/.
-    remove_scratch(sink, naming, epoch_no, remote=retried)
+    remove_scratch(sink, naming, epoch_no, remote=attempt.retried)
     try:
         result = commit_replay_epoch(store, replay_id, epoch_no, files)
     except ReplayCancelled:
-        discard_epoch_attempt(sink, naming, epoch_no, manifest_path)  # cancelled while it ran
+        discard_epoch_attempt(sink, naming, epoch_no, attempt.manifest_path)  # cancelled while it ran
         raise
-    remove_file(manifest_path)
+    remove_file(attempt.manifest_path)
     return result
 
 

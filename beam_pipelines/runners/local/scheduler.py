@@ -66,9 +66,15 @@ from beam_pipelines.runners.local.epoch_worker import (
     run_epoch_in_worker,
     run_replay_epoch_in_worker,
 )
-from beam_pipelines.runners.local.epochs import EpochResult, Plan, pending_epoch, try_plan_epoch
+from beam_pipelines.runners.local.epochs import (
+    EpochResult,
+    Plan,
+    pending_epoch,
+    retry_delay,
+    try_plan_epoch,
+)
 from beam_pipelines.runners.local.periodic import PeriodicThread
-from beam_pipelines.runners.local.replay_scheduler import ReplayScheduler, retry_delay
+from beam_pipelines.runners.local.replay_scheduler import ReplayScheduler
 from beam_pipelines.runners.local.retention import Releaser
 from beam_pipelines.runners.local.upgrade import upgrade_data_dir
 from beam_pipelines.runners.local.workers import TaskCancelled, WorkerDied, WorkerPool

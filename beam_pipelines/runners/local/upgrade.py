@@ -56,8 +56,15 @@ from sqlalchemy import select
 
 from beam_pipelines.catalog.store import Epoch, LogEntry, PipelineRow, Store
 from beam_pipelines.errors import StorageError
-from beam_pipelines.runners.local.buffer import buffer_path, log_directory
-from beam_pipelines.runners.local.files import remove_database, remove_file, remove_side_files
+from beam_pipelines.runners.local.files import (
+    LEDGER_SUFFIX,
+    LOG_SUFFIX,
+    buffer_path,
+    log_directory,
+    remove_database,
+    remove_file,
+    remove_side_files,
+)
 from beam_pipelines.runners.local.ledger import Ledger
 from beam_pipelines.runners.local.segments import FRAME_HEADER_BYTES, fsync_path
 from beam_pipelines.runners.local.upgrade_log import StagedLog, stage_log
@@ -106,11 +113,11 @@ def pending_upgrades(data_dir: str) -> list[str]:
         return []
     found: set[str] = set()
     for name in names:
-        for suffix in (".sqlite" + _STAGED, ".sqlite" + _SET_ASIDE, ".log" + _STAGED):
+        for suffix in (LEDGER_SUFFIX + _STAGED, LEDGER_SUFFIX + _SET_ASIDE, LOG_SUFFIX + _STAGED):
             if name.endswith(suffix):
                 found.add(name[:-len(suffix)])
-        if name.endswith(".sqlite") and name[:-len(".sqlite")] + ".log" not in names:
-            found.add(name[:-len(".sqlite")])  # a ledger never exists without its log
+        if name.endswith(LEDGER_SUFFIX) and name[:-len(LEDGER_SUFFIX)] + LOG_SUFFIX not in names:
+            found.add(name[:-len(LEDGER_SUFFIX)])  # a ledger never exists without its log
     return sorted(found)
 
 
