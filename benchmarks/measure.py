@@ -42,21 +42,39 @@ def _role(command: str) -> str:
     return next((r for marker, r in _ROLES if marker in command), "manager")
 
 
+def _process_role(process: psutil.Process, roles: dict[int, str]) -> str:
+    """``process``'s role; a child of an API process (its SQL forkserver, the
+    resource tracker) is ``api`` too. ``roles``: the parents' roles, listed first."""
+    role = _role(" ".join(process.cmdline()))
+    if role == "manager" and roles.get(process.ppid()) == "api":
+        return "api"
+    return role
+
+
 def cpu_by_role(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by server ``pid``'s processes, by role:
-    ``api`` (gunicorn), ``epoch_workers`` and ``manager`` (the serve process)."""
+    ``api`` (gunicorn), ``epoch_workers`` and ``manager`` (the serve process).
+
+    A process an API worker started (its SQL forkserver and resource tracker,
+    which stop when idle) counts as ``api``, and so does such a child's time
+    once it has exited and been reaped (its parent's children times): else a
+    forkserver stopping between two samples would take its CPU out of the
+    totals and a role's difference could come out negative.
+    """
     root = psutil.Process(pid)
     totals = {"api": 0.0, "epoch_workers": 0.0, "manager": 0.0}
+    roles: dict[int, str] = {}
     for process in process_tree(root):
         try:
-            command = " ".join(process.cmdline())
+            role = roles[process.pid] = _process_role(process, roles)
             times = process.cpu_times()
         except psutil.Error:  # exited between listing and sampling
             continue
-        role = _role(command)
         totals[role] += times.user + times.system
         if process.pid == pid:
             totals["epoch_workers"] += times.children_user + times.children_system
+        elif role == "api":
+            totals["api"] += times.children_user + times.children_system
     return totals
 
 
@@ -112,7 +130,7 @@ class PeakRss:
                 # command line: "manager" is looked at again on the next listing.
                 if self._roles.get(process.pid, "manager") == "manager":
                     try:
-                        self._roles[process.pid] = _role(" ".join(process.cmdline()))
+                        self._roles[process.pid] = _process_role(process, self._roles)
                     except psutil.Error:
                         pass
         return self._tree

@@ -233,7 +233,7 @@ def run_benchmarks(
             "during the run lowers every figure",
             "contenders.pipeline_do.cpu_us_per_event": "CPU (user + system) of the "
             "throughput phase per event, by process: api = gunicorn workers (HTTP, "
-            "parse, durable append), epoch_workers = SQL and Parquet, manager = "
+            "parse, durable append) and their SQL forkservers, epoch_workers = SQL and Parquet, manager = "
             "scheduler and buffer clean-up, client = the benchmark's HTTP clients",
         },
     }
